@@ -1,0 +1,147 @@
+"""Hydra at the edge: compose ``conf/`` with overrides, convert once to a typed :class:`Config`.
+
+Also the pre-flight check the CLI runs before any job starts: every job of a multirun is composed
+and validated up front, and any problem is reported as one line naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlexp.config import Config, ConfigError, register_configs
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def to_config(dcfg: DictConfig) -> Config:
+    """DictConfig -> typed Config (runs every ``__post_init__`` check); errors become ConfigError."""
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(one_line(e)) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def one_line(e: BaseException) -> str:
+    """A composition error as one line: Hydra/OmegaConf's headline plus the root cause's."""
+    parts: list[str] = []
+    cur: BaseException | None = e
+    while cur is not None:
+        if isinstance(cur, ConfigError):
+            return str(cur)
+        first = str(cur).strip().splitlines()[0] if str(cur).strip() else type(cur).__name__
+        if "$VALUE" not in first and first not in parts:
+            parts.append(first.rstrip("."))
+        cur = cur.__cause__ or cur.__context__
+    return ": ".join(parts)
+
+
+def _name_override(msg: str, overrides: Sequence[str]) -> str:
+    """Lead with the offending override: ``optimizer.lr=abc: Value 'abc' ... Float``."""
+    m = re.match(r"(?:Could not override|Error merging override) '?([^'\s:]+?)(?:=[^']*)?'?[:.]? (.*)", msg)
+    if not m:
+        return msg
+    key, rest = m.group(1), m.group(2)
+    for ov in overrides:
+        if ov.split("=", 1)[0].lstrip("+~") == key:
+            return f"{ov}: {rest}"
+    return msg
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, from the YAML files under ``conf/<group>/``."""
+    d = CONF_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _check_group_choice(key: str, value: str) -> None:
+    group = key.lstrip("+~")
+    if (CONF_DIR / group).is_dir() and "." not in group:
+        options = group_options(group)
+        if value not in options:
+            raise ConfigError(f"{group}={value!r} is not an option of {group}/; choose one of: {', '.join(options)}")
+
+
+def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (no working-dir change, no logging)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    for ov in overrides:
+        if "=" in ov and not ov.startswith("hydra"):
+            k, v = ov.split("=", 1)
+            if "," not in v:
+                _check_group_choice(k, v)
+    gh = GlobalHydra.instance()
+    was_initialized = gh.is_initialized()
+    if was_initialized:  # inside a Hydra app (a sweep job): compose without re-initializing
+        try:
+            return compose(config_name=config_name, overrides=list(overrides))
+        except Exception as e:
+            raise ConfigError(_name_override(one_line(e), overrides)) from None
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(_name_override(one_line(e), overrides)) from None
+
+
+def compose_config(overrides: Sequence[str] = ()) -> Config:
+    """Compose and convert: the typed config a job with these overrides would run."""
+    return to_config(compose_dict(overrides))
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """The job override lists of a Hydra basic sweep (``seed=1,2,3 algo=a,b`` -> 6 lists).
+
+    Hydra's own overrides (``hydra.*``, ``hydra/launcher=...``) are dropped: they don't change the
+    job's config.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as e:
+        raise ConfigError(one_line(e)) from None
+    axes: list[list[str]] = []
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def preflight(overrides: Sequence[str], max_jobs: int = 256) -> list[Config]:
+    """Compose and validate every job of the command line; raises ConfigError on the first bad one."""
+    from rlexp.envs import check_compatible
+
+    jobs = expand_sweep(overrides)
+    if len(jobs) > max_jobs:  # a huge grid: check the corners, the first and the last job
+        jobs = [jobs[0], jobs[-1]]
+    configs = []
+    checked: set[tuple[Any, ...]] = set()
+    for job in jobs:
+        cfg = compose_config(job)
+        key = (cfg.algo.name, cfg.env.id, tuple(sorted(cfg.env.kwargs.items())), cfg.env.num_envs,
+               cfg.solve.threshold)
+        if key not in checked:
+            check_compatible(cfg)
+            checked.add(key)
+        configs.append(cfg)
+    return configs

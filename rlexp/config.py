@@ -1,0 +1,256 @@
+"""Typed configuration schema. Values live in ``conf/``; the shapes and the checks live here.
+
+Every dataclass is registered in Hydra's ConfigStore so that a YAML file extends its schema
+(``defaults: [base_dqn]``) and an unknown key or a wrong type is refused at composition. Range
+checks run in ``__post_init__``, which ``OmegaConf.to_object`` calls once at the CLI edge; each
+error names the public key and the offending value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message names the key and the value."""
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {why}")
+
+
+def _positive(prefix: str, obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None:
+            _check(v > 0, f"{prefix}.{name}", v, "must be > 0")
+
+
+def _non_negative(prefix: str, obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None:
+            _check(v >= 0, f"{prefix}.{name}", v, "must be >= 0")
+
+
+def _gamma(prefix: str, gamma: float) -> None:
+    _check(0.0 < gamma <= 1.0, f"{prefix}.gamma", gamma, "must be in (0, 1]")
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    _check(value in options, key, value, f"must be one of {', '.join(options)}")
+
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
+
+
+# --------------------------------------------------------------------------- environment
+@dataclass
+class EnvConfig:
+    """A gymnasium environment."""
+
+    id: str = MISSING  # gymnasium id, e.g. CartPole-v1; any registered id works
+    threshold: float | None = None  # solve threshold when the env registers none (Pendulum)
+    num_envs: int = 1  # parallel envs for on-policy collection (gymnasium vector API)
+    vectorization: str = "sync"  # sync | async
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+
+    def __post_init__(self) -> None:
+        _check(bool(self.id), "env.id", self.id, "must name a gymnasium environment")
+        _check(self.num_envs >= 1, "env.num_envs", self.num_envs, "must be >= 1")
+        _choice("env.vectorization", self.vectorization, ("sync", "async"))
+
+
+# --------------------------------------------------------------------------- optimizer
+@dataclass
+class OptimizerConfig:
+    """The optimizer of the algorithm's (main) network."""
+
+    name: str = "adam"  # adam | rmsprop | sgd
+    lr: float | None = None  # None: the algorithm's default (algo.lr)
+    weight_decay: float = 0.0
+    eps: float = 1e-8  # adam, rmsprop
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
+    alpha: float = 0.99  # rmsprop smoothing constant
+    momentum: float = 0.0  # rmsprop, sgd
+    nesterov: bool = False  # sgd
+
+    def __post_init__(self) -> None:
+        _choice("optimizer.name", self.name, ("adam", "rmsprop", "sgd"))
+        _positive("optimizer", self, "lr", "eps")
+        _non_negative("optimizer", self, "weight_decay", "momentum")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               "optimizer.betas", self.betas, "must be two numbers in [0, 1)")
+
+
+# --------------------------------------------------------------------------- algorithms
+@dataclass
+class AlgoConfig:
+    """Fields every algorithm has."""
+
+    name: str = MISSING  # registry name, e.g. dqn, ppo
+    gamma: float = 0.99  # discount
+    lr: float = 1e-3  # default learning rate when optimizer.lr is not set
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # MLP hidden sizes
+    activation: str = "relu"  # relu | tanh | elu | gelu
+
+    def __post_init__(self) -> None:
+        _gamma("algo", self.gamma)
+        _positive("algo", self, "lr")
+        _check(all(h >= 1 for h in self.hidden), "algo.hidden", self.hidden, "sizes must be >= 1")
+        _choice("algo.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class ExplorationConfig:
+    """Epsilon-greedy schedule of the value-based agents."""
+
+    schedule: str = "linear"  # linear (per env step) | exponential (per episode) | multiplicative (per update)
+    start: float = 1.0  # epsilon at the start
+    end: float = 0.01  # floor
+    steps: int = 10_000  # linear: env steps from start to end
+    rate: float = 0.01  # exponential: eps = end + (start - end) * exp(-rate * episode)
+    factor: float = 0.995  # multiplicative: eps <- max(end, eps * factor) after every update
+
+    def __post_init__(self) -> None:
+        _choice("algo.exploration.schedule", self.schedule, ("linear", "exponential", "multiplicative"))
+        for name in ("start", "end"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"algo.exploration.{name}", v, "must be in [0, 1]")
+        _check(self.steps >= 1, "algo.exploration.steps", self.steps, "must be >= 1")
+        _check(self.rate > 0, "algo.exploration.rate", self.rate, "must be > 0")
+        _check(0 < self.factor <= 1, "algo.exploration.factor", self.factor, "must be in (0, 1]")
+
+
+@dataclass
+class OffPolicyConfig(AlgoConfig):
+    """Replay and update cadence shared by the off-policy agents."""
+
+    buffer_size: int = 50_000  # transitions kept in replay
+    batch_size: int = 64
+    learning_starts: int = 1_000  # env steps before the first update
+    train_freq: int = 1  # env steps between training phases
+    gradient_steps: int = 1  # updates per training phase
+    max_grad_norm: float | None = 10.0  # None: no clipping
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.batch_size >= 1, "algo.batch_size", self.batch_size, "must be >= 1")
+        _check(self.buffer_size >= self.batch_size, "algo.buffer_size", self.buffer_size,
+               f"must be >= algo.batch_size ({self.batch_size})")
+        _non_negative("algo", self, "learning_starts")
+        _check(self.train_freq >= 1, "algo.train_freq", self.train_freq, "must be >= 1")
+        _check(self.gradient_steps >= 1, "algo.gradient_steps", self.gradient_steps, "must be >= 1")
+        _positive("algo", self, "max_grad_norm")
+
+
+@dataclass
+class DQNConfig(OffPolicyConfig):
+    """The DQN family; the named variants in conf/algo/ are settings of these flags."""
+
+    name: str = "dqn"
+    target_update: str = "hard"  # none | hard (copy every target_update_interval steps) | soft (tau)
+    target_update_interval: int = 500  # env steps between hard copies
+    tau: float = 0.005  # soft update rate
+    double: bool = False  # online net picks argmax a', target net evaluates it
+    clipped: bool = False  # two trained nets, target min(max Q1(s'), max Q2(s'))
+    dueling: bool = False  # Q = V + A - mean_a A (per state)
+    dueling_hidden: int = 32  # width of the value and advantage heads
+    loss: str = "huber"  # huber | mse
+    target_alpha: float = 1.0  # blend y <- q + alpha * (r + gamma max q' - q); 1.0 is plain DQN
+    terminal_reward: float | None = None  # replace the reward of a terminating step (seed: -1)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("algo.target_update", self.target_update, ("none", "hard", "soft"))
+        _check(self.target_update_interval >= 1, "algo.target_update_interval",
+               self.target_update_interval, "must be >= 1")
+        _check(0 < self.tau <= 1, "algo.tau", self.tau, "must be in (0, 1]")
+        _choice("algo.loss", self.loss, ("huber", "mse"))
+        _check(0 < self.target_alpha <= 1, "algo.target_alpha", self.target_alpha, "must be in (0, 1]")
+        _check(self.dueling_hidden >= 1, "algo.dueling_hidden", self.dueling_hidden, "must be >= 1")
+        _check(not (self.double and self.clipped), "algo.clipped", self.clipped,
+               "cannot be combined with algo.double=true")
+        _check(not (self.double and self.target_update == "none"), "algo.target_update",
+               self.target_update, "must be hard or soft with algo.double=true")
+
+
+ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {"base_dqn": DQNConfig}
+
+
+# --------------------------------------------------------------------------- run settings
+@dataclass
+class TrainConfig:
+    """Budgets and run-time settings."""
+
+    max_episodes: int = 1000  # episode budget
+    max_steps: int | None = None  # env-step budget; None: no step limit
+    stop_on_solve: bool = True  # stop at the first episode where the solve criterion holds
+    num_threads: int = 1  # torch intra-op threads; small MLPs are fastest on one
+    device: str = "cpu"
+    log_interval: int = 1_000  # env steps between training-diagnostic metrics
+    save_model: bool = True  # log the trained weights as an MLflow artifact
+    progress: bool | None = None  # None: show only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        _check(self.max_episodes >= 1, "train.max_episodes", self.max_episodes, "must be >= 1")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "must be >= 1")
+        _check(self.num_threads >= 1, "train.num_threads", self.num_threads, "must be >= 1")
+        _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+
+
+@dataclass
+class SolveConfig:
+    """When a task counts as solved: mean return over `window` consecutive episodes >= threshold."""
+
+    threshold: float | None = None  # None: env.threshold, else the env's registered reward_threshold
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 1, "solve.window", self.window, "must be >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded. The URI comes from MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+
+    enabled: bool = True
+    experiment: str | None = None  # None: the env id
+    run_name: str | None = None  # None: {algo}-{env}-{seed}
+    group: str | None = None  # multirun group tag; None: Hydra's sweep dir (or the run id)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """A whole experiment: what to train, where, for how long, and where to record it."""
+
+    algo: Any = MISSING  # one of the algo schemas, chosen by the algo/ group
+    env: EnvConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        if self.optimizer.lr is None:  # resolved once here so that every record shows the lr used
+            self.optimizer.lr = self.algo.lr
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="env", name="base_env", node=EnvConfig)
+    cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
+    for name, schema in ALGO_SCHEMAS.items():
+        cs.store(group="algo", name=name, node=schema)

@@ -1,0 +1,100 @@
+"""Environment construction and the checks that run before any training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from rlexp.config import Config, ConfigError, EnvConfig
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an algorithm needs to know about an environment to build its networks."""
+
+    id: str
+    obs_dim: int
+    discrete: bool
+    n_actions: int  # discrete: number of actions; continuous: action dimension
+    action_low: np.ndarray | None  # continuous only
+    action_high: np.ndarray | None
+    threshold: float | None  # registered or configured solve threshold
+
+
+def registered_threshold(env_id: str) -> float | None:
+    """The env's registered ``reward_threshold``; ConfigError for an unknown id."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment ({e})") from None
+    return spec.reward_threshold
+
+
+def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
+    """One environment, episode statistics recorded by the loop (not a wrapper)."""
+    env = gym.make(cfg.id, **cfg.kwargs)
+    if seed is not None:
+        env.action_space.seed(seed)
+    return env
+
+
+def make_vector_env(cfg: EnvConfig, seed: int) -> gym.vector.VectorEnv:
+    """``cfg.num_envs`` copies behind gymnasium's vector API, with next-step autoreset."""
+    fns = [lambda: gym.make(cfg.id, **cfg.kwargs) for _ in range(cfg.num_envs)]
+    cls = gym.vector.AsyncVectorEnv if cfg.vectorization == "async" else gym.vector.SyncVectorEnv
+    envs = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs.action_space.seed(seed)
+    return envs
+
+
+def describe(cfg: EnvConfig) -> EnvSpec:
+    """Build the env once to read its spaces; refuses spaces rlexp cannot handle."""
+    registered = registered_threshold(cfg.id)
+    try:
+        env = gym.make(cfg.id, **cfg.kwargs)
+    except TypeError as e:
+        raise ConfigError(f"env.kwargs={dict(cfg.kwargs)!r} rejected by {cfg.id}: {e}") from None
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(f"env.id={cfg.id!r} has observation space {obs_space}; rlexp needs a flat Box")
+    threshold = cfg.threshold if cfg.threshold is not None else registered
+    if isinstance(act_space, gym.spaces.Discrete):
+        return EnvSpec(cfg.id, int(obs_space.shape[0]), True, int(act_space.n), None, None, threshold)
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return EnvSpec(cfg.id, int(obs_space.shape[0]), False, int(act_space.shape[0]),
+                       act_space.low.astype(np.float32), act_space.high.astype(np.float32), threshold)
+    raise ConfigError(f"env.id={cfg.id!r} has action space {act_space}; rlexp handles Discrete and 1-D Box")
+
+
+def check_compatible(cfg: Config) -> EnvSpec:
+    """Validate the algorithm/env pairing and the solve threshold; returns the env's spec."""
+    from rlexp.algos import get_algorithm  # local: algos import this module
+
+    spec = describe(cfg.env)
+    algo = get_algorithm(cfg.algo.name)
+    kind = "discrete" if spec.discrete else "continuous"
+    if kind not in algo.action_spaces:
+        raise ConfigError(
+            f"algo={cfg.algo.name!r} cannot act in env={cfg.env.id!r}: it needs "
+            f"{' or '.join(algo.action_spaces)} actions and {cfg.env.id} has {kind} actions"
+        )
+    if cfg.solve.threshold is None and spec.threshold is None:
+        raise ConfigError(
+            f"env.id={cfg.env.id!r} registers no reward threshold: set env.threshold or solve.threshold"
+        )
+    if cfg.env.num_envs > 1 and not algo.vectorized:
+        raise ConfigError(f"env.num_envs={cfg.env.num_envs} is not supported by algo={cfg.algo.name!r}; use 1")
+    return spec
+
+
+def solve_threshold(cfg: Config, spec: EnvSpec) -> float:
+    """solve.threshold, else the env config's, else the registered one (checked to exist)."""
+    if cfg.solve.threshold is not None:
+        return float(cfg.solve.threshold)
+    assert spec.threshold is not None
+    return float(spec.threshold)

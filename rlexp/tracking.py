@@ -1,0 +1,147 @@
+"""Experiment tracking: one small interface, an MLflow implementation and a null one for tests.
+
+Metric keys are namespaced (``episode_return``, ``train/loss``); metrics are buffered and sent in
+batches (``log_batch``) every couple of seconds, so a run writes a few rows a second however short
+its episodes are. Writes that meet SQLite's "database is locked" are retried with back-off, which
+is what lets parallel multirun jobs share one ``mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class Tracker(Protocol):
+    """Where a training run reports to."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class NullTracker:
+    """Keeps every metric in memory and writes nothing: for tests and untracked runs."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.artifacts: list[tuple[Path, str | None]] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append((step, float(v)))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append((Path(path), artifact_path))
+
+    def flush(self) -> None:
+        pass
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded store ``mlflow.db`` in the working directory.
+
+    A relative SQLite path is made absolute, so every job of a multirun writes to the same file.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path.cwd() / uri[len(prefix):])
+    return uri
+
+
+def retry_locked(fn: Callable[[], T], attempts: int = 30) -> T:
+    """Call ``fn``, retrying with jittered back-off while SQLite reports a locked database."""
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # MLflow wraps sqlite3.OperationalError in its own exceptions
+            if "locked" not in str(e).lower() and "busy" not in str(e).lower() or i == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def get_or_create_experiment(client: Any, name: str) -> str:
+    """The experiment's id, creating it if needed; safe when several processes race to create it."""
+    for _ in range(5):
+        exp = retry_locked(lambda: client.get_experiment_by_name(name))
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                retry_locked(lambda: client.restore_experiment(exp.experiment_id))
+            return str(exp.experiment_id)
+        try:
+            return str(retry_locked(lambda: client.create_experiment(name)))
+        except Exception as e:  # lost the race: someone else created it
+            if "already exists" not in str(e).lower() and "unique" not in str(e).lower():
+                raise
+    raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
+
+
+class MlflowTracker:
+    """Tracker writing to one MLflow run through ``MlflowClient`` (no global active run)."""
+
+    def __init__(self, client: Any, run_id: str, flush_every_s: float = 2.0) -> None:
+        self.client, self.run_id = client, run_id
+        self.flush_every_s = flush_every_s
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        if len(self._pending) >= 900 or time.monotonic() - self._last_flush > self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            chunk, self._pending = self._pending[:1000], self._pending[1000:]
+            retry_locked(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+        self._last_flush = time.monotonic()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            chunk = items[i:i + 100]
+            retry_locked(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        retry_locked(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def terminate(self, status: str) -> None:
+        self.flush()
+        retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
