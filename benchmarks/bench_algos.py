@@ -1,0 +1,218 @@
+"""Episodes-to-solve and throughput of every algorithm, over several seeds.
+
+    python -m benchmarks.bench_algos                          # every algorithm, 5 seeds (long)
+    python -m benchmarks.bench_algos --algos dqn ppo --seeds 3 --jobs 2
+    python -m benchmarks.bench_algos --throughput-only        # rlexp vs SB3 env steps/s
+
+Each algorithm runs on its benchmark env (CartPole-v1 for the discrete ones, Pendulum-v1 for
+ddpg) with its default config, ``train.max_episodes`` from the table below, and stops when solved
+(threshold from the env, window 100). Runs go to a process pool (``--jobs``, one torch thread
+each). The table is printed and written, with date, command and versions, under
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# algorithm -> (env group option, episode budget)
+BENCH: dict[str, tuple[str, int]] = {
+    "dqn": ("cartpole", 1000),
+    "dqn_target": ("cartpole", 1000),
+    "double_dqn": ("cartpole", 1000),
+    "clipped_double_dqn": ("cartpole", 1000),
+    "dueling_dqn": ("cartpole", 1000),
+    "reinforce": ("cartpole", 2000),
+    "reinforce_baseline": ("cartpole", 2000),
+    "actor_critic": ("cartpole", 2000),
+    "ppo": ("cartpole", 1000),
+    "ddpg": ("pendulum", 300),
+    "sb3_ppo": ("cartpole", 1000),
+    "sb3_dqn": ("cartpole", 1000),
+    "sb3_a2c": ("cartpole", 2000),
+}
+
+
+@dataclass
+class Outcome:
+    algo: str
+    env: str
+    seed: int
+    solved_at: int | None
+    episodes: int
+    env_steps: int
+    wall_time_s: float
+    error: str | None = None
+
+
+def run_one(algo: str, seed: int, extra: tuple[str, ...]) -> Outcome:
+    """One training run in a worker process (untracked)."""
+    from rlexp.compose import compose_config
+    from rlexp.train import train
+
+    env, budget = BENCH.get(algo, ("cartpole", 1000))
+    overrides = [f"algo={algo}", f"env={env}", f"seed={seed}", f"train.max_episodes={budget}",
+                 "tracking.enabled=false", "train.save_model=false", *extra]
+    cfg = compose_config(overrides)
+    try:
+        r = train(cfg)
+    except Exception as e:  # a diverged seed is a result, not a crash of the benchmark
+        return Outcome(algo, cfg.env.id, seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
+    return Outcome(algo, cfg.env.id, seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def table(outcomes: list[Outcome], seeds: int) -> str:
+    rows = ["| algo | env | solved | median episodes-to-solve | range | median env steps | "
+            "median wall s | median env steps/s |", "|---|---|---|---|---|---|---|---|"]
+    by_algo: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        by_algo.setdefault(o.algo, []).append(o)
+    for algo, os_ in by_algo.items():
+        solved = [o.solved_at for o in os_ if o.solved_at is not None]
+        rng = f"{min(solved)}–{max(solved)}" if solved else "–"
+        sps = [o.env_steps / o.wall_time_s for o in os_ if o.wall_time_s > 0]
+        med = f"{_med([float(s) for s in solved]):.0f}" if solved else "not solved"
+        errors = sum(o.error is not None for o in os_)
+        note = f" ({errors} failed)" if errors else ""
+        rows.append(f"| {algo} | {os_[0].env} | {len(solved)}/{len(os_)}{note} | {med} | {rng} | "
+                    f"{_med([o.env_steps for o in os_]):.0f} | {_med([o.wall_time_s for o in os_]):.1f} | "
+                    f"{_med(sps):.0f} |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- throughput
+ZOO_DQN = dict(hidden=[256, 256], lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+               gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
+               exploration_fraction=0.16, exploration_final_eps=0.04)
+
+
+def rlexp_dqn_sps(steps: int, seed: int) -> float:
+    from rlexp.compose import compose_config
+    from rlexp.train import train
+
+    z = ZOO_DQN
+    cfg = compose_config([
+        "algo=dqn_target", f"seed={seed}", "train.max_episodes=1000000", f"train.max_steps={steps}",
+        "train.stop_on_solve=false", "tracking.enabled=false", "train.save_model=false",
+        f"algo.hidden={z['hidden']}", f"optimizer.lr={z['lr']}", f"algo.batch_size={z['batch_size']}",
+        f"algo.buffer_size={z['buffer_size']}", f"algo.learning_starts={z['learning_starts']}",
+        f"algo.gamma={z['gamma']}", f"algo.target_update_interval={z['target_update_interval']}",
+        f"algo.train_freq={z['train_freq']}", f"algo.gradient_steps={z['gradient_steps']}",
+        "algo.exploration.schedule=linear", f"algo.exploration.steps={int(z['exploration_fraction'] * 50_000)}",
+        f"algo.exploration.end={z['exploration_final_eps']}", "algo.loss=huber", "algo.max_grad_norm=10",
+    ])
+    r = train(cfg)
+    return r.sps
+
+
+def sb3_dqn_sps(steps: int, seed: int) -> float:
+    import torch
+    from stable_baselines3 import DQN
+
+    torch.set_num_threads(1)
+    z = ZOO_DQN
+    model = DQN("MlpPolicy", "CartPole-v1", learning_rate=z["lr"], batch_size=z["batch_size"],
+                buffer_size=z["buffer_size"], learning_starts=z["learning_starts"], gamma=z["gamma"],
+                target_update_interval=z["target_update_interval"], train_freq=z["train_freq"],
+                gradient_steps=z["gradient_steps"], exploration_fraction=z["exploration_fraction"],
+                exploration_final_eps=z["exploration_final_eps"],
+                policy_kwargs=dict(net_arch=z["hidden"]), seed=seed, device="cpu", verbose=0)
+    t = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - t)
+
+
+def throughput(steps: int, repeats: int) -> str:
+    """rlexp dqn_target vs SB3 DQN with the Zoo's CartPole settings, alternating, in one process."""
+    ours, theirs = [], []
+    for i in range(repeats):
+        ours.append(rlexp_dqn_sps(steps, i))
+        theirs.append(sb3_dqn_sps(steps, i))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    return ("| implementation | env steps/s (median of %d) | runs |\n|---|---|---|\n"
+            "| rlexp dqn_target | %.0f | %s |\n| SB3 DQN | %.0f | %s |\n\nratio rlexp / SB3: **%.2f×** "
+            "(%d env steps per run, 256x256, batch 64, 128 gradient steps every 256 steps, "
+            "target copy every 10 steps; one torch thread each, run alternately)"
+            % (repeats, o, ", ".join(f"{x:.0f}" for x in ours), t, ", ".join(f"{x:.0f}" for x in theirs),
+               o / t, steps))
+
+
+# --------------------------------------------------------------------------- main
+def versions() -> str:
+    import gymnasium
+    import torch
+
+    try:
+        import stable_baselines3
+
+        sb3 = stable_baselines3.__version__
+    except ImportError:
+        sb3 = "absent"
+    return (f"python {platform.python_version()}, torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
+            f"stable-baselines3 {sb3}, {platform.machine()} {platform.processor() or ''}".strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--algos", nargs="+", default=[a for a in BENCH if not a.startswith("sb3")])
+    p.add_argument("--seeds", type=int, default=5, help="seeds 1..N")
+    p.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    p.add_argument("--override", nargs="*", default=[], help="extra overrides for every run")
+    p.add_argument("--throughput", action="store_true", help="also compare env steps/s with SB3 DQN")
+    p.add_argument("--throughput-only", action="store_true")
+    p.add_argument("--throughput-steps", type=int, default=20_000)
+    p.add_argument("--throughput-repeats", type=int, default=3)
+    p.add_argument("--name", default="algos", help="results file prefix")
+    args = p.parse_args(argv)
+
+    sections = []
+    if not args.throughput_only:
+        from rlexp.algos import names
+
+        unknown = sorted(set(args.algos) - set(names()))
+        if unknown:
+            sys.exit(f"bench_algos: unknown --algos {', '.join(unknown)}; known: {', '.join(names())}")
+        jobs = [(a, s) for a in args.algos for s in range(1, args.seeds + 1)]
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_one, a, s, tuple(args.override)) for a, s in jobs]
+            outcomes = []
+            for f in futures:
+                o = f.result()
+                outcomes.append(o)
+                status = f"solved at {o.solved_at}" if o.solved_at else (o.error or "not solved")
+                print(f"  {o.algo:<20} seed {o.seed}: {status} ({o.episodes} ep, {o.env_steps} steps, "
+                      f"{o.wall_time_s:.0f} s)", flush=True)
+        sections.append(f"## Episodes-to-solve ({args.seeds} seeds, window 100, "
+                        f"{time.perf_counter() - t0:.0f} s total with {args.jobs} jobs)\n\n"
+                        + table(outcomes, args.seeds))
+    if args.throughput or args.throughput_only:
+        sections.append("## Throughput: rlexp DQN vs Stable-Baselines3 DQN\n\n"
+                        + throughput(args.throughput_steps, args.throughput_repeats))
+    cmd = "python -m benchmarks.bench_algos " + " ".join(argv if argv is not None else sys.argv[1:])
+    now = datetime.now(UTC)
+    text = (f"# rlexp benchmark — {now:%Y-%m-%d %H:%M} UTC\n\ncommand: `{cmd.strip()}`\n\n"
+            f"versions: {versions()}\n\n" + "\n\n".join(sections) + "\n")
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.name}-{now:%Y-%m-%d-%H%M}.md"
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

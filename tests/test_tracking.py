@@ -1,0 +1,181 @@
+"""The MLflow contract: runs, tags, params, metrics, artifacts and end states; multirun; a real server."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rlexp.compose import compose_config
+from rlexp.loops import DivergenceError
+from rlexp.train import RunInterrupted, run
+
+from .conftest import PYTHON, cli_env
+
+SMALL = ["algo.hidden=[16]", "algo.learning_starts=50", "train.log_interval=100"]
+
+
+def only_run(uri: str, experiment: str = "CartPole-v1"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, runs
+
+
+def test_run_records_the_contract(mlflow_uri, tmp_path):
+    cfg = compose_config(["algo=dqn_target", "seed=5", "train.max_episodes=12", *SMALL])
+    result = run(cfg, label="dqn_target", group="g1", workdir=tmp_path / "job")
+    client, runs = only_run(mlflow_uri)
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.run_id == result.run_id and r.info.status == "FINISHED"
+    assert r.info.run_name == "dqn_target-CartPole-v1-5"
+    assert {k: r.data.tags[k] for k in ("algo", "env", "seed", "group")} == {
+        "algo": "dqn_target", "env": "CartPole-v1", "seed": "5", "group": "g1"}
+    assert r.data.params["optimizer.lr"] == str(cfg.optimizer.lr)
+    assert r.data.params["solve.threshold"] == "475.0"  # the registered threshold in force
+    assert r.data.params["algo.target_update_interval"] == "500"
+    m = r.data.metrics
+    assert m["solved"] == 0 and m["episodes"] == 12 and m["env_steps"] == result.env_steps
+    assert m["sps"] > 0 and m["wall_time_s"] > 0 and "episodes_to_solve" not in m
+    hist = client.get_metric_history(r.info.run_id, "episode_return")
+    assert [h.step for h in hist] == list(range(1, 13))
+    assert [h.value for h in hist] == result.returns
+    assert len(client.get_metric_history(r.info.run_id, "episode_return_mean")) == 12
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"episodes.csv", "config.yaml", "model"} <= arts
+    assert [a.path for a in client.list_artifacts(r.info.run_id, "model")] == ["model/model.pt"]
+    csv = Path(client.download_artifacts(r.info.run_id, "episodes.csv", str(tmp_path))).read_text()
+    assert csv.splitlines()[0] == "episode,return,length,env_step,wall_time_s" and len(csv.splitlines()) == 13
+
+
+def test_solved_run_logs_episodes_to_solve(mlflow_uri):
+    cfg = compose_config(["solve.threshold=5", "solve.window=4", *SMALL])
+    result = run(cfg)
+    _, runs = only_run(mlflow_uri)
+    assert runs[0].data.metrics["episodes_to_solve"] == result.episodes_to_solve == 4
+    assert runs[0].data.metrics["solved"] == 1
+
+
+def test_experiment_defaults_to_env_and_can_be_named(mlflow_uri):
+    run(compose_config(["env=acrobot", "train.max_episodes=1", *SMALL]))
+    run(compose_config(["tracking.experiment=mine", "train.max_episodes=1", *SMALL]))
+    client = MlflowClient(mlflow_uri)
+    assert client.get_experiment_by_name("Acrobot-v1") and client.get_experiment_by_name("mine")
+
+
+def _stop_after(n: int, exc: BaseException):
+    def cb(info):
+        if info.episode == n:
+            raise exc
+    return cb
+
+
+@pytest.mark.parametrize(("exc", "status"), [(KeyboardInterrupt(), "KILLED"), (RunInterrupted("pruned"), "KILLED"),
+                                             (RuntimeError("boom"), "FAILED")])
+def test_interrupted_or_crashed_run_keeps_what_it_logged(mlflow_uri, exc, status):
+    cfg = compose_config(["train.max_episodes=50", *SMALL])
+    with pytest.raises(type(exc)):
+        run(cfg, callback=_stop_after(6, exc))
+    client, runs = only_run(mlflow_uri)
+    r = runs[0]
+    assert r.info.status == status
+    assert len(client.get_metric_history(r.info.run_id, "episode_return")) == 6
+    assert r.data.metrics["episodes"] == 6
+    assert "episodes.csv" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    if status == "FAILED":
+        assert r.data.tags["error"] == "RuntimeError: boom"
+
+
+def test_nan_loss_ends_failed(mlflow_uri, monkeypatch):
+    from rlexp.algos import dqn
+
+    monkeypatch.setattr(dqn.DQNAgent, "update", lambda self, b, c: {"train/loss": float("nan")})
+    with pytest.raises(DivergenceError):
+        run(compose_config(["train.max_steps=2000", *SMALL]))
+    _, runs = only_run(mlflow_uri)
+    assert runs[0].info.status == "FAILED" and "diverged" in runs[0].data.tags["error"]
+
+
+def _runs_in(db: Path) -> list:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("CartPole-v1")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_cli_multirun_one_run_per_seed(tmp_path, launcher):
+    args = [PYTHON, "-m", "rlexp", "algo=dueling_dqn", "seed=1,2,3", "train.max_episodes=4", *SMALL]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    args.append("-m")
+    p = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "locked" not in p.stderr
+    runs = _runs_in(tmp_path / "mlflow.db")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2", "3"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["group"] for r in runs}) == 1
+    assert {r.info.run_name for r in runs} == {f"dueling_dqn-CartPole-v1-{s}" for s in (1, 2, 3)}
+
+
+def test_ctrl_c_on_the_cli_marks_the_run_killed(tmp_path):
+    p = subprocess.Popen([PYTHON, "-m", "rlexp", "algo=dqn_target", "train.max_episodes=100000", *SMALL],
+                         cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until episodes are being recorded
+        csvs = list((tmp_path / "outputs").rglob("episodes.csv")) if (tmp_path / "outputs").exists() else []
+        if csvs and len(csvs[0].read_text().splitlines()) > 20:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "KILLED" in err
+    runs = _runs_in(tmp_path / "mlflow.db")
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"
+    assert runs[0].data.metrics["episodes"] >= 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.mlflow_server
+def test_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
+    port = _free_port()
+    server = subprocess.Popen(
+        [PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not come up")
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        result = run(compose_config(["train.max_episodes=5", "seed=2", *SMALL]))
+        client = MlflowClient(uri)
+        r = client.get_run(result.run_id)
+        assert r.info.status == "FINISHED" and r.data.metrics["episodes"] == 5
+        assert {"episodes.csv", "config.yaml", "model"} <= {a.path for a in client.list_artifacts(result.run_id)}
+        assert len(list((tmp_path / "artifacts").rglob("episodes.csv"))) == 1  # stored by the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
