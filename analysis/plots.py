@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,9 +135,11 @@ def improvement_matrix(pairs: pd.DataFrame, arms: Sequence[str]) -> Figure:
             f"\n[{1 - r.p_hi:.2f}, {1 - r.p_lo:.2f}]" if ci else "")
     side = 1.6 + 1.0 * len(arms)
     fig, ax = _figure(side + 1.2, side)
-    sns.heatmap(matrix, annot=notes.to_numpy(), fmt="", cmap="RdBu_r", vmin=0, vmax=1, center=0.5,
-                square=True, linewidths=0.5, cbar_kws={"label": "P(row faster)"}, ax=ax,
-                annot_kws={"fontsize": 8})
+    with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, pending deprecation
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        sns.heatmap(matrix, annot=notes.to_numpy(), fmt="", cmap="RdBu_r", vmin=0, vmax=1, center=0.5,
+                    square=True, linewidths=0.5, cbar_kws={"label": "P(row faster)"}, ax=ax,
+                    annot_kws={"fontsize": 8})
     ax.set(xlabel="column arm", ylabel="row arm", title="P(row solves in fewer episodes)")
     return fig
 

@@ -143,12 +143,12 @@ def throughput(steps: int, repeats: int) -> str:
         ours.append(rlexp_dqn_sps(steps, i))
         theirs.append(sb3_dqn_sps(steps, i))
     o, t = statistics.median(ours), statistics.median(theirs)
-    return ("| implementation | env steps/s (median of %d) | runs |\n|---|---|---|\n"
-            "| rlexp dqn_target | %.0f | %s |\n| SB3 DQN | %.0f | %s |\n\nratio rlexp / SB3: **%.2f×** "
-            "(%d env steps per run, 256x256, batch 64, 128 gradient steps every 256 steps, "
-            "target copy every 10 steps; one torch thread each, run alternately)"
-            % (repeats, o, ", ".join(f"{x:.0f}" for x in ours), t, ", ".join(f"{x:.0f}" for x in theirs),
-               o / t, steps))
+    runs_o, runs_t = ", ".join(f"{x:.0f}" for x in ours), ", ".join(f"{x:.0f}" for x in theirs)
+    return (f"| implementation | env steps/s (median of {repeats}) | runs |\n|---|---|---|\n"
+            f"| rlexp dqn_target | {o:.0f} | {runs_o} |\n| SB3 DQN | {t:.0f} | {runs_t} |\n\n"
+            f"ratio rlexp / SB3: **{o / t:.2f}×** ({steps} env steps per run, 256x256, batch 64, "
+            "128 gradient steps every 256 steps, target copy every 10 steps; one torch thread each, "
+            "run alternately)")
 
 
 # --------------------------------------------------------------------------- main

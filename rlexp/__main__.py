@@ -55,10 +55,16 @@ def main() -> None:
     if not _HYDRA_INFO_FLAGS.intersection(argv):
         overrides = [a for a in argv if not a.startswith("-")]
         try:
-            preflight(overrides)
+            configs = preflight(overrides)
         except ConfigError as e:
             print(f"rlexp: error: {e}", file=sys.stderr)
             sys.exit(2)
+        # create the store and the experiments once, here, before parallel jobs race to do it
+        from rlexp.tracking import open_experiment
+        from rlexp.train import experiment_name
+
+        for name in sorted({experiment_name(c) for c in configs if c.tracking.enabled}):
+            open_experiment(name)
     try:
         _job()
     except KeyboardInterrupt:

@@ -123,7 +123,7 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
             key = o.get_key_element()
             axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
         else:
-            axes.append([o.input_line])
+            axes.append([o.input_line or f"{o.get_key_element()}={o.get_value_string()}"])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 

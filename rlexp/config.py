@@ -181,7 +181,229 @@ class DQNConfig(OffPolicyConfig):
                self.target_update, "must be hard or soft with algo.double=true")
 
 
-ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {"base_dqn": DQNConfig}
+@dataclass
+class ReinforceConfig(AlgoConfig):
+    """REINFORCE on batches of whole episodes, optionally with a learned state-value baseline."""
+
+    name: str = "reinforce"
+    lr: float = 8e-3  # policy lr when optimizer.lr is not set (seed: 8e-3)
+    hidden: list[int] = field(default_factory=lambda: [64])  # policy (and baseline) MLP
+    activation: str = "tanh"
+    num_envs: int = 1  # envs collected from at once; env.num_envs > 1 overrides it
+    episodes_per_update: int = 1  # finished episodes per gradient step
+    min_steps_per_update: int = 1  # ...and at least this many env steps (seed: 1000)
+    baseline: bool = False  # subtract a learned V(s) from the reward-to-go
+    value_lr: float | None = None  # baseline lr; None: the policy's lr
+    value_iters: int = 1  # baseline gradient steps (MSE to the reward-to-go) per update
+    normalize_advantages: bool = False  # standardise G - V over the batch
+    ent_coef: float = 0.0  # entropy bonus (the seed has none)
+    max_grad_norm: float | None = None  # None: no clipping
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
+        _check(self.episodes_per_update >= 1, "algo.episodes_per_update", self.episodes_per_update,
+               "must be >= 1")
+        _check(self.min_steps_per_update >= 1, "algo.min_steps_per_update", self.min_steps_per_update,
+               "must be >= 1")
+        _check(self.value_iters >= 1, "algo.value_iters", self.value_iters, "must be >= 1")
+        _positive("algo", self, "value_lr", "max_grad_norm")
+        _non_negative("algo", self, "ent_coef")
+
+
+@dataclass
+class ActorCriticConfig(AlgoConfig):
+    """One-network actor-critic updated once per episode on (normalised) Monte-Carlo returns."""
+
+    name: str = "actor_critic"
+    lr: float = 1e-2  # Adam lr when optimizer.lr is not set (seed: 1e-2)
+    hidden: list[int] = field(default_factory=lambda: [128])  # shared trunk
+    activation: str = "relu"
+    num_envs: int = 1  # envs collected from at once; env.num_envs > 1 overrides it
+    episodes_per_update: int = 1  # finished episodes per gradient step (seed: 1)
+    normalize_returns: bool = True  # standardise the returns of each update (seed); off: bootstrap truncations
+    reduction: str = "sum"  # sum (seed: sum of per-step losses) | mean
+    huber_delta: float = 1.0  # critic Huber loss threshold
+    value_coef: float = 1.0  # weight of the critic loss
+    ent_coef: float = 0.0  # entropy bonus (the seed has none)
+    max_grad_norm: float | None = None  # None: no clipping
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
+        _check(self.episodes_per_update >= 1, "algo.episodes_per_update", self.episodes_per_update,
+               "must be >= 1")
+        _choice("algo.reduction", self.reduction, ("sum", "mean"))
+        _positive("algo", self, "huber_delta", "value_coef", "max_grad_norm")
+        _non_negative("algo", self, "ent_coef")
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    """PPO-Clip with GAE(lambda), separate actor and critic, KL early stopping."""
+
+    name: str = "ppo"
+    lr: float = 3e-4  # policy lr when optimizer.lr is not set (seed: 3e-4)
+    value_lr: float = 1e-3  # critic lr (seed: 1e-3)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # actor and critic MLPs
+    activation: str = "tanh"
+    num_envs: int = 1  # envs collected from at once; env.num_envs > 1 overrides it
+    n_steps: int = 4000  # env steps per env per epoch (rollout length; seed: 4000 with one env)
+    gae_lambda: float = 0.97  # GAE lambda
+    clip_ratio: float = 0.2  # policy ratio clipped to [1 - clip, 1 + clip]
+    train_pi_iters: int = 80  # max passes over the rollout for the policy
+    train_v_iters: int = 80  # passes over the rollout for the critic
+    n_minibatches: int = 1  # gradient steps per pass (1: full batch, as the seed)
+    target_kl: float | None = 0.01  # stop policy passes once approx KL > 1.5 x target_kl; None: never
+    normalize_advantages: bool = True
+    value_target: str = "reward_to_go"  # reward_to_go (seed: bootstrapped discounted sum) | lambda (A + V)
+    ent_coef: float = 0.0  # entropy bonus (the seed has none)
+    max_grad_norm: float | None = None  # None: no clipping
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
+        _check(self.n_steps >= 1, "algo.n_steps", self.n_steps, "must be >= 1")
+        _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        _check(0.0 < self.clip_ratio < 1.0, "algo.clip_ratio", self.clip_ratio, "must be in (0, 1)")
+        for key in ("train_pi_iters", "train_v_iters", "n_minibatches"):
+            _check(getattr(self, key) >= 1, f"algo.{key}", getattr(self, key), "must be >= 1")
+        _positive("algo", self, "value_lr", "target_kl", "max_grad_norm")
+        _non_negative("algo", self, "ent_coef")
+        _choice("algo.value_target", self.value_target, ("reward_to_go", "lambda"))
+
+
+@dataclass
+class DDPGConfig(OffPolicyConfig):
+    """DDPG: deterministic actor, Q critic on (state, action), soft target copies, action noise."""
+
+    name: str = "ddpg"
+    lr: float = 1e-3  # actor lr when optimizer.lr is not set (seed: 1e-3)
+    critic_lr: float = 2e-3  # critic lr (seed: 2e-3)
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # actor MLP
+    critic_state_hidden: list[int] = field(default_factory=lambda: [16, 32])  # critic state branch
+    critic_action_hidden: list[int] = field(default_factory=lambda: [32])  # critic action branch
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])  # after the concatenation
+    final_init: float = 3e-3  # actor output layer init in +-final_init
+    tau: float = 0.005  # soft target update rate, every gradient step
+    loss: str = "mse"  # critic loss: mse (seed) | huber
+    noise: str = "ou"  # ou (Ornstein-Uhlenbeck) | gaussian | none
+    noise_sigma: float = 0.2  # noise scale, in action units
+    noise_theta: float = 0.15  # OU mean reversion
+    noise_dt: float = 1e-2  # OU time step
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("critic_state_hidden", "critic_action_hidden", "critic_hidden"):
+            v = getattr(self, key)
+            _check(len(v) >= 1 and all(h >= 1 for h in v), f"algo.{key}", v, "needs sizes >= 1")
+        _positive("algo", self, "critic_lr", "final_init", "noise_dt")
+        _non_negative("algo", self, "noise_sigma", "noise_theta")
+        _check(0 < self.tau <= 1, "algo.tau", self.tau, "must be in (0, 1]")
+        _choice("algo.loss", self.loss, ("huber", "mse"))
+        _choice("algo.noise", self.noise, ("ou", "gaussian", "none"))
+
+
+@dataclass
+class SB3Config(AlgoConfig):
+    """Stable-Baselines3 run under rlexp's config, seeding, episode recording and tracking."""
+
+    name: str = MISSING  # sb3_ppo | sb3_dqn | sb3_a2c
+    num_envs: int = 1  # SB3 vec-env size (n_envs); env.num_envs > 1 overrides it
+    n_timesteps: int = 100_000  # horizon of lr/clip schedules and step budget unless train.max_steps is set
+    lr_schedule: str = "constant"  # constant | linear (decays to 0 over the horizon, as the RL Zoo's lin_)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument of the SB3 class
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
+        _check(self.n_timesteps >= 1, "algo.n_timesteps", self.n_timesteps, "must be >= 1")
+        _choice("algo.lr_schedule", self.lr_schedule, ("constant", "linear"))
+
+
+@dataclass
+class SB3PPOConfig(SB3Config):
+    """SB3 PPO; fields are its constructor arguments (defaults: the RL Zoo's CartPole-v1)."""
+
+    name: str = "sb3_ppo"
+    n_steps: int = 2048  # steps per env per rollout
+    batch_size: int = 64  # minibatch size
+    n_epochs: int = 10  # passes over each rollout
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    clip_schedule: str = "constant"  # constant | linear
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("algo", self, "n_steps", "batch_size", "n_epochs", "clip_range", "vf_coef", "max_grad_norm")
+        _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        _choice("algo.clip_schedule", self.clip_schedule, ("constant", "linear"))
+        _non_negative("algo", self, "ent_coef")
+
+
+@dataclass
+class SB3DQNConfig(SB3Config):
+    """SB3 DQN; fields are its constructor arguments (defaults: the RL Zoo's CartPole-v1)."""
+
+    name: str = "sb3_dqn"
+    buffer_size: int = 1_000_000
+    learning_starts: int = 100
+    batch_size: int = 32
+    tau: float = 1.0  # target update rate (1: hard copy)
+    train_freq: int = 4  # env steps between training phases
+    gradient_steps: int = 1
+    target_update_interval: int = 10_000  # env steps between target updates
+    exploration_fraction: float = 0.1  # fraction of the horizon over which epsilon decays
+    exploration_initial_eps: float = 1.0
+    exploration_final_eps: float = 0.05
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("algo", self, "buffer_size", "batch_size", "train_freq", "gradient_steps",
+                  "target_update_interval", "max_grad_norm")
+        _non_negative("algo", self, "learning_starts")
+        _check(0 < self.tau <= 1, "algo.tau", self.tau, "must be in (0, 1]")
+        for key in ("exploration_fraction", "exploration_initial_eps", "exploration_final_eps"):
+            v = getattr(self, key)
+            _check(0.0 <= v <= 1.0, f"algo.{key}", v, "must be in [0, 1]")
+
+
+@dataclass
+class SB3A2CConfig(SB3Config):
+    """SB3 A2C; fields are its constructor arguments (defaults: the RL Zoo's CartPole-v1)."""
+
+    name: str = "sb3_a2c"
+    n_steps: int = 5  # steps per env per update
+    gae_lambda: float = 1.0
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    use_rms_prop: bool = True  # SB3's default optimizer for A2C
+    rms_prop_eps: float = 1e-5
+    normalize_advantage: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("algo", self, "n_steps", "vf_coef", "max_grad_norm", "rms_prop_eps")
+        _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        _non_negative("algo", self, "ent_coef")
+
+
+ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
+    "base_dqn": DQNConfig,
+    "base_reinforce": ReinforceConfig,
+    "base_actor_critic": ActorCriticConfig,
+    "base_ppo": PPOConfig,
+    "base_ddpg": DDPGConfig,
+    "base_sb3_ppo": SB3PPOConfig,
+    "base_sb3_dqn": SB3DQNConfig,
+    "base_sb3_a2c": SB3A2CConfig,
+}
 
 
 # --------------------------------------------------------------------------- run settings

@@ -40,11 +40,21 @@ def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
     return env
 
 
-def make_vector_env(cfg: EnvConfig, seed: int) -> gym.vector.VectorEnv:
-    """``cfg.num_envs`` copies behind gymnasium's vector API, with next-step autoreset."""
-    fns = [lambda: gym.make(cfg.id, **cfg.kwargs) for _ in range(cfg.num_envs)]
-    cls = gym.vector.AsyncVectorEnv if cfg.vectorization == "async" else gym.vector.SyncVectorEnv
-    envs = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+def make_vector_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> gym.vector.VectorEnv:
+    """``num_envs`` (default ``cfg.num_envs``) copies behind gymnasium's vector API.
+
+    Same-step autoreset: the step that ends an episode already returns the next episode's first
+    observation; the last one is in ``info["final_obs"][i]`` (masked by ``info["_final_obs"]``),
+    so every step the env takes is a real transition and a truncated one can be bootstrapped.
+    Sub-env ``i`` is seeded with ``seed + i`` by the first ``reset(seed=seed)``.
+    """
+    n = cfg.num_envs if num_envs is None else num_envs
+    fns = [lambda: gym.make(cfg.id, **cfg.kwargs) for _ in range(n)]
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if cfg.vectorization == "async":
+        envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+    else:
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     envs.action_space.seed(seed)
     return envs
 

@@ -112,7 +112,8 @@ class EpisodeRecorder:
         self._csv: IO[str] | None = None
         self._writer: Any = None
         if self.csv_path is not None:
-            self._csv = open(self.csv_path, "w", newline="", buffering=1)  # line-buffered: a kill loses nothing
+            # line-buffered and kept open for the run: a kill loses no finished episode
+            self._csv = open(self.csv_path, "w", newline="", buffering=1)  # noqa: SIM115
             self._writer = csv.writer(self._csv)
             self._writer.writerow(["episode", "return", "length", "env_step", "wall_time_s"])
         self._last_print = 0.0

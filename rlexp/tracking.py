@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -79,9 +80,10 @@ def get_or_create_experiment(client: Any, name: str) -> str:
     for _ in range(5):
         exp = retry_locked(lambda: client.get_experiment_by_name(name))
         if exp is not None:
+            exp_id = str(exp.experiment_id)
             if exp.lifecycle_stage == "deleted":
-                retry_locked(lambda: client.restore_experiment(exp.experiment_id))
-            return str(exp.experiment_id)
+                retry_locked(lambda exp_id=exp_id: client.restore_experiment(exp_id))
+            return exp_id
         try:
             return str(retry_locked(lambda: client.create_experiment(name)))
         except Exception as e:  # lost the race: someone else created it
@@ -90,12 +92,47 @@ def get_or_create_experiment(client: Any, name: str) -> str:
     raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside an SQLite store (no-op for other stores).
+
+    MLflow creates and migrates the schema of a new SQLite file on first use; two processes doing
+    that at once corrupt the migration ("table ... already exists"), so the first use is serialized.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len(prefix):]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_experiment(name: str, uri: str | None = None) -> tuple[Any, str]:
+    """An ``MlflowClient`` on ``uri`` (default :func:`tracking_uri`) and the experiment's id."""
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        return client, get_or_create_experiment(client, name)
+
+
 class MlflowTracker:
     """Tracker writing to one MLflow run through ``MlflowClient`` (no global active run)."""
 
-    def __init__(self, client: Any, run_id: str, flush_every_s: float = 2.0) -> None:
+    def __init__(self, client: Any, run_id: str, flush_every_s: float | None = None) -> None:
         self.client, self.run_id = client, run_id
-        self.flush_every_s = flush_every_s
+        # RLEXP_TRACKING_FLUSH_S=0 sends every metric at once (the concurrency test uses it)
+        self.flush_every_s = (flush_every_s if flush_every_s is not None
+                              else float(os.environ.get("RLEXP_TRACKING_FLUSH_S", "2.0")))
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
 
@@ -125,10 +162,10 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        retry_locked(lambda: self.client.log_batch(self.run_id, tags=items))
+        retry_locked(lambda: self.client.log_batch(self.run_id, tags=items))  # type: ignore[misc]
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))  # type: ignore[misc]
 
     def terminate(self, status: str) -> None:
         self.flush()

@@ -26,8 +26,8 @@ from rlexp.buffer import ReplayBuffer
 from rlexp.config import Config
 from rlexp.envs import EnvSpec, check_compatible, make_env, solve_threshold
 from rlexp.loops import Counters, EpisodeInfo, EpisodeRecorder, off_policy_loop
-from rlexp.tracking import (MlflowTracker, NullTracker, Tracker, flatten, get_or_create_experiment,
-                            retry_locked, tracking_uri)
+from rlexp.onpolicy import run_on_policy
+from rlexp.tracking import MlflowTracker, NullTracker, Tracker, flatten, open_experiment, retry_locked
 
 
 class RunInterrupted(Exception):
@@ -86,6 +86,7 @@ def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, rec: EpisodeRecorder
 
 LOOPS: dict[str, Callable[[Any, Config, EnvSpec, EpisodeRecorder], Counters]] = {
     "off_policy": _run_off_policy,
+    "on_policy": run_on_policy,
 }
 
 
@@ -159,6 +160,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def experiment_name(cfg: Config) -> str:
+    return cfg.tracking.experiment or cfg.env.id
+
+
 def run_name(cfg: Config, label: str | None = None) -> str:
     return cfg.tracking.run_name or f"{label or cfg.algo.name}-{cfg.env.id}-{cfg.seed}"
 
@@ -175,12 +180,10 @@ def run(cfg: Config, *, label: str | None = None, group: str | None = None,
     """
     if not cfg.tracking.enabled:
         return train(cfg, workdir=workdir, callback=callback, progress=progress)
-    from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     spec = check_compatible(cfg)  # refuse bad input before anything is written
-    client = MlflowClient(tracking_uri())
-    exp_id = get_or_create_experiment(client, cfg.tracking.experiment or cfg.env.id)
+    client, exp_id = open_experiment(experiment_name(cfg))
     all_tags = {"algo": label or cfg.algo.name, "algo_name": cfg.algo.name, "env": cfg.env.id,
                 "seed": str(cfg.seed), **cfg.tracking.tags, **(tags or {})}
     if parent_run_id:

@@ -179,3 +179,21 @@ def test_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_parallel_processes_share_one_sqlite_store(tmp_path):
+    """Four processes, every metric written at once: no run lost, no 'database is locked'."""
+    code = ("import sys; from rlexp.compose import compose_config; from rlexp.train import run; "
+            "run(compose_config(['train.max_episodes=25', 'algo.hidden=[16]', 'algo.learning_starts=50', "
+            "'seed=' + sys.argv[1]]))")
+    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", RLEXP_TRACKING_FLUSH_S="0")
+    procs = [subprocess.Popen([PYTHON, "-c", code, str(s)], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                              text=True) for s in range(4)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errs
+    runs = _runs_in(tmp_path / "mlflow.db")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "episode_return")) == 25

@@ -1,18 +1,35 @@
-"""Fixtures for the analysis tests: a private MLflow store and tidy run tables built by hand."""
+"""Fixtures for the analysis tests: private MLflow stores and tidy run tables built by hand."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite database; copying it skips the slow schema migrations."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def new_store(empty_db: Path, directory: Path) -> str:
+    """A fresh store in ``directory`` (a copy of the empty database); returns its URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_db, directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def store(empty_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite MLflow store in tmp_path, also set as MLFLOW_TRACKING_URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(empty_db, tmp_path / "store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

@@ -1,0 +1,234 @@
+"""Typed schema of a sweep definition (``sweeps/NAME.yaml``); values live in the YAML files.
+
+The schema is registered in Hydra's ConfigStore as ``base_sweep``; a sweep file extends it
+(``defaults: [base_sweep, _self_]``), so an unknown key or a wrong type is refused at composition
+and the range checks in ``__post_init__`` name the key and the value, as in :mod:`rlexp.config`.
+
+The search space is a tree shaped like the rlexp config whose leaves are parameter specs::
+
+    space:
+      algo:
+        lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+        batch_size: {type: categorical, choices: [32, 64, 128]}
+
+so that ``space.algo.lr.high=1e-2``, ``+space.algo.gamma={type:float,low:0.9,high:0.999}`` and
+``~space.algo.batch_size`` work on the command line like any Hydra key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from rlexp.config import ConfigError, _check, _choice
+
+PARAM_TYPES = ("float", "int", "categorical")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "none")
+AGGREGATES = ("mean", "median")
+_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched config key and its range (built from a leaf of ``space``)."""
+
+    key: str  # rlexp config key, e.g. algo.lr
+    type: str  # float | int | categorical
+    low: float | None = None  # float/int: lower bound (inclusive)
+    high: float | None = None  # float/int: upper bound (inclusive)
+    log: bool = False  # float/int: sample uniformly in log space (low > 0)
+    step: float | None = None  # float/int: grid step from low; None: continuous (float) or 1 (int)
+    choices: tuple[Any, ...] = ()  # categorical: scalars, or lists written as on the command line
+
+    def __post_init__(self) -> None:
+        at = f"space.{self.key}"
+        _choice(f"{at}.type", self.type, PARAM_TYPES)
+        if self.type == "categorical":
+            _check(len(self.choices) >= 1, f"{at}.choices", list(self.choices), "must list at least one value")
+            for name in ("low", "high", "step"):
+                _check(getattr(self, name) is None, f"{at}.{name}", getattr(self, name),
+                       "is not used by a categorical parameter (use choices)")
+            for c in self.choices:
+                ok = c is None or isinstance(c, bool | int | float | str | list)
+                _check(ok, f"{at}.choices", list(self.choices), "must hold scalars or lists")
+            return
+        _check(not self.choices, f"{at}.choices", list(self.choices), f"is only for categorical, not {self.type}")
+        for name in ("low", "high"):
+            _check(_is_number(getattr(self, name)), f"{at}.{name}", getattr(self, name), "must be a finite number")
+        assert self.low is not None and self.high is not None
+        _check(self.low < self.high, f"{at}.low", self.low, f"must be < {at}.high ({self.high})")
+        if self.log:
+            _check(self.low > 0, f"{at}.low", self.low, "must be > 0 with log: true")
+        if self.step is not None:
+            _check(_is_number(self.step) and self.step > 0, f"{at}.step", self.step, "must be > 0")
+            _check(not self.log, f"{at}.step", self.step, "cannot be combined with log: true")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                v = getattr(self, name)
+                if v is not None:
+                    _check(float(v).is_integer(), f"{at}.{name}", v, "must be an integer for type: int")
+
+    def optuna_choices(self) -> list[Any]:
+        """Categorical choices as Optuna stores them: lists become their command-line text."""
+        return [format_value(c) if isinstance(c, list) else c for c in self.choices]
+
+    def corners(self) -> list[Any]:
+        """Values that validation composes: both bounds, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return [int(self.low or 0), int(self.high or 0)]
+        return [self.low, self.high]
+
+
+def format_value(v: Any) -> str:
+    """A value as Hydra reads it on the command line (floats exactly, strings quoted)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{s}'"
+
+
+def parse_space(space: Mapping[str, Any], prefix: str = "") -> list[ParamSpec]:
+    """The leaves of a ``space`` tree (a mapping with a ``type`` key) as validated specs."""
+    out: list[ParamSpec] = []
+    for k, v in space.items():
+        key = f"{prefix}{k}"
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"space.{key}={v!r} must be a parameter spec "
+                              "{type: float|int|categorical, ...} or a section of them")
+        if "type" not in v:
+            if not v:
+                raise ConfigError(f"space.{key} is an empty section")
+            out.extend(parse_space(v, key + "."))
+            continue
+        unknown = sorted(set(v) - _SPEC_KEYS)
+        if unknown:
+            raise ConfigError(f"space.{key}.{unknown[0]} is not a parameter field; "
+                              f"use {', '.join(sorted(_SPEC_KEYS))}")
+        choices = v.get("choices")
+        if choices is not None and not isinstance(choices, list | tuple):
+            raise ConfigError(f"space.{key}.choices={choices!r} must be a list")
+        out.append(ParamSpec(key, str(v["type"]), v.get("low"), v.get("high"), bool(v.get("log", False)),
+                             v.get("step"), tuple(choices or ())))
+    return out
+
+
+@dataclass
+class SamplerConfig:
+    """The Optuna sampler that proposes each trial's parameters."""
+
+    name: str = "tpe"  # tpe | random | cmaes | gp | qmc
+    seed: int | None = 0  # sampler seed (each worker derives its own from it); None: unseeded
+    args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the sampler class
+
+    def __post_init__(self) -> None:
+        _choice("sampler.name", self.name, SAMPLERS)
+
+
+@dataclass
+class PrunerConfig:
+    """The Optuna pruner that stops hopeless trials, and how often trials report to it."""
+
+    name: str = "median"  # median | percentile | successive_halving | hyperband | threshold | none
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner class
+    report_every: int = 25  # episodes between intermediate values (and pruning checks)
+
+    def __post_init__(self) -> None:
+        _choice("pruner.name", self.name, PRUNERS)
+        _check(self.report_every >= 1, "pruner.report_every", self.report_every, "must be >= 1")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Episodes-to-solve over a trial's seeds, unsolved seeds censored (see rlexp.sweep.objective)."""
+
+    aggregate: str = "mean"  # mean | median of the per-seed values
+    penalty: float | None = None  # episodes added for an unsolved seed, x (1 + shortfall); None: the budget
+
+    def __post_init__(self) -> None:
+        _choice("objective.aggregate", self.aggregate, AGGREGATES)
+        if self.penalty is not None:
+            _check(self.penalty > 0, "objective.penalty", self.penalty, "must be > 0")
+
+
+@dataclass
+class SweepConfig:
+    """A whole sweep: what every trial starts from, what it searches, how trials are run and stored."""
+
+    base: list[str] = field(default_factory=list)  # rlexp overrides of every trial: algo, env, budgets
+    space: dict[str, Any] = field(default_factory=dict)  # search space: config tree of parameter specs
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    n_trials: int = 30  # trials to finish in the study (complete, pruned or failed); raise it to add trials
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of trial 0
+    seed_stride: int = 1000  # trial k runs seeds[i] + k * seed_stride (0: every trial the same seeds)
+    eval_seeds: int = 5  # fresh seeds the best config is re-evaluated on at the end (0: skip)
+    eval_seed_base: int = 1_000_000  # the fresh seeds are eval_seed_base + j; checked unused by trials
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    storage: str = "sqlite:///optuna.db"  # any Optuna RDB URL; relative SQLite paths are from the cwd
+    study_name: str | None = None  # None: the sweep's name
+    workers: int = 1  # processes on this machine, each running trials of the shared study
+    heartbeat_interval: int = 10  # s between a running trial's heartbeats; silent for 2x: failed as lost
+    finalize: bool = True  # at the end: re-evaluate the best, plot, write the preset (false on helpers)
+    preset_dir: str | None = None  # where the best config's preset goes; None: conf/experiment
+    top: int = 5  # rows of the top-trials table printed at the end
+
+    def __post_init__(self) -> None:
+        for ov in self.base:
+            _check(isinstance(ov, str) and "=" in ov, "base", ov, "entries must be key=value overrides")
+        _check(bool(self.space), "space", self.space, "must hold at least one parameter")
+        self.params()  # validates every leaf
+        _check(self.n_trials >= 1, "n_trials", self.n_trials, "must be >= 1")
+        _check(len(self.seeds) >= 1, "seeds", self.seeds, "must list at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
+        _check(all(s >= 0 for s in self.seeds), "seeds", self.seeds, "must be >= 0")
+        _check(self.seed_stride >= 0, "seed_stride", self.seed_stride, "must be >= 0")
+        if self.seed_stride:
+            _check(self.seed_stride > max(self.seeds) - min(self.seeds), "seed_stride", self.seed_stride,
+                   f"must exceed the spread of seeds ({self.seeds}) so trials never share a seed")
+        _check(self.eval_seeds >= 0, "eval_seeds", self.eval_seeds, "must be >= 0")
+        _check(self.eval_seed_base >= 0, "eval_seed_base", self.eval_seed_base, "must be >= 0")
+        _check(bool(self.storage), "storage", self.storage, "must be an Optuna storage URL")
+        _check("://" in self.storage, "storage", self.storage,
+               "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")
+        if self.study_name is not None:
+            _check(bool(self.study_name.strip()), "study_name", self.study_name, "must not be empty")
+        _check(self.workers >= 1, "workers", self.workers, "must be >= 1")
+        _check(self.heartbeat_interval >= 1, "heartbeat_interval", self.heartbeat_interval, "must be >= 1")
+        _check(self.top >= 1, "top", self.top, "must be >= 1")
+
+    def params(self) -> list[ParamSpec]:
+        """The search space's parameters, validated, in file order."""
+        return parse_space(self.space)
+
+    def trial_seeds(self, number: int) -> list[int]:
+        """The seeds trial ``number`` runs (fixed, so that any trial can be reproduced)."""
+        return [s + number * self.seed_stride for s in self.seeds]
+
+    def fresh_seeds(self) -> list[int]:
+        """The seeds of the final re-evaluation."""
+        return [self.eval_seed_base + j for j in range(self.eval_seeds)]
+
+
+FIELDS = frozenset(SweepConfig.__dataclass_fields__)
+
+
+def register_sweep_schema() -> None:
+    """Register the schema with Hydra's ConfigStore as ``base_sweep`` (idempotent)."""
+    ConfigStore.instance().store(name="base_sweep", node=SweepConfig)

@@ -1,0 +1,148 @@
+"""Hydra at the sweep's edge: compose ``sweeps/NAME.yaml`` with command-line keys, validate, convert once.
+
+A ``key=value`` whose first part is a field of :class:`~rlexp.sweep.config.SweepConfig`
+(``n_trials=10``, ``pruner.name=none``, ``space.algo.lr.high=1e-2``) overrides the sweep
+definition; any other (``train.max_episodes=30``, ``algo.hidden=[16]``) is an rlexp override appended
+to ``base``. Everything is checked before a trial runs: the definition's types and ranges, that
+every searched key exists in the composed rlexp config, and that the base composed with each
+parameter's bounds and choices is a valid, compatible config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rlexp.compose import _name_override, compose_config, compose_dict, one_line
+from rlexp.config import Config, ConfigError
+from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
+
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: its definition, the study's name and the parameters searched."""
+
+    name: str  # the sweep file's name
+    cfg: SweepConfig
+    params: tuple[ParamSpec, ...]
+
+    @property
+    def study_name(self) -> str:
+        return self.cfg.study_name or self.name
+
+
+def sweep_names() -> list[str]:
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+
+def _locate(sweep: str) -> tuple[Path, str]:
+    """``sweep=NAME`` (a file of sweeps/) or ``sweep=path/to/file.yaml``: (config dir, name)."""
+    if sweep.endswith((".yaml", ".yml")):
+        path = Path(sweep).resolve()
+        if not path.is_file():
+            raise ConfigError(f"sweep={sweep!r}: no such file")
+        return path.parent, path.stem
+    if not (SWEEPS_DIR / f"{sweep}.yaml").is_file():
+        raise ConfigError(f"sweep={sweep!r} is not a file of sweeps/; choose one of: {', '.join(sweep_names())}")
+    return SWEEPS_DIR, sweep
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(sweep-definition overrides, rlexp overrides) by the key's first part."""
+    sweep_ovs: list[str] = []
+    rlexp_ovs: list[str] = []
+    for ov in overrides:
+        if "=" not in ov and not ov.startswith("~"):
+            raise ConfigError(f"{ov!r} is not a key=value override")
+        top = ov.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        (sweep_ovs if top in FIELDS else rlexp_ovs).append(ov)
+    return sweep_ovs, rlexp_ovs
+
+
+def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, SweepConfig]:
+    """Compose a sweep definition with overrides into the typed schema (no rlexp checks yet)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_sweep_schema()
+    conf_dir, name = _locate(sweep)
+    sweep_ovs, rlexp_ovs = split_overrides(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            dcfg = compose(config_name=name, overrides=sweep_ovs)
+        cfg = OmegaConf.to_object(dcfg)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(_name_override(one_line(e), sweep_ovs)) from None
+    if not isinstance(cfg, SweepConfig):
+        raise ConfigError(f"sweep={sweep!r} does not extend the sweep schema: start it with "
+                          "'defaults: [base_sweep, _self_]'")
+    cfg.base = [*cfg.base, *rlexp_ovs]
+    return name, cfg
+
+
+def param_override(p: ParamSpec, value: object) -> str:
+    """The rlexp override setting ``p`` to ``value`` (an Optuna value or a corner)."""
+    if p.type == "categorical" and isinstance(value, str) and value in p.optuna_choices():
+        value = p.choices[p.optuna_choices().index(value)]  # back from a list's text
+    if p.type == "int":
+        value = int(value)  # type: ignore[call-overload]
+    return f"{p.key}={format_value(value)}"
+
+
+def _compose_checked(overrides: list[str]) -> Config:
+    from rlexp.envs import check_compatible
+
+    cfg = compose_config(overrides)
+    check_compatible(cfg)
+    return cfg
+
+
+def validate(name: str, cfg: SweepConfig) -> Sweep:
+    """Check the base and the search space against the real rlexp config; raises ConfigError."""
+    params = cfg.params()
+    base = list(cfg.base)
+    for ov in base:
+        key = ov.split("=", 1)[0].lstrip("+")
+        if key == "seed":
+            raise ConfigError(f"base: {ov!r}: the seeds are the sweep's (seeds=, seed_stride=), not base's")
+        if key.startswith("~"):
+            raise ConfigError(f"base: {ov!r}: deletions cannot be written to a preset; set a value instead")
+    try:
+        _compose_checked(base)
+    except ConfigError as e:
+        raise ConfigError(f"base: {e}") from None
+    dbase = compose_dict(base)
+    for p in params:
+        if p.key == "seed" or p.key.startswith("hydra"):
+            raise ConfigError(f"space.{p.key} cannot be searched: the seeds are the sweep's")
+        node = OmegaConf.select(dbase, p.key, default=_ABSENT)
+        if node is _ABSENT:
+            raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from "
+                              f"base {base}")
+        if isinstance(node, DictConfig) or (isinstance(node, ListConfig) and p.type != "categorical"):
+            raise ConfigError(f"space.{p.key}: {p.key} is a section, not a value; search one of its keys")
+    # every bound and every choice composed at least once, all parameters set at the same time
+    corners = [p.corners() for p in params]
+    for i in range(max(len(c) for c in corners)):
+        ovs = [param_override(p, c[i % len(c)]) for p, c in zip(params, corners, strict=True)]
+        try:
+            _compose_checked(base + ovs)
+        except ConfigError as e:
+            raise ConfigError(f"space: with {' '.join(ovs)}: {e}") from None
+    return Sweep(name, cfg, tuple(params))
+
+
+def load(sweep: str, overrides: Sequence[str] = ()) -> Sweep:
+    """Compose and validate ``sweep`` with command-line ``overrides``; raises ConfigError."""
+    name, cfg = compose_sweep(sweep, overrides)
+    return validate(name, cfg)
+

@@ -1,0 +1,117 @@
+"""The sweep's answer as an experiment preset: ``conf/experiment/<study>.yaml``.
+
+The preset holds the base overrides (group choices in its defaults list, values as nested keys)
+and the best trial's parameters, so that ``python -m rlexp +experiment=<study> seed=1,2,3 -m``
+trains exactly the best trial's configuration; :func:`verify` composes it and checks that.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rlexp.compose import CONF_DIR, compose_config, compose_dict, to_config
+from rlexp.config import ConfigError
+from rlexp.train import config_dict
+
+
+def preset_name(study_name: str) -> str:
+    """A file stem Hydra accepts as a group option."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+
+
+def preset_path(study_name: str, preset_dir: str | None) -> Path:
+    folder = Path(preset_dir) if preset_dir else CONF_DIR / "experiment"
+    return folder / f"{preset_name(study_name)}.yaml"
+
+
+def _is_group(key: str) -> bool:
+    return "." not in key and (CONF_DIR / key).is_dir()
+
+
+def build(overrides: Sequence[str]) -> dict[str, Any]:
+    """The preset's content: ``defaults`` for group choices, nested keys with the composed values."""
+    dcfg = compose_dict(list(overrides))
+    defaults: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for ov in overrides:
+        raw_key, raw_value = ov.split("=", 1)
+        key = raw_key.lstrip("+")
+        if key == "seed":
+            continue
+        if _is_group(key):
+            defaults[f"override /{key}" if raw_key == key else f"/{key}"] = raw_value
+            continue
+        node = OmegaConf.select(dcfg, key)
+        value = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+        d = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            d = d.setdefault(part, {})
+        d[leaf] = value
+    out: dict[str, Any] = {}
+    if defaults:
+        out["defaults"] = [{k: v} for k, v in defaults.items()]
+    out.update(values)
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists (``hidden: [64, 64]``)."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def write(path: Path, overrides: Sequence[str], comment: Sequence[str]) -> Path:
+    """Write the preset for ``overrides`` (base + best params) with a provenance comment."""
+    data = build(overrides)
+    defaults = data.pop("defaults", [])
+    body = ""
+    if defaults:
+        body = "defaults:\n" + "".join(f"  - {k}: {v}\n" for d in defaults for k, v in d.items())
+    if data:
+        body += yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    head = "# @package _global_\n" + "".join(f"# {line}\n".replace("# \n", "#\n") for line in comment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + body)
+    return path
+
+
+def compose_preset(path: Path, extra: Sequence[str] = ()) -> DictConfig:
+    """Compose ``+experiment=<path's stem>`` from wherever the file is (a copy under a search path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlexp.config import register_configs
+
+    register_configs()
+    with tempfile.TemporaryDirectory(prefix="rlexp-preset-") as tmp:
+        (Path(tmp) / "experiment").mkdir()
+        shutil.copy(path, Path(tmp) / "experiment" / path.name)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=[
+                f"hydra.searchpath=[file://{tmp}]", f"+experiment={path.stem}", *extra])
+
+
+def verify(path: Path, overrides: Sequence[str], seed: int = 0) -> None:
+    """Raise ConfigError unless the preset composes to exactly the config of ``overrides``."""
+    want = config_dict(compose_config([*overrides, f"seed={seed}"]))
+    try:
+        got = config_dict(to_config(compose_preset(path, [f"seed={seed}"])))
+    except Exception as e:
+        raise ConfigError(f"preset {path} does not compose: {e}") from None
+    if got != want:
+        from rlexp.tracking import flatten
+
+        fw, fg = flatten(want), flatten(got)
+        diff = [f"{k}: {fg.get(k)!r} != {fw.get(k)!r}" for k in sorted(set(fw) | set(fg)) if fw.get(k) != fg.get(k)]
+        raise ConfigError(f"preset {path} composes to another config: {'; '.join(diff)}")

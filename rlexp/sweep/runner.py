@@ -1,0 +1,403 @@
+"""Run a sweep: create or resume the study, run trials in worker processes, then finalize.
+
+Workers are processes (``workers=N``, spawned) each running ``study.optimize`` on the shared
+storage until ``n_trials`` trials count; other machines pointing at the same database join the
+same study. At the end the best configuration is re-evaluated on fresh seeds, the study's plots
+are logged on the parent run and the preset is written (``finalize=true``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from rlexp.compose import compose_config
+from rlexp.config import ConfigError
+from rlexp.sweep import preset, study as st
+from rlexp.sweep.load import Sweep
+from rlexp.sweep.objective import Objective, describe_trial
+from rlexp.train import experiment_name
+
+OUTPUTS = Path("outputs") / "sweeps"
+
+
+@dataclass
+class EvalRun:
+    """One re-evaluation run of a configuration on a fresh seed."""
+
+    seed: int
+    solved_at: int | None
+    episodes: int
+    env_steps: int
+    wall_time_s: float
+    error: str | None = None
+
+
+@dataclass
+class EvalSummary:
+    seeds: list[int]
+    runs: list[EvalRun]
+
+    @property
+    def solved(self) -> int:
+        return sum(r.solved_at is not None for r in self.runs)
+
+    @property
+    def median_episodes_to_solve(self) -> float:
+        """Median with unsolved runs counted as infinitely slow (censored)."""
+        return median_censored([r.solved_at for r in self.runs])
+
+    def line(self) -> str:
+        med = self.median_episodes_to_solve
+        return (f"{self.solved}/{len(self.runs)} solved, median episodes-to-solve "
+                f"{'unsolved' if math.isinf(med) else f'{med:g}'} on fresh seeds {self.seeds}")
+
+
+def median_censored(values: Sequence[int | None]) -> float:
+    """Median of episodes-to-solve where None (unsolved) ranks above every solved value."""
+    if not values:
+        return math.nan
+    return float(statistics.median([math.inf if v is None else float(v) for v in values]))
+
+
+@dataclass
+class SweepResult:
+    """What a sweep command leaves: the study's tally and best trial, the re-evaluation, the preset."""
+
+    study_name: str
+    storage: str  # redacted
+    n_trials: int
+    tally: dict[str, int]
+    env_steps: int  # summed over every trial of the study (lost ones included)
+    wall_time_s: float  # of this command
+    best_number: int | None = None
+    best_value: float | None = None
+    best_overrides: list[str] = field(default_factory=list)
+    evaluation: EvalSummary | None = None
+    preset: Path | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.tally["complete"] + self.tally["pruned"] + self.tally["failed"] >= self.n_trials
+
+
+# --------------------------------------------------------------------------- workers
+def _seed_offset(cfg: Any, existing: int, worker: int) -> int:
+    """Distinct sampler streams per worker and per (re)start; per host and process on a shared DB."""
+    offset = existing + 7919 * worker
+    if not st.storage_url(cfg.storage).startswith("sqlite"):
+        offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
+    return offset
+
+
+def _load_study(sweep: Sweep, worker: int = 0) -> optuna.Study:
+    cfg = sweep.cfg
+    storage = st.make_storage(cfg.storage, cfg.heartbeat_interval)
+    existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).get_trials(deepcopy=False))
+    budget = compose_config(cfg.base).train.max_episodes
+    return optuna.load_study(study_name=sweep.study_name, storage=storage,
+                             sampler=st.make_sampler(cfg, _seed_offset(cfg, existing, worker)),
+                             pruner=st.make_pruner(cfg, budget))
+
+
+def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker: int = 0) -> None:
+    """One worker: run trials of the shared study until ``n_trials`` count (module-level: spawnable)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = _load_study(sweep, worker)
+    progress = st.Progress(sweep.study_name, sweep.cfg.n_trials, sweep.cfg.workers)
+    if st.done(study.get_trials(deepcopy=False)) >= sweep.cfg.n_trials:
+        return
+    study.optimize(Objective(sweep, parent_run_id, experiment), callbacks=[progress], catch=(Exception,))
+
+
+def _spawned(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker: int) -> None:
+    try:
+        work(sweep, parent_run_id, experiment, worker)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@contextmanager
+def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: str | None) -> None:
+    if n == 1:
+        work(sweep, parent_run_id, experiment)
+        return
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_spawned, args=(sweep, parent_run_id, experiment, i), name=f"sweep-worker-{i}")
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:  # SIGTERM: each worker's run ends KILLED, its trial lost
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.join(timeout=30)
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        print(f"[{sweep.study_name}] {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the command
+def definition(sweep: Sweep) -> dict[str, Any]:
+    """What makes trial values comparable; stored on the study and checked on every resume."""
+    c = sweep.cfg
+    return {"base": list(c.base), "seeds": list(c.seeds), "seed_stride": c.seed_stride,
+            "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space}
+
+
+def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
+    have = study.user_attrs.get("definition")
+    want = definition(sweep)
+    if have is None:
+        study.set_user_attr("definition", want)
+        return
+    for key in ("base", "seeds", "seed_stride", "objective"):
+        if have.get(key) != want[key]:
+            raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study "
+                              f"{sweep.study_name!r} was created: its values would not be comparable; "
+                              "use another study_name (or the original settings)")
+    if have.get("space") != want["space"]:
+        print(f"[{sweep.study_name}] note: the search space differs from the study's first run",
+              file=sys.stderr)
+
+
+def run_sweep(sweep: Sweep) -> SweepResult:
+    """Start, resume or extend the sweep's study; finalize when ``n_trials`` count."""
+    cfg = sweep.cfg
+    t0 = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    base_cfg = compose_config(cfg.base)
+    experiment = experiment_name(base_cfg) if base_cfg.tracking.enabled else None
+    storage = st.make_storage(cfg.storage, cfg.heartbeat_interval)
+    st.make_pruner(cfg, base_cfg.train.max_episodes)  # refuse bad pruner args before anything runs
+    st.make_sampler(cfg)
+    study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction="minimize",
+                                load_if_exists=True)
+    _check_definition(study, sweep)
+    url = st.redact(st.storage_url(cfg.storage))
+    parent = None
+    if experiment is not None:
+        from rlexp.sweep.tracking import open_parent
+
+        parent = open_parent(sweep.study_name, experiment, url, definition(sweep),
+                             study.user_attrs.get("mlflow_parent_run_id"))
+        if study.user_attrs.get("mlflow_parent_run_id") != parent:
+            study.set_user_attr("mlflow_parent_run_id", parent)
+    trials = study.get_trials(deepcopy=False)
+    print(f"[{sweep.study_name}] study in {url}: {st.done(trials)}/{cfg.n_trials} trials done; "
+          f"{cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}",
+          file=sys.stderr, flush=True)
+    try:
+        with _sigterm_as_keyboard_interrupt():
+            st.wait_for_stale(study, cfg.heartbeat_interval)
+            for _ in range(10):  # another round only if a trial was lost while the last ones ran
+                trials = study.get_trials(deepcopy=False)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                todo = cfg.n_trials - st.done(trials) - running
+                if todo <= 0:
+                    break
+                _run_workers(sweep, min(cfg.workers, todo), parent, experiment)
+                if st.done(study.get_trials(deepcopy=False)) == st.done(trials):
+                    break  # no progress: don't spin
+    except KeyboardInterrupt:
+        if parent:
+            from rlexp.sweep.tracking import finish_parent
+
+            finish_parent(parent, "KILLED")
+        raise
+    result = summarize(study, sweep, time.perf_counter() - t0)
+    result.parent_run_id = parent
+    if not result.finished:
+        print(f"[{sweep.study_name}] {result.tally}: n_trials={cfg.n_trials} not reached (trials still "
+              "running elsewhere, or no progress); run the same command again to finish", file=sys.stderr)
+    elif cfg.finalize:
+        finalize(study, sweep, result)
+    if parent:
+        from rlexp.sweep.tracking import finish_parent
+
+        finish_parent(parent, "FINISHED" if result.finished else "KILLED", _parent_metrics(result))
+    return result
+
+
+def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepResult:
+    trials = study.get_trials(deepcopy=False)
+    b = st.best(trials)
+    return SweepResult(sweep.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
+                       st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials),
+                       wall_time_s, b.number if b else None, b.value if b else None,
+                       list(b.user_attrs.get("overrides", [])) if b else [])
+
+
+def _parent_metrics(r: SweepResult) -> dict[str, float]:
+    m = {f"trials_{k}": float(v) for k, v in r.tally.items()}
+    m["env_steps"] = float(r.env_steps)
+    if r.best_value is not None:
+        m["best_value"] = r.best_value
+    if r.evaluation is not None:
+        m["eval_solved"] = float(r.evaluation.solved)
+        med = r.evaluation.median_episodes_to_solve
+        if math.isfinite(med):
+            m["eval_median_episodes_to_solve"] = med
+    return m
+
+
+# --------------------------------------------------------------------------- the end
+def top_table(trials: Sequence[FrozenTrial], k: int) -> str:
+    """Markdown table of the ``k`` best complete trials."""
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
+                      key=lambda t: (t.value, t.number))[:k]
+    rows = ["| rank | trial | value | solved seeds | episodes-to-solve | env steps | params |",
+            "|---|---|---|---|---|---|---|"]
+    for i, t in enumerate(complete, 1):
+        ets = t.user_attrs.get("episodes_to_solve", [])
+        solved = sum(e is not None for e in ets)
+        ets_s = ", ".join("-" if e is None else str(e) for e in ets)
+        rows.append(f"| {i} | {t.number} | {t.value:.1f} | {solved}/{len(ets)} | {ets_s} | "
+                    f"{t.user_attrs.get('env_steps', 0)} | {describe_trial(t.params)} |")
+    return "\n".join(rows)
+
+
+def plots(study: optuna.Study, out: Path) -> list[Path]:
+    """Optimization history and (with >= 2 complete trials) parameter importances, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    jobs = [("optimization_history.png", vis.plot_optimization_history)]
+    if len(complete) >= 2:
+        jobs.append(("param_importances.png", vis.plot_param_importances))
+    else:
+        print(f"[{study.study_name}] parameter importances need >= 2 complete trials; skipped", file=sys.stderr)
+    for name, fn in jobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.savefig(out / name, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            paths.append(out / name)
+        except Exception as e:  # e.g. importances of a space that never varied
+            print(f"[{study.study_name}] {name} not drawn: {type(e).__name__}: {e}", file=sys.stderr)
+    return paths
+
+
+def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id: str | None,
+              tags: dict[str, Any]) -> EvalRun:
+    from rlexp.train import run
+
+    cfg = compose_config([*overrides, f"seed={seed}"])
+    try:
+        r = run(cfg, label=label, group=tags.get("sweep"), tags=tags, parent_run_id=parent_run_id)
+    except Exception as e:  # a diverged seed is a result
+        return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
+    return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
+
+
+def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *, label: str | None = None,
+             parent_run_id: str | None = None, tags: dict[str, Any] | None = None) -> EvalSummary:
+    """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
+    args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
+    if workers > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
+            runs = list(pool.map(_eval_one, *zip(*args, strict=True)))
+    else:
+        runs = [_eval_one(*a) for a in args]
+    return EvalSummary(list(seeds), runs)
+
+
+def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
+    """Top table, plots, re-evaluation of the best on fresh seeds, preset; fills ``result``."""
+    cfg = sweep.cfg
+    trials = study.get_trials(deepcopy=False)
+    out = OUTPUTS / preset.preset_name(sweep.study_name)
+    out.mkdir(parents=True, exist_ok=True)
+    table = top_table(trials, cfg.top)
+    print(f"\n[{sweep.study_name}] top trials ({result.tally}):\n{table}\n", file=sys.stderr)
+    (out / "top_trials.md").write_text(table + "\n")
+    artifacts = [out / "top_trials.md", *plots(study, out)]
+    b = st.best(trials)
+    if b is None:
+        print(f"[{sweep.study_name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
+        _log_artifacts(result.parent_run_id, artifacts)
+        return
+    overrides = [*cfg.base, *b.user_attrs.get("overrides", [])]
+    label = Objective(sweep, None, None).label
+    if cfg.eval_seeds:
+        fresh = cfg.fresh_seeds()
+        used = {s for t in trials for s in t.user_attrs.get("seeds", [])}
+        clash = sorted(used.intersection(fresh))
+        if clash:
+            raise ConfigError(f"eval_seed_base={cfg.eval_seed_base} gives seeds {clash} that trials used; "
+                              "raise eval_seed_base")
+        print(f"[{sweep.study_name}] re-evaluating trial {b.number} on fresh seeds {fresh}", file=sys.stderr)
+        result.evaluation = evaluate(overrides, fresh, cfg.workers, label=label, parent_run_id=result.parent_run_id,
+                                     tags={"sweep": sweep.study_name, "sweep_role": "eval", "trial": b.number})
+        print(f"[{sweep.study_name}] best trial {b.number} re-evaluated: {result.evaluation.line()}",
+              file=sys.stderr)
+    path = preset.preset_path(sweep.study_name, cfg.preset_dir)
+    ev = f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated."
+    comment = [
+        f"Best configuration of Optuna study '{sweep.study_name}' (storage {result.storage}),",
+        f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
+        f"seeds {b.user_attrs.get('seeds')}),",
+        f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} ...`.",
+        ev,
+        f"Reproduce: python -m rlexp +experiment={path.stem} seed=1,2,3 -m",
+    ]
+    preset.write(path, overrides, comment)
+    preset.verify(path, overrides)
+    result.preset = path
+    print(f"[{sweep.study_name}] preset written: {path} (python -m rlexp +experiment={path.stem} seed=1,2,3 -m)",
+          file=sys.stderr)
+    _log_artifacts(result.parent_run_id, [*artifacts, path])
+
+
+def _log_artifacts(run_id: str | None, paths: list[Path]) -> None:
+    if not run_id:
+        return
+    from rlexp.sweep.tracking import log_artifacts
+
+    log_artifacts(run_id, paths)

@@ -1,0 +1,219 @@
+"""The Optuna side: storage, sampler and pruner from the definition, the trial budget, progress lines.
+
+Which trials count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fail_reason`` user
+attribute (the objective sets it when a configuration diverges or raises). A FAIL without one is a
+*lost* trial: its worker was killed or interrupted mid-trial (the heartbeat marks it FAIL on the
+next start) and it is not counted, so a resumed sweep runs it again with the sampler's next proposal.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from rlexp.config import ConfigError
+from rlexp.sweep.config import SweepConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def storage_url(url: str) -> str:
+    """A relative SQLite path made absolute (every worker and a resume find the same file)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url != prefix + ":memory:":
+        return prefix + str(Path.cwd() / url[len(prefix):])
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for logs, tags and preset comments."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
+    """The RDB storage with a heartbeat, so a dead worker's running trial is failed as lost."""
+    url = storage_url(url)
+    if url.startswith("sqlite"):
+        # several workers write to one file: wait for the lock instead of failing at once
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=heartbeat_interval,
+                                              heartbeat_stale_trial_callback=on_lost_trial)
+        except Exception as e:
+            raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+
+
+def make_sampler(cfg: SweepConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler; each worker gets ``sampler.seed + seed_offset`` (distinct streams)."""
+    s = cfg.sampler
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
+               "qmc": optuna.samplers.QMCSampler}
+    seed = None if s.seed is None else s.seed + seed_offset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return classes[s.name](seed=seed, **s.args)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
+        except ImportError as e:
+            raise ConfigError(f"sampler.name={s.name!r} needs a missing package: {e}") from None
+
+
+def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
+    """The configured pruner; Hyperband's ``max_resource`` defaults to a trial's last step."""
+    p = cfg.pruner
+    args = dict(p.args)
+    classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
+               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+               "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner,
+               "none": optuna.pruners.NopPruner}
+    if p.name == "hyperband":
+        args.setdefault("max_resource", budget * len(cfg.seeds))
+    try:
+        return classes[p.name](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"pruner.args={dict(p.args)!r} rejected by {classes[p.name].__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------- the trial budget
+def is_lost(t: FrozenTrial) -> bool:
+    """A trial whose worker died or was interrupted mid-trial (not counted; run again)."""
+    return t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs
+
+
+def counts(t: FrozenTrial) -> bool:
+    """Whether a trial counts towards ``n_trials``."""
+    return t.state in FINISHED and not is_lost(t)
+
+
+def tally(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Counts by outcome: complete, pruned, failed (counted), lost, running."""
+    out = {"complete": 0, "pruned": 0, "failed": 0, "lost": 0, "running": 0}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            out["lost" if is_lost(t) else "failed"] += 1
+        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+            out["running"] += 1
+    return out
+
+
+def done(trials: Iterable[FrozenTrial]) -> int:
+    return sum(1 for t in trials if counts(t))
+
+
+def ahead_of(trials: Iterable[FrozenTrial], number: int) -> int:
+    """Trials numbered before ``number`` that count or may still count (running)."""
+    return sum(1 for t in trials if t.number < number and (counts(t) or t.state == TrialState.RUNNING))
+
+
+def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return min(complete, key=lambda t: (t.value, t.number)) if complete else None
+
+
+def duration_s(t: FrozenTrial) -> float | None:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def progress_line(study_name: str, trial: FrozenTrial, trials: list[FrozenTrial], n_trials: int,
+                  workers: int) -> str:
+    """One line per finished trial: outcome, tally, best so far, time left."""
+    c = tally(trials)
+    n_done = c["complete"] + c["pruned"] + c["failed"]
+    if trial.state == TrialState.COMPLETE:
+        what = f"COMPLETE value {trial.value:.1f}"
+    elif trial.state == TrialState.PRUNED:
+        what = f"PRUNED at step {trial.user_attrs.get('pruned_at', trial.last_step)}"
+    elif is_lost(trial):
+        what = "LOST (interrupted; not counted)"
+    else:
+        what = f"FAILED: {trial.user_attrs.get('fail_reason', '')}"[:200]
+    b = best(trials)
+    best_s = f"best {b.value:.1f} (trial {b.number})" if b is not None and b.value is not None else "best -"
+    durations = [d for t in trials if counts(t) and (d := duration_s(t)) is not None]
+    remaining = max(0, n_trials - n_done)
+    if remaining == 0:
+        eta = "done"
+    elif durations:
+        eta = f"~{_hms(sum(durations) / len(durations) * remaining / workers)} left"
+    else:
+        eta = "time left: -"
+    lost = f", {c['lost']} lost" if c["lost"] else ""
+    return (f"[{study_name}] trial {trial.number} {what} | {n_done}/{n_trials} done ({c['complete']} complete, "
+            f"{c['pruned']} pruned, {c['failed']} failed{lost}) | {best_s} | {eta}")
+
+
+class Progress:
+    """Optuna callback: print the progress line, and stop this worker once the budget is reached."""
+
+    def __init__(self, study_name: str, n_trials: int, workers: int) -> None:
+        self.study_name, self.n_trials, self.workers = study_name, n_trials, workers
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if not trial.user_attrs.get("surplus"):
+            print(progress_line(self.study_name, trial, trials, self.n_trials, self.workers),
+                  file=sys.stderr, flush=True)
+        # counted + running covers the trials other workers are finishing right now
+        if done(trials) + sum(t.state == TrialState.RUNNING for t in trials) >= self.n_trials:
+            study.stop()
+
+
+def on_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Heartbeat-stale callback: a dead worker's trial was failed; close its MLflow runs too."""
+    print(f"[{study.study_name}] trial {trial.number} LOST: its worker stopped mid-trial; "
+          "not counted, it will be replaced", file=sys.stderr, flush=True)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        from rlexp.sweep.tracking import close_lost_runs
+
+        try:
+            close_lost_runs(run_id)
+        except Exception as e:  # tracking trouble must not stop the sweep
+            print(f"[{study.study_name}] could not close the MLflow runs of trial {trial.number}: {e}",
+                  file=sys.stderr)
+
+
+def wait_for_stale(study: optuna.Study, heartbeat_interval: int) -> None:
+    """On (re)start: fail the running trials of dead workers now, so they are not counted in flight.
+
+    A trial is stale once its heartbeat is older than the grace period (2 heartbeats); a RUNNING
+    trial still beating after that belongs to a live worker (another machine) and is left alone.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    grace = 2 * heartbeat_interval
+    print(f"[{study.study_name}] {len(running)} trial(s) RUNNING: waiting {grace + 1} s for their "
+          "heartbeat to tell a dead worker's from a live one", file=sys.stderr, flush=True)
+    time.sleep(grace + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
