@@ -28,11 +28,27 @@ from mlflow.tracking import MlflowClient
 
 from rlexp.tracking import tracking_uri as default_tracking_uri
 
-RUN_COLUMNS = ["run_id", "run_name", "experiment_id", "status", "algo", "env", "seed", "group",
-               "sweep", "trial", "solved", "episodes_to_solve", "episodes", "env_steps",
-               "wall_time_s", "sps", "start_time", "git_commit"]
-EPISODE_COLUMNS = ["run_id", "algo", "env", "seed", "episode", "return", "length", "env_step",
-                   "wall_time_s"]
+RUN_COLUMNS = [
+    "run_id",
+    "run_name",
+    "experiment_id",
+    "status",
+    "algo",
+    "env",
+    "seed",
+    "group",
+    "sweep",
+    "trial",
+    "solved",
+    "episodes_to_solve",
+    "episodes",
+    "env_steps",
+    "wall_time_s",
+    "sps",
+    "start_time",
+    "git_commit",
+]
+EPISODE_COLUMNS = ["run_id", "algo", "env", "seed", "episode", "return", "length", "env_step", "wall_time_s"]
 _FINAL_METRICS = ("episodes_to_solve", "episodes", "env_steps", "wall_time_s", "sps")
 
 
@@ -95,8 +111,12 @@ def filter_string(query: RunQuery) -> str:
     applied in :func:`matches`; ``IN`` works for run ids.
     """
     clauses = []
-    for tag, vals in (("algo", query.algos), ("env", query.envs), ("group", query.groups),
-                      ("sweep", query.sweeps)):
+    for tag, vals in (
+        ("algo", query.algos),
+        ("env", query.envs),
+        ("group", query.groups),
+        ("sweep", query.sweeps),
+    ):
         if len(vals) == 1:
             clauses.append(f"tags.{tag} = {_quote(vals[0])}")
     clauses += [f"tags.`{k}` = {_quote(v)}" for k, v in query.tags.items()]
@@ -110,8 +130,12 @@ def matches(run: Run, query: RunQuery) -> bool:
     tags = run.data.tags
     if "report" in tags:
         return False
-    for tag, vals in (("algo", query.algos), ("env", query.envs), ("group", query.groups),
-                      ("sweep", query.sweeps)):
+    for tag, vals in (
+        ("algo", query.algos),
+        ("env", query.envs),
+        ("group", query.groups),
+        ("sweep", query.sweeps),
+    ):
         if vals and tags.get(tag) not in vals:
             return False
     if any(tags.get(k) != v for k, v in query.tags.items()):
@@ -141,14 +165,23 @@ def run_row(run: Run) -> dict[str, object]:
     e2s = _metric(metrics, "episodes_to_solve")
     solved = not math.isnan(e2s)
     if "solved" in metrics and bool(metrics["solved"]) != solved:
-        warnings.warn(f"run {run.info.run_id}: solved={metrics['solved']} but episodes_to_solve "
-                      f"{'missing' if not solved else e2s}; using episodes_to_solve", stacklevel=2)
+        warnings.warn(
+            f"run {run.info.run_id}: solved={metrics['solved']} but episodes_to_solve "
+            f"{'missing' if not solved else e2s}; using episodes_to_solve",
+            stacklevel=2,
+        )
     row: dict[str, object] = {
-        "run_id": run.info.run_id, "run_name": run.info.run_name,
-        "experiment_id": run.info.experiment_id, "status": run.info.status,
-        "algo": tags.get("algo", params.get("algo.name")), "env": tags.get("env", params.get("env.id")),
-        "seed": _int_or_none(tags.get("seed", params.get("seed"))), "group": tags.get("group"),
-        "sweep": tags.get("sweep"), "trial": _int_or_none(tags.get("trial")), "solved": solved,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "algo": tags.get("algo", params.get("algo.name")),
+        "env": tags.get("env", params.get("env.id")),
+        "seed": _int_or_none(tags.get("seed", params.get("seed"))),
+        "group": tags.get("group"),
+        "sweep": tags.get("sweep"),
+        "trial": _int_or_none(tags.get("trial")),
+        "solved": solved,
         **{k: _metric(metrics, k) for k in _FINAL_METRICS},
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
         "git_commit": tags.get("mlflow.source.git.commit"),
@@ -162,26 +195,38 @@ def runs_table(runs: Iterable[Run]) -> pd.DataFrame:
     table = pd.DataFrame([run_row(r) for r in runs])
     if table.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
+    table[["algo", "env"]] = table[["algo", "env"]].fillna("(unknown)")  # groupby would drop None
     table["seed"] = table["seed"].astype("Int64")
     table["trial"] = table["trial"].astype("Int64")
     return table.sort_values(["env", "algo", "seed", "run_id"], ignore_index=True)
 
 
 def _episodes_from_metrics(client: MlflowClient, run_id: str) -> pd.DataFrame:
-    hist = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-            for key in ("episode_return", "episode_length")}
+    hist = {
+        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        for key in ("episode_return", "episode_length")
+    }
     eps = sorted(hist["episode_return"])
-    return pd.DataFrame({"episode": eps, "return": [hist["episode_return"][e] for e in eps],
-                         "length": [hist["episode_length"].get(e, np.nan) for e in eps],
-                         "env_step": np.nan, "wall_time_s": np.nan})
+    return pd.DataFrame(
+        {
+            "episode": eps,
+            "return": [hist["episode_return"][e] for e in eps],
+            "length": [hist["episode_length"].get(e, np.nan) for e in eps],
+            "env_step": np.nan,
+            "wall_time_s": np.nan,
+        }
+    )
 
 
 def read_episodes(client: MlflowClient, run_id: str, tmp: Path) -> pd.DataFrame:
     """One run's ``episodes.csv`` artifact, or its metric histories when the artifact is absent."""
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="episodes.csv",
-                                                   dst_path=str(tmp / run_id),
-                                                   tracking_uri=client.tracking_uri)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="episodes.csv",
+            dst_path=str(tmp / run_id),
+            tracking_uri=client.tracking_uri,
+        )
         return pd.read_csv(path)
     except (MlflowException, OSError):
         return _episodes_from_metrics(client, run_id)
@@ -218,8 +263,9 @@ def _experiment_ids(client: MlflowClient, query: RunQuery) -> list[str]:
     if query.experiment is not None:
         exp = client.get_experiment_by_name(query.experiment)
         if exp is None:
-            raise CollectionError(f"experiment {query.experiment!r} not found at tracking URI "
-                                  f"{client.tracking_uri}")
+            raise CollectionError(
+                f"experiment {query.experiment!r} not found at tracking URI {client.tracking_uri}"
+            )
         return [exp.experiment_id]
     if not query.run_ids:
         raise CollectionError("give an experiment name or a list of run ids")
@@ -228,8 +274,7 @@ def _experiment_ids(client: MlflowClient, query: RunQuery) -> list[str]:
         try:
             ids.append(client.get_run(rid).info.experiment_id)
         except MlflowException as e:
-            raise CollectionError(f"run {rid!r} not found at tracking URI "
-                                  f"{client.tracking_uri}") from e
+            raise CollectionError(f"run {rid!r} not found at tracking URI {client.tracking_uri}") from e
     return sorted(set(ids))
 
 
@@ -238,22 +283,29 @@ def search(client: MlflowClient, experiment_ids: list[str], filter_str: str) -> 
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_str, ViewType.ACTIVE_ONLY,
-                                  max_results=1000, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
+        page = client.search_runs(
+            experiment_ids,
+            filter_str,
+            ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
         runs += page
         token = page.token
         if not token:
             return runs
 
 
-def collect(query: RunQuery, tracking_uri: str | None = None, *,
-            with_episodes: bool = True) -> Collection:
+def collect(query: RunQuery, tracking_uri: str | None = None, *, with_episodes: bool = True) -> Collection:
     """Read the runs matching ``query``; raises :class:`CollectionError` if there are none.
 
     ``tracking_uri`` defaults to the core's (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
     """
     uri = tracking_uri or default_tracking_uri()
+    db = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and db != ":memory:" and not Path(db).exists():
+        raise CollectionError(f"no MLflow database at {db} (tracking URI {uri})")  # don't create one
     client = MlflowClient(uri)
     exp_ids = _experiment_ids(client, query)
     found = [r for r in search(client, exp_ids, filter_string(query)) if matches(r, query)]
@@ -270,8 +322,9 @@ def collect(query: RunQuery, tracking_uri: str | None = None, *,
     return Collection(runs, episodes, uri, exp_ids, excluded)
 
 
-def param_differences(runs: pd.DataFrame, by: str = "algo",
-                      ignore: Sequence[str] = ("param.seed",)) -> pd.DataFrame:
+def param_differences(
+    runs: pd.DataFrame, by: str = "algo", ignore: Sequence[str] = ("param.seed",)
+) -> pd.DataFrame:
     """Params whose values differ between arms (or within one): a row per param, a column per arm.
 
     Cells list the distinct values of the param among that arm's runs ("-" where not logged).
@@ -280,7 +333,8 @@ def param_differences(runs: pd.DataFrame, by: str = "algo",
     rows = {}
     for col in cols:
         per_arm = runs.groupby(by, sort=True)[col].agg(
-            lambda s: ", ".join(sorted({str(v) for v in s.dropna()})) or "-")
+            lambda s: ", ".join(sorted({str(v) for v in s.dropna()})) or "-"
+        )
         values = runs[col].fillna("-").astype(str)
         if values.nunique() > 1:
             rows[col.removeprefix("param.")] = per_arm

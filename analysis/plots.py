@@ -38,13 +38,23 @@ def png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def learning_curves(curve: pd.DataFrame, arms: Sequence[str], by: str = "algo",
-                    threshold: float | None = None) -> Figure:
+def learning_curves(
+    curve: pd.DataFrame, arms: Sequence[str], by: str = "algo", threshold: float | None = None
+) -> Figure:
     """Mean return per episode with its band, one line per arm (from :func:`stats.learning_curve`)."""
     fig, ax = _figure(7.5, 4.2)
     colours = palette(arms)
-    sns.lineplot(data=curve, x="episode", y="mean", hue=by, hue_order=list(arms), palette=colours,
-                 errorbar=None, ax=ax, linewidth=1.2)
+    sns.lineplot(
+        data=curve,
+        x="episode",
+        y="mean",
+        hue=by,
+        hue_order=list(arms),
+        palette=colours,
+        errorbar=None,
+        ax=ax,
+        linewidth=1.2,
+    )
     for arm, g in curve.groupby(by):
         ax.fill_between(g["episode"], g["lo"], g["hi"], color=colours[arm], alpha=0.2, linewidth=0)
     if threshold is not None and math.isfinite(threshold):
@@ -54,14 +64,17 @@ def learning_curves(curve: pd.DataFrame, arms: Sequence[str], by: str = "algo",
     return fig
 
 
-def learning_curve_caption(curve: pd.DataFrame, confidence: float = stats.CONFIDENCE,
-                           min_frac: float = 0.5) -> str:
+def learning_curve_caption(
+    curve: pd.DataFrame, confidence: float = stats.CONFIDENCE, min_frac: float = 0.5
+) -> str:
     """What the learning-curve figure shows and how unequal run lengths are handled."""
-    return (f"Mean episode return across runs, with a {confidence:.0%} t-interval band across "
-            f"seeds. Runs stop at different episodes (most stop when solved), so each arm's curve "
-            f"is drawn only while at least {min_frac:.0%} of its runs (rounded up) are still "
-            "running; nothing is carried forward, and the tail of a curve averages the runs that "
-            "had not yet stopped, which are mostly the slower ones.")
+    return (
+        f"Mean episode return across runs, with a {confidence:.0%} t-interval band across "
+        f"seeds. Runs stop at different episodes (most stop when solved), so each arm's curve "
+        f"is drawn only while at least {min_frac:.0%} of its runs (rounded up) are still "
+        "running; nothing is carried forward, and the tail of a curve averages the runs that "
+        "had not yet stopped, which are mostly the slower ones."
+    )
 
 
 def solve_curves(km: pd.DataFrame, arms: Sequence[str], by: str = "algo") -> Figure:
@@ -71,24 +84,37 @@ def solve_curves(km: pd.DataFrame, arms: Sequence[str], by: str = "algo") -> Fig
     for arm in arms:
         g = km[km[by] == arm]
         ax.step(g["episode"], g["fraction_solved"], where="post", color=colours[arm], label=arm)
-        ax.fill_between(g["episode"], g["lo"], g["hi"], step="post", color=colours[arm],
-                        alpha=0.15, linewidth=0)
+        ax.fill_between(
+            g["episode"], g["lo"], g["hi"], step="post", color=colours[arm], alpha=0.15, linewidth=0
+        )
         cens = g[g["censored_here"] > 0]
-        ax.plot(cens["episode"], cens["fraction_solved"], "|", color=colours[arm], markersize=10,
-                markeredgewidth=1.5)
+        ax.plot(
+            cens["episode"],
+            cens["fraction_solved"],
+            "|",
+            color=colours[arm],
+            markersize=10,
+            markeredgewidth=1.5,
+        )
     ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
-    ax.set(xlabel="episode", ylabel="fraction of runs solved", ylim=(-0.02, 1.02),
-           title="Solved by episode n (Kaplan-Meier)")
+    ax.set(
+        xlabel="episode",
+        ylabel="fraction of runs solved",
+        ylim=(-0.02, 1.02),
+        title="Solved by episode n (Kaplan-Meier)",
+    )
     ax.legend(title=by, loc="upper left")
     return fig
 
 
 def solve_curves_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`solve_curves`."""
-    return (f"Kaplan-Meier estimate of the fraction of runs solved by each episode, with a "
-            f"pointwise {confidence:.0%} log-log band. Unsolved runs are right-censored at their "
-            "episode count (tick marks); the dotted line at 0.5 crosses each curve at its KM "
-            "median.")
+    return (
+        f"Kaplan-Meier estimate of the fraction of runs solved by each episode, with a "
+        f"pointwise {confidence:.0%} log-log band. Unsolved runs are right-censored at their "
+        "episode count (tick marks); the dotted line at 0.5 crosses each curve at its KM "
+        "median."
+    )
 
 
 def episodes_to_solve(runs: pd.DataFrame, summary: pd.DataFrame, by: str = "algo") -> Figure:
@@ -96,19 +122,39 @@ def episodes_to_solve(runs: pd.DataFrame, summary: pd.DataFrame, by: str = "algo
     arms = list(summary[by])
     fig, ax = _figure(7.5, 1.2 + 0.7 * len(arms))
     t, solved = stats.solve_times(runs)
-    data = runs.assign(t=t, outcome=np.where(solved, "solved", "not solved (censored)"),
-                       **{by: runs[by].astype(str)})
+    data = runs.assign(
+        t=t, outcome=np.where(solved, "solved", "not solved (censored)"), **{by: runs[by].astype(str)}
+    )
     for outcome, marker in (("solved", "o"), ("not solved (censored)", ">")):
         part = data[data["outcome"] == outcome]
         if not part.empty:
-            sns.stripplot(data=part, x="t", y=by, order=arms, marker=marker, color="0.45",
-                          alpha=0.6, size=5, jitter=0.12, ax=ax, label=outcome)
+            sns.stripplot(
+                data=part,
+                x="t",
+                y=by,
+                order=arms,
+                marker=marker,
+                color="0.45",
+                alpha=0.6,
+                size=5,
+                jitter=0.12,
+                ax=ax,
+                label=outcome,
+            )
     y = np.arange(len(arms))
     for offset, col, colour in ((-0.3, "median", "black"), (0.3, "iqm", "tab:red")):
         est = summary[col].to_numpy()
         err = np.abs(np.vstack([est - summary[f"{col}_lo"], summary[f"{col}_hi"] - est]))
-        ax.errorbar(est, y + offset, xerr=np.nan_to_num(err), fmt="D", color=colour, capsize=3,
-                    markersize=5, label=f"{col.upper() if col == 'iqm' else col} with 95% CI")
+        ax.errorbar(
+            est,
+            y + offset,
+            xerr=np.nan_to_num(err),
+            fmt="D",
+            color=colour,
+            capsize=3,
+            markersize=5,
+            label=f"{col.upper() if col == 'iqm' else col} with 95% CI",
+        )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
@@ -118,10 +164,12 @@ def episodes_to_solve(runs: pd.DataFrame, summary: pd.DataFrame, by: str = "algo
 
 def episodes_to_solve_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`episodes_to_solve`."""
-    return (f"Each grey mark is a run; '>' marks a run that never solved, placed at its episode "
-            f"count (its true value is larger). Diamonds: median (black) and interquartile mean "
-            f"(red) with seeded {confidence:.0%} bootstrap CIs; with censored runs they are "
-            "lower bounds.")
+    return (
+        f"Each grey mark is a run; '>' marks a run that never solved, placed at its episode "
+        f"count (its true value is larger). Diamonds: median (black) and interquartile mean "
+        f"(red) with seeded {confidence:.0%} bootstrap CIs; with censored runs they are "
+        "lower bounds."
+    )
 
 
 def improvement_matrix(pairs: pd.DataFrame, arms: Sequence[str]) -> Figure:
@@ -132,20 +180,34 @@ def improvement_matrix(pairs: pd.DataFrame, arms: Sequence[str]) -> Figure:
         ci = math.isfinite(r.p_lo)
         notes.loc[r.a, r.b] = f"{r.p_a_faster:.2f}" + (f"\n[{r.p_lo:.2f}, {r.p_hi:.2f}]" if ci else "")
         notes.loc[r.b, r.a] = f"{1 - r.p_a_faster:.2f}" + (
-            f"\n[{1 - r.p_hi:.2f}, {1 - r.p_lo:.2f}]" if ci else "")
+            f"\n[{1 - r.p_hi:.2f}, {1 - r.p_lo:.2f}]" if ci else ""
+        )
     side = 1.6 + 1.0 * len(arms)
     fig, ax = _figure(side + 1.2, side)
     with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, pending deprecation
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        sns.heatmap(matrix, annot=notes.to_numpy(), fmt="", cmap="RdBu_r", vmin=0, vmax=1, center=0.5,
-                    square=True, linewidths=0.5, cbar_kws={"label": "P(row faster)"}, ax=ax,
-                    annot_kws={"fontsize": 8})
+        sns.heatmap(
+            matrix,
+            annot=notes.to_numpy(),
+            fmt="",
+            cmap="RdBu_r",
+            vmin=0,
+            vmax=1,
+            center=0.5,
+            square=True,
+            linewidths=0.5,
+            cbar_kws={"label": "P(row faster)"},
+            ax=ax,
+            annot_kws={"fontsize": 8},
+        )
     ax.set(xlabel="column arm", ylabel="row arm", title="P(row solves in fewer episodes)")
     return fig
 
 
 def improvement_matrix_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`improvement_matrix`."""
-    return (f"Probability that a random run of the row arm solves in fewer episodes than a random "
-            f"run of the column arm (ties and undecidable censored pairs count 1/2), with "
-            f"seeded {confidence:.0%} bootstrap CIs. 0.5 means no difference.")
+    return (
+        f"Probability that a random run of the row arm solves in fewer episodes than a random "
+        f"run of the column arm (ties and undecidable censored pairs count 1/2), with "
+        f"seeded {confidence:.0%} bootstrap CIs. 0.5 means no difference."
+    )

@@ -32,8 +32,7 @@ from mlflow.tracking import MlflowClient
 from analysis import plots, stats
 from analysis.collect import Collection, CollectionError, RunQuery, collect, param_differences
 
-PACKAGES = ("rlexp", "mlflow", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "torch",
-            "gymnasium")
+PACKAGES = ("rlexp", "mlflow", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "torch", "gymnasium")
 MIN_FRAC = 0.5  # learning curves: keep an episode while >= this fraction of an arm's runs reach it
 
 
@@ -70,27 +69,38 @@ def limitations(summary: pd.DataFrame, pairs: pd.DataFrame, by: str) -> list[str
     """Plain-language statements of what these runs cannot support."""
     notes = []
     if len(summary) == 1:
-        notes.append(f"Only one {by} ({summary[by].iloc[0]}) matched: there is nothing to compare "
-                     "it with; the statistics below describe it alone.")
-    for r in summary.itertuples(index=False):
-        arm = getattr(r, by)
-        if r.runs == 1:
-            notes.append(f"{arm} has a single run: no confidence interval can be computed and "
-                         "any difference could be seed luck.")
-        elif r.runs < stats.MIN_SEEDS:
-            notes.append(f"{arm} has only {r.runs} runs (fewer than {stats.MIN_SEEDS} seeds): its "
-                         "intervals are wide and comparisons involving it are weak.")
-        if r.solved == 0:
-            notes.append(f"{arm} never solved (up to {r.max_episodes:.0f} episodes): its "
-                         "episodes-to-solve is only known to exceed its episode counts.")
+        notes.append(
+            f"Only one {by} ({summary[by].iloc[0]}) matched: there is nothing to compare "
+            "it with; the statistics below describe it alone."
+        )
+    for r in summary.to_dict("records"):
+        arm = r[by]
+        if r["runs"] == 1:
+            notes.append(
+                f"{arm} has a single run: no confidence interval can be computed and "
+                "any difference could be seed luck."
+            )
+        elif r["runs"] < stats.MIN_SEEDS:
+            notes.append(
+                f"{arm} has only {r['runs']} runs (fewer than {stats.MIN_SEEDS} seeds): its "
+                "intervals are wide and comparisons involving it are weak."
+            )
+        if r["solved"] == 0:
+            notes.append(
+                f"{arm} never solved (up to {r['max_episodes']:.0f} episodes): its "
+                "episodes-to-solve is only known to exceed its episode counts."
+            )
     if len(pairs) and not pairs["verdict"].str.contains("solves in fewer").any():
-        notes.append(f"No pair differs clearly (Holm-adjusted log-rank p < {stats.ALPHA} and a "
-                     "P(improvement) CI excluding 0.5).")
+        notes.append(
+            f"No pair differs clearly (Holm-adjusted log-rank p < {stats.ALPHA} and a "
+            "P(improvement) CI excluding 0.5)."
+        )
     return notes
 
 
-def analyse(collection: Collection, by: str = "algo", *, seed: int = 0,
-            n_resamples: int = stats.N_RESAMPLES) -> list[EnvAnalysis]:
+def analyse(
+    collection: Collection, by: str = "algo", *, seed: int = 0, n_resamples: int = stats.N_RESAMPLES
+) -> list[EnvAnalysis]:
     """Statistics for each environment in the collection (arms compared within an env only)."""
     runs = collection.runs.assign(**{by: collection.runs[by].astype(str)})
     episodes = collection.episodes
@@ -101,10 +111,19 @@ def analyse(collection: Collection, by: str = "algo", *, seed: int = 0,
         summary = stats.summarize(g, by, n_resamples=n_resamples, seed=seed)
         pairs = stats.compare(g, by, n_resamples=n_resamples, seed=seed)
         ep = episodes[episodes["run_id"].isin(g["run_id"])].assign(**{by: lambda d: d[by].astype(str)})
-        out.append(EnvAnalysis(
-            env=str(env), by=by, runs=g, summary=summary, pairs=pairs,
-            km=stats.km_curves(g, by), curve=stats.learning_curve(ep, by, min_frac=MIN_FRAC),
-            threshold=_threshold(g), notes=limitations(summary, pairs, by)))
+        out.append(
+            EnvAnalysis(
+                env=str(env),
+                by=by,
+                runs=g,
+                summary=summary,
+                pairs=pairs,
+                km=stats.km_curves(g, by),
+                curve=stats.learning_curve(ep, by, min_frac=MIN_FRAC),
+                threshold=_threshold(g),
+                notes=limitations(summary, pairs, by),
+            )
+        )
     return out
 
 
@@ -146,42 +165,81 @@ def summary_display(a: EnvAnalysis) -> pd.DataFrame:
     rows = []
     for r in a.summary.to_dict("records"):
         lb = "≥ " if r["lower_bound"] else ""
-        km = (f"> {r['max_episodes']:.0f}" if math.isinf(r["km_median"])
-              else _ci(r["km_median"], r["km_median_lo"], r["km_median_hi"], 0))
-        rows.append({a.by: r[a.by], "runs": r["runs"], "seeds": r["seeds"],
-                     "solved": f"{r['solved']}/{r['runs']}",
-                     "median episodes [95% CI]": _ci(r["median"], r["median_lo"], r["median_hi"], 1, lb),
-                     "IQM [95% CI]": _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 1, lb),
-                     "KM median [95% CI]": km, "wall time s (median)": _num(r["wall_time_s"]),
-                     "steps/s (median)": _num(r["sps"], 0)})
+        km = (
+            f"> {r['max_episodes']:.0f}"
+            if math.isinf(r["km_median"])
+            else _ci(r["km_median"], r["km_median_lo"], r["km_median_hi"], 0)
+        )
+        rows.append(
+            {
+                a.by: r[a.by],
+                "runs": r["runs"],
+                "seeds": r["seeds"],
+                "solved": f"{r['solved']}/{r['runs']}",
+                "median episodes [95% CI]": _ci(r["median"], r["median_lo"], r["median_hi"], 1, lb),
+                "IQM [95% CI]": _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 1, lb),
+                "KM median [95% CI]": km,
+                "wall time s (median)": _num(r["wall_time_s"]),
+                "steps/s (median)": _num(r["sps"], 0),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def pairs_display(a: EnvAnalysis) -> pd.DataFrame:
     """The pairwise table as strings."""
+
     def p(x: float) -> str:
         return "n/a" if not math.isfinite(x) else f"{x:.2g}"
 
-    return pd.DataFrame([{
-        "A": r["a"], "B": r["b"], "P(A faster) [95% CI]": _ci(r["p_a_faster"], r["p_lo"], r["p_hi"], 2),
-        "log-rank p (Holm)": p(r["logrank_p_holm"]), "Mann-Whitney p (Holm)": p(r["mannwhitney_p_holm"]),
-        "paired seeds": r["paired_n"], "Wilcoxon p (Holm)": p(r["wilcoxon_p_holm"]),
-        "warnings": r["warnings"] or "-"} for r in a.pairs.to_dict("records")])
+    return pd.DataFrame(
+        [
+            {
+                "A": r["a"],
+                "B": r["b"],
+                "P(A faster) [95% CI]": _ci(r["p_a_faster"], r["p_lo"], r["p_hi"], 2),
+                "log-rank p (Holm)": p(r["logrank_p_holm"]),
+                "Mann-Whitney p (Holm)": p(r["mannwhitney_p_holm"]),
+                "paired seeds": r["paired_n"],
+                "Wilcoxon p (Holm)": p(r["wilcoxon_p_holm"]),
+                "warnings": r["warnings"] or "-",
+            }
+            for r in a.pairs.to_dict("records")
+        ]
+    )
 
 
 def figures(a: EnvAnalysis) -> list[Fig]:
     """The figures of one environment."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.env)
-    figs = [Fig(f"{slug}-episodes-to-solve", plots.episodes_to_solve_caption(),
-                plots.png(plots.episodes_to_solve(a.runs, a.summary, a.by))),
-            Fig(f"{slug}-solve-curves", plots.solve_curves_caption(),
-                plots.png(plots.solve_curves(a.km, a.arms, a.by)))]
+    figs = [
+        Fig(
+            f"{slug}-episodes-to-solve",
+            plots.episodes_to_solve_caption(),
+            plots.png(plots.episodes_to_solve(a.runs, a.summary, a.by)),
+        ),
+        Fig(
+            f"{slug}-solve-curves",
+            plots.solve_curves_caption(),
+            plots.png(plots.solve_curves(a.km, a.arms, a.by)),
+        ),
+    ]
     if not a.curve.empty:
-        figs.append(Fig(f"{slug}-learning-curves", plots.learning_curve_caption(a.curve, min_frac=MIN_FRAC),
-                        plots.png(plots.learning_curves(a.curve, a.arms, a.by, a.threshold))))
+        figs.append(
+            Fig(
+                f"{slug}-learning-curves",
+                plots.learning_curve_caption(a.curve, min_frac=MIN_FRAC),
+                plots.png(plots.learning_curves(a.curve, a.arms, a.by, a.threshold)),
+            )
+        )
     if len(a.arms) > 1:
-        figs.append(Fig(f"{slug}-p-improvement", plots.improvement_matrix_caption(),
-                        plots.png(plots.improvement_matrix(a.pairs, a.arms))))
+        figs.append(
+            Fig(
+                f"{slug}-p-improvement",
+                plots.improvement_matrix_caption(),
+                plots.png(plots.improvement_matrix(a.pairs, a.arms)),
+            )
+        )
     return figs
 
 
@@ -194,8 +252,11 @@ METHODS = [
     "Kaplan-Meier (KM) median handles censoring exactly; 'not reached' / '> N' means fewer than "
     "half the runs solved.",
     f"Confidence intervals: seeded bootstrap ({stats.BOOTSTRAP_METHOD} method, "
-    "scipy.stats.bootstrap), resampling runs; KM bands are pointwise log-log intervals "
-    "(scipy.stats.ecdf); the KM median CI inverts that band.",
+    "scipy.stats.bootstrap), resampling runs. The expanded percentile interval is the percentile "
+    "interval taken at a higher level for small samples (98.3% at 10 runs, Hesterberg 2015): the "
+    "plain percentile, BCa and basic intervals of the median under-cover at 10 seeds "
+    "(benchmarks/bench_stats.py). KM bands are pointwise log-log intervals (scipy.stats.ecdf); "
+    "the KM median CI inverts that band.",
     "P(A faster) is the probability that a random run of A solves in fewer episodes than a random "
     "run of B: ties count 1/2, a solved run beats a censored run that ran at least as many "
     "episodes, and pairs whose order the censoring hides (two unsolved runs, or an unsolved run "
@@ -220,48 +281,72 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_sections(analyses: Sequence[EnvAnalysis], collection: Collection, query: RunQuery, *,
-                   command: str, report_run_id: str | None) -> list[Section]:
+def build_sections(
+    analyses: Sequence[EnvAnalysis],
+    collection: Collection,
+    query: RunQuery,
+    *,
+    command: str,
+    report_run_id: str | None,
+) -> list[Section]:
     """The page as sections: verdicts, per-environment tables and figures, methods, provenance."""
     by = analyses[0].by
     excluded = ", ".join(f"{n} {s}" for s, n in sorted(collection.excluded.items()))
-    head = Section("Verdicts", level=2, paragraphs=[
-        f"Does one {by} solve the task in fewer episodes than another, and how sure are we? "
-        f"{len(collection.runs)} runs analysed ({query.describe()})."
-        + (f" Excluded by status: {excluded}." if excluded else "")])
+    head = Section(
+        "Verdicts",
+        level=2,
+        paragraphs=[
+            f"Does one {by} solve the task in fewer episodes than another, and how sure are we? "
+            f"{len(collection.runs)} runs analysed ({query.describe()})."
+            + (f" Excluded by status: {excluded}." if excluded else "")
+        ],
+    )
     for a in analyses:
         head.bullets += [f"**{a.env}**: {v}" for v in a.pairs["verdict"]]
         head.bullets += [f"**{a.env}**: {n}" for n in a.notes]
     sections = [head]
     for a in analyses:
-        sec = Section(f"{a.env}", tables=[("Per-" + by + " statistics, fastest first",
-                                           summary_display(a))], figures=figures(a))
+        sec = Section(
+            f"{a.env}",
+            tables=[("Per-" + by + " statistics, fastest first", summary_display(a))],
+            figures=figures(a),
+        )
         if len(a.pairs):
             sec.tables.append(("Pairwise comparisons", pairs_display(a)))
         sections.append(sec)
     sections.append(Section("Methods", bullets=list(METHODS)))
     diffs = param_differences(collection.runs, by).reset_index()
-    prov = Section("Provenance", bullets=[
-        f"Tracking URI: `{collection.tracking_uri}`; experiment id(s): "
-        f"{', '.join(collection.experiment_ids)}",
-        f"Query: {query.describe()}",
-        f"Command: `{command}`",
-        f"Report run: {report_run_id or 'not logged'}; generated "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        "Runs' git commits: " + (", ".join(sorted(collection.runs["git_commit"].dropna().unique()))
-                                 or "not recorded"),
-        "Analysis environment: " + ", ".join(f"{k} {v}" for k, v in versions().items())])
-    prov.tables.append((f"Params that differ between {by}s (or within one)", diffs)
-                       if len(diffs) else ("Params: no differences besides the seed", pd.DataFrame()))
+    prov = Section(
+        "Provenance",
+        bullets=[
+            f"Tracking URI: `{collection.tracking_uri}`; experiment id(s): "
+            f"{', '.join(collection.experiment_ids)}",
+            f"Query: {query.describe()}",
+            f"Command: `{command}`",
+            f"Report run: {report_run_id or 'not logged'}; generated "
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            "Runs' git commits: "
+            + (", ".join(sorted(collection.runs["git_commit"].dropna().unique())) or "not recorded"),
+            "Analysis environment: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        ],
+    )
+    prov.tables.append(
+        (f"Params that differ between {by}s (or within one)", diffs)
+        if len(diffs)
+        else ("Params: no differences besides the seed", pd.DataFrame())
+    )
     t, solved = stats.solve_times(collection.runs)
     runs_tab = collection.runs[["run_id", "env", by, "seed", "group", "status"]].assign(
-        solved=solved, episodes_to_solve=[f"{x:.0f}" if s else f"> {x:.0f}" for x, s in zip(t, solved, strict=True)])
+        solved=solved,
+        episodes_to_solve=[f"{x:.0f}" if s else f"> {x:.0f}" for x, s in zip(t, solved, strict=True)],
+    )
     prov.tables.append(("Runs", runs_tab))
     sections.append(prov)
     return sections
 
 
 # --------------------------------------------------------------------------- rendering
+
 
 def _md_inline_to_html(text: str) -> str:
     text = html.escape(text)
@@ -277,8 +362,7 @@ def markdown_table(df: pd.DataFrame) -> str:
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "---|" * len(df.columns)]
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -306,9 +390,12 @@ figcaption{font-size:.9em;color:#555;max-width:800px}code{background:#f3f3f3;pad
 
 def render_html(title: str, sections: Sequence[Section]) -> str:
     """Self-contained HTML page: figures embedded as base64 PNG, no external resources."""
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{html.escape(title)}</h1>"]
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for s in sections:
         out.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
         out += [f"<p>{_md_inline_to_html(p)}</p>" for p in s.paragraphs]
@@ -320,14 +407,21 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
                 out.append(df.to_html(index=False, border=0, escape=True, na_rep="-"))
         for f in s.figures:
             data = base64.b64encode(f.png).decode("ascii")
-            out.append(f'<figure><img alt="{html.escape(f.name)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+            out.append(
+                f'<figure><img alt="{html.escape(f.name)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def write(out_dir: Path, title: str, sections: Sequence[Section], analyses: Sequence[EnvAnalysis],
-          collection: Collection) -> dict[str, Path]:
+def write(
+    out_dir: Path,
+    title: str,
+    sections: Sequence[Section],
+    analyses: Sequence[EnvAnalysis],
+    collection: Collection,
+) -> dict[str, Path]:
     """Write the pages, figures and tables into ``out_dir``; returns the written paths by role."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md"}
@@ -348,9 +442,16 @@ def start_report_run(collection: Collection, by: str, query: RunQuery) -> str:
     """Create the report run (tagged ``report=1``) in the analysed experiment; returns its id."""
     client = MlflowClient(collection.tracking_uri)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(collection.experiment_ids[0], run_name=f"report-{stamp}", tags={
-        "report": "1", "report.by": by, "report.n_runs": str(len(collection.runs)),
-        "report.query": query.describe()[:4000]})
+    run = client.create_run(
+        collection.experiment_ids[0],
+        run_name=f"report-{stamp}",
+        tags={
+            "report": "1",
+            "report.by": by,
+            "report.n_runs": str(len(collection.runs)),
+            "report.query": query.describe()[:4000],
+        },
+    )
     return run.info.run_id
 
 
@@ -372,9 +473,17 @@ class ReportResult:
     seconds: dict[str, float]
 
 
-def make_report(query: RunQuery, out_dir: str | Path, *, tracking_uri: str | None = None,
-                by: str = "algo", seed: int = 0, n_resamples: int = stats.N_RESAMPLES,
-                log: bool = True, command: str = "") -> ReportResult:
+def make_report(
+    query: RunQuery,
+    out_dir: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    by: str = "algo",
+    seed: int = 0,
+    n_resamples: int = stats.N_RESAMPLES,
+    log: bool = True,
+    command: str = "",
+) -> ReportResult:
     """Collect, analyse, render, write and (optionally) log the report; raises CollectionError."""
     out, seconds = Path(out_dir), {}
     t0 = time.perf_counter()
@@ -438,23 +547,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("give --experiment or --run-ids")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    query = RunQuery(experiment=args.experiment, algos=args.algo, envs=args.env, groups=args.group,
-                     sweeps=args.sweep, tags=dict(args.tag), run_ids=args.run_ids,
-                     statuses=tuple(args.status))
+    query = RunQuery(
+        experiment=args.experiment,
+        algos=args.algo,
+        envs=args.env,
+        groups=args.group,
+        sweeps=args.sweep,
+        tags=dict(args.tag),
+        run_ids=args.run_ids,
+        statuses=tuple(args.status),
+    )
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.experiment or "runs")
     out = Path(args.out or Path("reports") / name)
     command = "python -m analysis.report " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        result = make_report(query, out, tracking_uri=args.tracking_uri, by=args.by, seed=args.seed,
-                             n_resamples=args.n_resamples, log=not args.no_log, command=command)
+        result = make_report(
+            query,
+            out,
+            tracking_uri=args.tracking_uri,
+            by=args.by,
+            seed=args.seed,
+            n_resamples=args.n_resamples,
+            log=not args.no_log,
+            command=command,
+        )
     except CollectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for a in result.analyses:
         for line in list(a.pairs["verdict"]) + a.notes:
             print(f"{a.env}: {line}")
-    print(f"report: {result.paths['html']} and {result.paths['markdown']}"
-          + (f" (MLflow run {result.run_id})" if result.run_id else ""))
+    print(
+        f"report: {result.paths['html']} and {result.paths['markdown']}"
+        + (f" (MLflow run {result.run_id})" if result.run_id else "")
+    )
     return 0
 
 

@@ -77,9 +77,15 @@ def expanded_confidence(confidence: float, n: int) -> float:
     return float(2 * stats.norm.cdf(z) - 1)
 
 
-def bootstrap_ci(data: Sequence[np.ndarray], statistic: Statistic, *,
-                 confidence: float = CONFIDENCE, method: str = BOOTSTRAP_METHOD,
-                 n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    data: Sequence[np.ndarray],
+    statistic: Statistic,
+    *,
+    confidence: float = CONFIDENCE,
+    method: str = BOOTSTRAP_METHOD,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Two-sided bootstrap CI of a vectorised ``statistic(*samples, axis=-1)`` (scipy.stats.bootstrap).
 
     ``method`` is one of scipy's (``percentile``, ``BCa``, ``basic``) or ``expanded-percentile``
@@ -96,17 +102,29 @@ def bootstrap_ci(data: Sequence[np.ndarray], statistic: Statistic, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True,
-                              confidence_level=confidence, method=method,
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            data,
+            statistic,
+            n_resamples=n_resamples,
+            vectorized=True,
+            confidence_level=confidence,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         dist = res.bootstrap_distribution
         if np.ptp(dist) == 0:
             return float(dist.flat[0]), float(dist.flat[0])
         if method != "percentile":
-            return bootstrap_ci(data, statistic, confidence=confidence, method="percentile",
-                                n_resamples=n_resamples, seed=seed)
+            return bootstrap_ci(
+                data,
+                statistic,
+                confidence=confidence,
+                method="percentile",
+                n_resamples=n_resamples,
+                seed=seed,
+            )
     return lo, hi
 
 
@@ -127,13 +145,28 @@ def kaplan_meier(t: np.ndarray, solved: np.ndarray, confidence: float = CONFIDEN
     times, f = res.quantiles, res.probabilities
     lo = np.where(np.isnan(ci.low.probabilities), f, ci.low.probabilities)
     hi = np.where(np.isnan(ci.high.probabilities), f, ci.high.probabilities)
-    table = pd.DataFrame({
-        "episode": times, "fraction_solved": f, "lo": lo, "hi": hi,
-        "at_risk": [(t >= x).sum() for x in times],
-        "solved_here": [(solved & (t == x)).sum() for x in times],
-        "censored_here": [(~solved & (t == x)).sum() for x in times]})
-    start = pd.DataFrame({"episode": [0.0], "fraction_solved": [0.0], "lo": [0.0], "hi": [0.0],
-                          "at_risk": [t.size], "solved_here": [0], "censored_here": [0]})
+    table = pd.DataFrame(
+        {
+            "episode": times,
+            "fraction_solved": f,
+            "lo": lo,
+            "hi": hi,
+            "at_risk": [(t >= x).sum() for x in times],
+            "solved_here": [(solved & (t == x)).sum() for x in times],
+            "censored_here": [(~solved & (t == x)).sum() for x in times],
+        }
+    )
+    start = pd.DataFrame(
+        {
+            "episode": [0.0],
+            "fraction_solved": [0.0],
+            "lo": [0.0],
+            "hi": [0.0],
+            "at_risk": [t.size],
+            "solved_here": [0],
+            "censored_here": [0],
+        }
+    )
     return pd.concat([start, table], ignore_index=True)
 
 
@@ -151,9 +184,11 @@ def km_median(km: pd.DataFrame) -> tuple[float, float, float]:
     than half the runs (or their lower bound) solved within the episodes observed.
     """
     ep = km["episode"].to_numpy()
-    return (_first_reaching(ep, km["fraction_solved"].to_numpy(), 0.5),
-            _first_reaching(ep, km["hi"].to_numpy(), 0.5),
-            _first_reaching(ep, km["lo"].to_numpy(), 0.5))
+    return (
+        _first_reaching(ep, km["fraction_solved"].to_numpy(), 0.5),
+        _first_reaching(ep, km["hi"].to_numpy(), 0.5),
+        _first_reaching(ep, km["lo"].to_numpy(), 0.5),
+    )
 
 
 def logrank(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndarray) -> tuple[float, float]:
@@ -191,9 +226,17 @@ def prob_improvement(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndar
     return float(win_matrix(ta, sa, tb, sb).mean())
 
 
-def prob_improvement_ci(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndarray, *,
-                        confidence: float = CONFIDENCE, method: str = BOOTSTRAP_METHOD,
-                        n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def prob_improvement_ci(
+    ta: np.ndarray,
+    sa: np.ndarray,
+    tb: np.ndarray,
+    sb: np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+    method: str = BOOTSTRAP_METHOD,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Bootstrap CI of :func:`prob_improvement`, resampling the runs of A and of B independently."""
     w = win_matrix(ta, sa, tb, sb)
 
@@ -201,8 +244,14 @@ def prob_improvement_ci(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.n
         ia, ib = ia.astype(int), ib.astype(int)
         return w[ia[..., :, None], ib[..., None, :]].mean(axis=(-2, -1))
 
-    return bootstrap_ci((np.arange(len(ta)), np.arange(len(tb))), stat, confidence=confidence,
-                        method=method, n_resamples=n_resamples, seed=seed)
+    return bootstrap_ci(
+        (np.arange(len(ta)), np.arange(len(tb))),
+        stat,
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -231,6 +280,7 @@ def _test_p(test: Callable[..., object], *args: np.ndarray) -> tuple[float, floa
 
 def paired_seeds(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Censored-at-count solve times of A and B on the seeds both ran exactly once (sorted by seed)."""
+
     def by_seed(runs: pd.DataFrame) -> pd.Series:
         runs = runs.dropna(subset=["seed"])
         runs = runs[~runs["seed"].duplicated(keep=False)]
@@ -246,8 +296,14 @@ def _arm_groups(runs: pd.DataFrame, by: str) -> dict[str, pd.DataFrame]:
     return {str(k): g for k, g in runs.groupby(runs[by].astype(str), sort=True)}
 
 
-def summarize(runs: pd.DataFrame, by: str = "algo", *, confidence: float = CONFIDENCE,
-              n_resamples: int = N_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+def summarize(
+    runs: pd.DataFrame,
+    by: str = "algo",
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per arm: run/seed/solved counts, median and IQM with bootstrap CIs, KM median.
 
     ``median``/``iqm`` count unsolved runs at their episode count (lower bounds when
@@ -258,18 +314,31 @@ def summarize(runs: pd.DataFrame, by: str = "algo", *, confidence: float = CONFI
     rows = []
     for arm, g in _arm_groups(runs, by).items():
         t, s = solve_times(g)
-        med_lo, med_hi = bootstrap_ci((t,), median, confidence=confidence,
-                                      n_resamples=n_resamples, seed=seed)
-        iqm_lo, iqm_hi = bootstrap_ci((t,), iqm, confidence=confidence,
-                                      n_resamples=n_resamples, seed=seed)
+        med_lo, med_hi = bootstrap_ci((t,), median, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        iqm_lo, iqm_hi = bootstrap_ci((t,), iqm, confidence=confidence, n_resamples=n_resamples, seed=seed)
         km_med, km_lo, km_hi = km_median(kaplan_meier(t, s, confidence))
-        rows.append({
-            by: arm, "runs": len(g), "seeds": g["seed"].nunique(), "solved": int(s.sum()),
-            "censored": int((~s).sum()), "median": float(np.median(t)), "median_lo": med_lo,
-            "median_hi": med_hi, "iqm": float(iqm(t)), "iqm_lo": iqm_lo, "iqm_hi": iqm_hi,
-            "lower_bound": bool((~s).any()), "km_median": km_med, "km_median_lo": km_lo,
-            "km_median_hi": km_hi, "max_episodes": float(g["episodes"].max()),
-            "wall_time_s": float(g["wall_time_s"].median()), "sps": float(g["sps"].median())})
+        rows.append(
+            {
+                by: arm,
+                "runs": len(g),
+                "seeds": g["seed"].nunique(),
+                "solved": int(s.sum()),
+                "censored": int((~s).sum()),
+                "median": float(np.median(t)),
+                "median_lo": med_lo,
+                "median_hi": med_hi,
+                "iqm": float(iqm(t)),
+                "iqm_lo": iqm_lo,
+                "iqm_hi": iqm_hi,
+                "lower_bound": bool((~s).any()),
+                "km_median": km_med,
+                "km_median_lo": km_lo,
+                "km_median_hi": km_hi,
+                "max_episodes": float(g["episodes"].max()),
+                "wall_time_s": float(g["wall_time_s"].median()),
+                "sps": float(g["sps"].median()),
+            }
+        )
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -278,8 +347,10 @@ def summarize(runs: pd.DataFrame, by: str = "algo", *, confidence: float = CONFI
 
 def km_curves(runs: pd.DataFrame, by: str = "algo", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """:func:`kaplan_meier` tables of every arm stacked, with the arm in column ``by``."""
-    frames = [kaplan_meier(*solve_times(g), confidence).assign(**{by: arm})
-              for arm, g in _arm_groups(runs, by).items()]
+    frames = [
+        kaplan_meier(*solve_times(g), confidence).assign(**{by: arm})
+        for arm, g in _arm_groups(runs, by).items()
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -291,9 +362,15 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return all(map(math.isfinite, a + b)) and a[0] <= b[1] and b[0] <= a[1]
 
 
-def compare(runs: pd.DataFrame, by: str = "algo", *, alpha: float = ALPHA,
-            confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-            seed: int = 0) -> pd.DataFrame:
+def compare(
+    runs: pd.DataFrame,
+    by: str = "algo",
+    *,
+    alpha: float = ALPHA,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
     """All pairwise comparisons of arms: one row per unordered pair ``(a, b)``, ``a`` ranked faster.
 
     Columns: run counts; ``p_a_faster`` = :func:`prob_improvement` of a over b with bootstrap
@@ -305,32 +382,63 @@ def compare(runs: pd.DataFrame, by: str = "algo", *, alpha: float = ALPHA,
     P(improvement) CI excludes 1/2.
     """
     arms = _arm_groups(runs, by)
-    summary = summarize(runs, by, confidence=confidence, n_resamples=n_resamples,
-                        seed=seed).set_index(by)
+    summary = summarize(runs, by, confidence=confidence, n_resamples=n_resamples, seed=seed).set_index(by)
     rows = []
     for a, b in combinations(summary.index, 2):  # fastest arm first
         (ta, sa), (tb, sb) = solve_times(arms[a]), solve_times(arms[b])
-        p_lo, p_hi = prob_improvement_ci(ta, sa, tb, sb, confidence=confidence,
-                                         n_resamples=n_resamples, seed=seed)
+        p_lo, p_hi = prob_improvement_ci(
+            ta, sa, tb, sb, confidence=confidence, n_resamples=n_resamples, seed=seed
+        )
         lr_stat, lr_p = logrank(ta, sa, tb, sb)
         mw_stat, mw_p = _test_p(stats.mannwhitneyu, ta, tb)
         xa, xb = paired_seeds(arms[a], arms[b])
         w_stat, w_p = _test_p(stats.wilcoxon, xa, xb) if xa.size >= 2 else (math.nan, math.nan)
-        rows.append({"a": a, "b": b, "n_a": ta.size, "n_b": tb.size,
-                     "p_a_faster": prob_improvement(ta, sa, tb, sb), "p_lo": p_lo, "p_hi": p_hi,
-                     "logrank_stat": lr_stat, "logrank_p": lr_p, "mannwhitney_u": mw_stat,
-                     "mannwhitney_p": mw_p, "paired_n": xa.size, "wilcoxon_stat": w_stat,
-                     "wilcoxon_p": w_p})
-    table = pd.DataFrame(rows, columns=["a", "b", "n_a", "n_b", "p_a_faster", "p_lo", "p_hi",
-                                        "logrank_stat", "logrank_p", "mannwhitney_u",
-                                        "mannwhitney_p", "paired_n", "wilcoxon_stat", "wilcoxon_p"])
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "n_a": ta.size,
+                "n_b": tb.size,
+                "p_a_faster": prob_improvement(ta, sa, tb, sb),
+                "p_lo": p_lo,
+                "p_hi": p_hi,
+                "logrank_stat": lr_stat,
+                "logrank_p": lr_p,
+                "mannwhitney_u": mw_stat,
+                "mannwhitney_p": mw_p,
+                "paired_n": xa.size,
+                "wilcoxon_stat": w_stat,
+                "wilcoxon_p": w_p,
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "a",
+            "b",
+            "n_a",
+            "n_b",
+            "p_a_faster",
+            "p_lo",
+            "p_hi",
+            "logrank_stat",
+            "logrank_p",
+            "mannwhitney_u",
+            "mannwhitney_p",
+            "paired_n",
+            "wilcoxon_stat",
+            "wilcoxon_p",
+        ],
+    )
     table.insert(table.columns.get_loc("logrank_p") + 1, "logrank_p_holm", holm(table["logrank_p"]))
-    table.insert(table.columns.get_loc("mannwhitney_p") + 1, "mannwhitney_p_holm",
-                 holm(table["mannwhitney_p"]))
+    table.insert(
+        table.columns.get_loc("mannwhitney_p") + 1, "mannwhitney_p_holm", holm(table["mannwhitney_p"])
+    )
     table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"])
     table["warnings"] = [
         "; ".join(comparison_warnings(r, summary.loc[r["a"]], summary.loc[r["b"]]))
-        for r in table.to_dict("records")]
+        for r in table.to_dict("records")
+    ]
     table["verdict"] = [verdict(r, alpha) for r in table.to_dict("records")]
     return table
 
@@ -339,17 +447,19 @@ def comparison_warnings(row: dict, arm_a: pd.Series, arm_b: pd.Series) -> list[s
     """Why a comparison may say little: few seeds, overlapping median CIs, P CI containing 1/2."""
     out = []
     if min(row["n_a"], row["n_b"]) < MIN_SEEDS:
-        out.append(f"fewer than {MIN_SEEDS} seeds ({row['a']}: {row['n_a']}, "
-                   f"{row['b']}: {row['n_b']})")
+        out.append(f"fewer than {MIN_SEEDS} seeds ({row['a']}: {row['n_a']}, {row['b']}: {row['n_b']})")
     ci_a, ci_b = (arm_a["median_lo"], arm_a["median_hi"]), (arm_b["median_lo"], arm_b["median_hi"])
     if _overlap(ci_a, ci_b):
         out.append("median CIs overlap")
     if not (math.isfinite(row["p_lo"]) and (row["p_lo"] > 0.5 or row["p_hi"] < 0.5)):
-        out.append("P(improvement) CI includes 0.5" if math.isfinite(row["p_lo"])
-                   else "no CI for P(improvement)")
+        out.append(
+            "P(improvement) CI includes 0.5" if math.isfinite(row["p_lo"]) else "no CI for P(improvement)"
+        )
     elif row["p_lo"] == row["p_hi"]:
-        out.append(f"P(improvement) CI is a point (every resample agrees): with {row['n_a']} and "
-                   f"{row['n_b']} runs it understates the uncertainty")
+        out.append(
+            f"P(improvement) CI is a point (every resample agrees): with {row['n_a']} and "
+            f"{row['n_b']} runs it understates the uncertainty"
+        )
     if arm_a["solved"] == 0 and arm_b["solved"] == 0:
         out.append("no run of either solved")
     return out
@@ -376,8 +486,14 @@ def improvement_matrix(pairs: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame
     return m
 
 
-def learning_curve(episodes: pd.DataFrame, by: str = "algo", *, value: str = "return",
-                   min_frac: float = 0.5, confidence: float = CONFIDENCE) -> pd.DataFrame:
+def learning_curve(
+    episodes: pd.DataFrame,
+    by: str = "algo",
+    *,
+    value: str = "return",
+    min_frac: float = 0.5,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
     """Mean ``value`` per episode across an arm's runs with a t-interval, while enough runs remain.
 
     Runs stop at different episodes (most stop when solved), so an episode is kept only while at
@@ -393,9 +509,19 @@ def learning_curve(episodes: pd.DataFrame, by: str = "algo", *, value: str = "re
         n = agg["count"].to_numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             half = stats.t.ppf(0.5 + confidence / 2, n - 1) * agg["std"].to_numpy() / np.sqrt(n)
-        frames.append(pd.DataFrame({by: arm, "episode": agg["episode"], "n": n,
-                                    "mean": agg["mean"], "lo": agg["mean"] - half,
-                                    "hi": agg["mean"] + half, "min_runs": need}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    by: arm,
+                    "episode": agg["episode"],
+                    "n": n,
+                    "mean": agg["mean"],
+                    "lo": agg["mean"] - half,
+                    "hi": agg["mean"] + half,
+                    "min_runs": need,
+                }
+            )
+        )
     if not frames:
         return pd.DataFrame(columns=[by, "episode", "n", "mean", "lo", "hi", "min_runs"])
     return pd.concat(frames, ignore_index=True)

@@ -23,10 +23,17 @@ CARTPOLE = {"threshold": 475.0, "window": 100, "max_return": 500.0, "min_return"
 _BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 
 
-def synthetic_returns(rng: np.random.Generator, *, midpoint: float, max_episodes: int,
-                      threshold: float = CARTPOLE["threshold"], window: int = CARTPOLE["window"],
-                      max_return: float = CARTPOLE["max_return"], noise: float = 20.0,
-                      stop_when_solved: bool = True) -> np.ndarray:
+def synthetic_returns(
+    rng: np.random.Generator,
+    *,
+    midpoint: float,
+    max_episodes: int,
+    threshold: float = CARTPOLE["threshold"],
+    window: int = CARTPOLE["window"],
+    max_return: float = CARTPOLE["max_return"],
+    noise: float = 20.0,
+    stop_when_solved: bool = True,
+) -> np.ndarray:
     """Integer returns on a noisy logistic curve centred at ``midpoint``; cut at the solve episode."""
     ep = np.arange(1, max_episodes + 1)
     curve = max_return / (1.0 + np.exp(-(ep - midpoint) / max(0.15 * midpoint, 1.0)))
@@ -38,25 +45,53 @@ def synthetic_returns(rng: np.random.Generator, *, midpoint: float, max_episodes
     return r
 
 
-def contract_params(*, algo: str, env: str, seed: int, max_episodes: int, threshold: float,
-                    window: int, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
+def contract_params(
+    *,
+    algo: str,
+    env: str,
+    seed: int,
+    max_episodes: int,
+    threshold: float,
+    window: int,
+    overrides: Mapping[str, object] | None = None,
+) -> dict[str, str]:
     """Flattened config params as the core logs them (dotted keys, string values)."""
     params: dict[str, object] = {
-        "algo.name": algo, "algo.gamma": 0.99, "algo.lr": 1e-3, "algo.batch_size": 64,
-        "optimizer.name": "adam", "optimizer.lr": 1e-3, "env.id": env,
-        "train.max_episodes": max_episodes, "train.max_steps": 10**6,
-        "solve.threshold": threshold, "solve.window": window, "seed": seed,
+        "algo.name": algo,
+        "algo.gamma": 0.99,
+        "algo.lr": 1e-3,
+        "algo.batch_size": 64,
+        "optimizer.name": "adam",
+        "optimizer.lr": 1e-3,
+        "env.id": env,
+        "train.max_episodes": max_episodes,
+        "train.max_steps": 10**6,
+        "solve.threshold": threshold,
+        "solve.window": window,
+        "seed": seed,
     }
     params.update(overrides or {})
     return {k: str(v) for k, v in params.items()}
 
 
-def log_contract_run(client: MlflowClient, experiment_id: str, *, algo: str, env: str, seed: int,
-                     returns: Sequence[float], group: str = "g0", max_episodes: int | None = None,
-                     threshold: float = CARTPOLE["threshold"], window: int = CARTPOLE["window"],
-                     status: str = "FINISHED", params: Mapping[str, object] | None = None,
-                     tags: Mapping[str, str] | None = None, episode_metrics: bool = True,
-                     episodes_csv: bool = True) -> str:
+def log_contract_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    algo: str,
+    env: str,
+    seed: int,
+    returns: Sequence[float],
+    group: str = "g0",
+    max_episodes: int | None = None,
+    threshold: float = CARTPOLE["threshold"],
+    window: int = CARTPOLE["window"],
+    status: str = "FINISHED",
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, str] | None = None,
+    episode_metrics: bool = True,
+    episodes_csv: bool = True,
+) -> str:
     """Log one contract-shaped run from its episode returns; returns the run id."""
     r = np.asarray(returns, dtype=float)
     n = len(r)
@@ -72,24 +107,43 @@ def log_contract_run(client: MlflowClient, experiment_id: str, *, algo: str, env
     if episode_metrics:
         means = rolling_mean(r, window)
         for i in range(n):
-            metrics += [Metric("episode_return", float(r[i]), t0, i + 1),
-                        Metric("episode_return_mean", float(means[i]), t0, i + 1),
-                        Metric("episode_length", float(length[i]), t0, i + 1)]
-    final = {"solved": float(solved_at is not None), "episodes": float(n),
-             "env_steps": float(env_step[-1]) if n else 0.0,
-             "wall_time_s": float(wall[-1]) if n else 0.0}
+            metrics += [
+                Metric("episode_return", float(r[i]), t0, i + 1),
+                Metric("episode_return_mean", float(means[i]), t0, i + 1),
+                Metric("episode_length", float(length[i]), t0, i + 1),
+            ]
+    final = {
+        "solved": float(solved_at is not None),
+        "episodes": float(n),
+        "env_steps": float(env_step[-1]) if n else 0.0,
+        "wall_time_s": float(wall[-1]) if n else 0.0,
+    }
     final["sps"] = final["env_steps"] / final["wall_time_s"] if final["wall_time_s"] else 0.0
     if solved_at is not None:
         final["episodes_to_solve"] = float(solved_at)
     metrics += [Metric(k, v, t0, 0) for k, v in final.items()]
-    p = contract_params(algo=algo, env=env, seed=seed, max_episodes=max_episodes or n,
-                        threshold=threshold, window=window, overrides=params)
+    p = contract_params(
+        algo=algo,
+        env=env,
+        seed=seed,
+        max_episodes=max_episodes or n,
+        threshold=threshold,
+        window=window,
+        overrides=params,
+    )
     client.log_batch(rid, params=[Param(k, v) for k, v in p.items()])
     for i in range(0, len(metrics), _BATCH):
-        client.log_batch(rid, metrics=metrics[i:i + _BATCH])
+        client.log_batch(rid, metrics=metrics[i : i + _BATCH])
     if episodes_csv:
-        table = pd.DataFrame({"episode": np.arange(1, n + 1), "return": r, "length": length,
-                              "env_step": env_step, "wall_time_s": wall})
+        table = pd.DataFrame(
+            {
+                "episode": np.arange(1, n + 1),
+                "return": r,
+                "length": length,
+                "env_step": env_step,
+                "wall_time_s": wall,
+            }
+        )
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         client.log_text(rid, buf.getvalue(), "episodes.csv")
@@ -98,11 +152,20 @@ def log_contract_run(client: MlflowClient, experiment_id: str, *, algo: str, env
     return rid
 
 
-def fill_store(tracking_uri: str, experiment: str, midpoints: Mapping[str, float], *,
-               seeds: Sequence[int] = range(5), max_episodes: int = 300, env: str = "CartPole-v1",
-               group: str = "g0", noise: float = 20.0, spread: float = 0.25,
-               episode_metrics: bool = True,
-               params: Mapping[str, Mapping[str, object]] | None = None) -> list[str]:
+def fill_store(
+    tracking_uri: str,
+    experiment: str,
+    midpoints: Mapping[str, float],
+    *,
+    seeds: Sequence[int] = range(5),
+    max_episodes: int = 300,
+    env: str = "CartPole-v1",
+    group: str = "g0",
+    noise: float = 20.0,
+    spread: float = 0.25,
+    episode_metrics: bool = True,
+    params: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[str]:
     """Log one synthetic run per (algo, seed); ``midpoints`` maps algo -> learning-curve midpoint.
 
     Each seed's midpoint is the algo's times a lognormal factor of log-sd ``spread``.
@@ -116,8 +179,18 @@ def fill_store(tracking_uri: str, experiment: str, midpoints: Mapping[str, float
             rng = np.random.default_rng([seed, k])
             mid_seed = mid * float(np.exp(rng.normal(0.0, spread)))
             r = synthetic_returns(rng, midpoint=mid_seed, max_episodes=max_episodes, noise=noise)
-            ids.append(log_contract_run(client, exp_id, algo=algo, env=env, seed=seed, returns=r,
-                                        group=group, max_episodes=max_episodes,
-                                        episode_metrics=episode_metrics,
-                                        params=(params or {}).get(algo)))
+            ids.append(
+                log_contract_run(
+                    client,
+                    exp_id,
+                    algo=algo,
+                    env=env,
+                    seed=seed,
+                    returns=r,
+                    group=group,
+                    max_episodes=max_episodes,
+                    episode_metrics=episode_metrics,
+                    params=(params or {}).get(algo),
+                )
+            )
     return ids

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--throughput-steps", type=int, default=20_000)
     p.add_argument("--throughput-repeats", type=int, default=3)
     p.add_argument("--name", default="algos", help="results file prefix")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results file")
     args = p.parse_args(argv)
 
     sections = []
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# rlexp benchmark — {now:%Y-%m-%d %H:%M} UTC\n\ncommand: `{cmd.strip()}`\n\n"
             f"versions: {versions()}\n\n" + "\n\n".join(sections) + "\n")
     print("\n" + text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.name}-{now:%Y-%m-%d-%H%M}.md"
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"{args.name}-{now:%Y-%m-%d-%H%M}.md"
     out.write_text(text)
     print(f"written to {out}")
 

@@ -34,28 +34,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--max-episodes", type=int, default=300)
     args = p.parse_args(argv)
-    midpoints = {f"algo{i}": MIDPOINTS[i % len(MIDPOINTS)] * (1 + i // len(MIDPOINTS))
-                 for i in range(args.algos)}
+    midpoints = {
+        f"algo{i}": MIDPOINTS[i % len(MIDPOINTS)] * (1 + i // len(MIDPOINTS)) for i in range(args.algos)
+    }
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
         fill_store(uri, "CartPole-v1", midpoints, seeds=range(args.seeds), max_episodes=args.max_episodes)
         fill_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = make_report(RunQuery(experiment="CartPole-v1"), Path(tmp) / "report", tracking_uri=uri,
-                             command="benchmarks.bench_report")
+        result = make_report(
+            RunQuery(experiment="CartPole-v1"),
+            Path(tmp) / "report",
+            tracking_uri=uri,
+            command="benchmarks.bench_report",
+        )
         total = time.perf_counter() - t0
         episodes = len(pd.read_csv(result.paths["episodes"]))
         html_kb = result.paths["html"].stat().st_size / 1024
     rows = [{"stage": k, "seconds": f"{v:.2f}"} for k, v in result.seconds.items()]
     rows.append({"stage": "**total report**", "seconds": f"**{total:.2f}**"})
     runs = args.algos * args.seeds
-    body = (f"{args.algos} algorithms x {args.seeds} seeds = {runs} FINISHED runs, {episodes} episodes "
-            f"in all ({episodes / runs:.0f} a run on average; runs stop when solved, at most "
-            f"{args.max_episodes}); filling the store took {fill_s:.1f} s (not counted).\n\n"
-            + markdown_table(pd.DataFrame(rows))
-            + f"\n\nreport.html: {html_kb:.0f} KiB. Target < {TARGET_S:.0f} s: "
-            + ("met." if total < TARGET_S else "MISSED."))
+    body = (
+        f"{args.algos} algorithms x {args.seeds} seeds = {runs} FINISHED runs, {episodes} episodes "
+        f"in all ({episodes / runs:.0f} a run on average; runs stop when solved, at most "
+        f"{args.max_episodes}); filling the store took {fill_s:.1f} s (not counted).\n\n"
+        + markdown_table(pd.DataFrame(rows))
+        + f"\n\nreport.html: {html_kb:.0f} KiB. Target < {TARGET_S:.0f} s: "
+        + ("met." if total < TARGET_S else "MISSED.")
+    )
     command = "python -m benchmarks.bench_report " + " ".join(argv if argv is not None else sys.argv[1:])
     print(body)
     print(f"\nwritten to {write_result('bench_report', body, command.strip())}")

@@ -54,11 +54,14 @@ DISTRIBUTIONS = [
     Distribution("100 + exponential(50)", lambda r, n: 100 + r.exponential(50, n), 100 + 50 * math.log(2)),
     Distribution("gamma(2, 50)", lambda r, n: r.gamma(2.0, 50.0, n), float(sps.gamma.ppf(0.5, 2, scale=50))),
     # integer episodes with ties: the median of round(X) is round(150.3) = 150
-    Distribution("round(lognormal(log 150.3, 0.4))",
-                 lambda r, n: np.round(r.lognormal(math.log(150.3), 0.4, n)), 150.0),
-    Distribution("bimodal 0.7 N(120,15) + 0.3 N(250,20)",
-                 lambda r, n: np.where(r.random(n) < 0.7, r.normal(120, 15, n), r.normal(250, 20, n)),
-                 _mixture_median()),
+    Distribution(
+        "round(lognormal(log 150.3, 0.4))", lambda r, n: np.round(r.lognormal(math.log(150.3), 0.4, n)), 150.0
+    ),
+    Distribution(
+        "bimodal 0.7 N(120,15) + 0.3 N(250,20)",
+        lambda r, n: np.where(r.random(n) < 0.7, r.normal(120, 15, n), r.normal(250, 20, n)),
+        _mixture_median(),
+    ),
 ]
 
 
@@ -80,8 +83,9 @@ def write_result(name: str, body: str, command: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{now:%Y-%m-%d}.md"
     vers = ", ".join(f"{k} {v}" for k, v in versions().items())
-    path.write_text(f"# {name}\n\ndate: {now:%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
-                    f"versions: {vers}\n\n{body}\n")
+    path.write_text(
+        f"# {name}\n\ndate: {now:%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\nversions: {vers}\n\n{body}\n"
+    )
     return path
 
 
@@ -97,21 +101,34 @@ def main(argv: list[str] | None = None) -> int:
     for dist in DISTRIBUTIONS:
         for method in args.methods:
             res = coverage(dist, method, args.experiments, args.seeds)
-            rows.append({"distribution": dist.name, "true median": f"{dist.median:.1f}",
-                         "method": method, "nominal": "95%", "coverage": f"{res['coverage']:.1%}",
-                         "median CI width": f"{res['width']:.1f}",
-                         "≥ 93%": "yes" if res["coverage"] >= TARGET else "NO", "_cov": res["coverage"]})
+            rows.append(
+                {
+                    "distribution": dist.name,
+                    "true median": f"{dist.median:.1f}",
+                    "method": method,
+                    "nominal": "95%",
+                    "coverage": f"{res['coverage']:.1%}",
+                    "median CI width": f"{res['width']:.1f}",
+                    "≥ 93%": "yes" if res["coverage"] >= TARGET else "NO",
+                    "_cov": res["coverage"],
+                }
+            )
     table = pd.DataFrame(rows)
     worst = table.groupby("method")["_cov"].min()
     used = stats.BOOTSTRAP_METHOD
     se = math.sqrt(0.95 * 0.05 / args.experiments)
-    body = (f"{args.experiments} simulated experiments of {args.seeds} seeds per row; "
-            f"{stats.N_RESAMPLES} resamples per CI (seeded); Monte Carlo SE of a coverage near 95% "
-            f"is {se:.1%}.\n\n" + markdown_table(table.drop(columns="_cov")) + "\n\n"
-            + "Worst coverage per method: " + ", ".join(f"{m} {c:.1%}" for m, c in worst.items())
-            + f".\n\nThe report uses `{used}` (analysis.stats.BOOTSTRAP_METHOD): worst coverage "
-            + (f"{worst[used]:.1%}." if used in worst else "not measured.")
-            + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.")
+    body = (
+        f"{args.experiments} simulated experiments of {args.seeds} seeds per row; "
+        f"{stats.N_RESAMPLES} resamples per CI (seeded); Monte Carlo SE of a coverage near 95% "
+        f"is {se:.1%}.\n\n"
+        + markdown_table(table.drop(columns="_cov"))
+        + "\n\n"
+        + "Worst coverage per method: "
+        + ", ".join(f"{m} {c:.1%}" for m, c in worst.items())
+        + f".\n\nThe report uses `{used}` (analysis.stats.BOOTSTRAP_METHOD): worst coverage "
+        + (f"{worst[used]:.1%}." if used in worst else "not measured.")
+        + f"\n\nTotal time {time.perf_counter() - t0:.0f} s."
+    )
     command = "python -m benchmarks.bench_stats " + " ".join(argv if argv is not None else sys.argv[1:])
     print(body)
     print(f"\nwritten to {write_result('bench_stats', body, command.strip())}")

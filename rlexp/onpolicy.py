@@ -80,10 +80,17 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
 
 def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
                        dones: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Reward-to-go ``G_t = r_t + gamma * G_{t+1}`` within each episode; a cut (truncated, or the
-    end of a step block) bootstraps from ``next_values``, a terminal step does not."""
-    zero = torch.zeros_like(rewards)
-    return gae(rewards, zero, next_values, terminated, dones, gamma, 1.0)[1]
+    """Reward-to-go over ``[T, N]`` tensors: ``G_t = r_t + gamma * (1 - terminated_t) * X`` with
+    ``X = G_{t+1}`` inside an episode and ``X = next_values_t`` where it was cut (a truncation, or
+    the last row of a step block); a terminal step does not bootstrap."""
+    r, nv = rewards.numpy(), next_values.numpy()
+    not_term, done = 1.0 - terminated.numpy(), dones.numpy() > 0
+    g = np.zeros_like(r)
+    nxt = nv[-1]
+    for t in range(r.shape[0] - 1, -1, -1):
+        nxt = r[t] + gamma * not_term[t] * np.where(done[t], nv[t], nxt)
+        g[t] = nxt
+    return torch.from_numpy(g)
 
 
 def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -139,7 +139,7 @@ def test_loop_bootstraps_truncations_with_the_final_observation(n_steps):
     agent, rec = _Probe(), _recorder()
     c = on_policy_loop(agent, envs, rec, seed=0, max_steps=600, n_steps=n_steps, episodes_per_update=2)
     envs.close()
-    ro = agent.rollouts[0]
+    ro = Rollout(*(torch.cat(parts) for parts in zip(*agent.rollouts, strict=True)))  # contiguous in time
     trunc = (ro.dones > 0) & (ro.terminated == 0)
     assert trunc.any() and (ro.terminated > 0).any()
     # within an episode the next value is the next row's value (same env)

@@ -27,7 +27,8 @@ from rlexp.config import OptimizerConfig, PPOConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
 from rlexp.nets import mlp
-from rlexp.onpolicy import Rollout, categorical_log_prob, gae, sample_categorical, standardize
+from rlexp.onpolicy import (Rollout, categorical_log_prob, discounted_returns, gae, sample_categorical,
+                            standardize)
 from rlexp.optim import make_optimizer
 
 
@@ -74,7 +75,7 @@ class PPOAgent:
         if cfg.value_target == "lambda":
             returns = lam_returns
         else:
-            returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminated, ro.dones, cfg.gamma, 1.0)[1]
+            returns = discounted_returns(ro.rewards, ro.next_values, ro.terminated, ro.dones, cfg.gamma)
         obs, actions, old_logp = ro.obs.flatten(0, 1), ro.actions.flatten(), ro.log_probs.flatten()
         adv, returns = adv.flatten(), returns.flatten()
         if cfg.normalize_advantages:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import _name_override, compose_config, compose_dict, one_line
+from rlexp.compose import CONF_DIR, _name_override, compose_config, compose_dict, one_line
 from rlexp.config import Config, ConfigError
 from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
 
@@ -73,6 +73,12 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     register_sweep_schema()
     conf_dir, name = _locate(sweep)
     sweep_ovs, rlexp_ovs = split_overrides(overrides)
+    known = set(Config.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    for ov in rlexp_ovs:
+        top = ov.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        if top not in known:
+            raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
+                              f"nor of the rlexp config ({', '.join(sorted(known))})")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -81,7 +87,10 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(_name_override(one_line(e), sweep_ovs)) from None
+        msg = _name_override(one_line(e), sweep_ovs)
+        if "not in struct" in msg:
+            msg += " (add a new key with a leading +, e.g. +space.algo.gamma={type:float,low:0.9,high:0.999})"
+        raise ConfigError(msg) from None
     if not isinstance(cfg, SweepConfig):
         raise ConfigError(f"sweep={sweep!r} does not extend the sweep schema: start it with "
                           "'defaults: [base_sweep, _self_]'")

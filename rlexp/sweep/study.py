@@ -38,9 +38,19 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
     """The RDB storage with a heartbeat, so a dead worker's running trial is failed as lost."""
-    url = storage_url(url)
+    url = _with_driver(storage_url(url))
     if url.startswith("sqlite"):
         # several workers write to one file: wait for the lock instead of failing at once
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}

@@ -39,7 +39,17 @@ def runs_frame(arms: dict[str, list[int | None]], budget: int = 100) -> pd.DataF
     rows = []
     for algo, times in arms.items():
         for seed, t in enumerate(times):
-            rows.append({"run_id": f"{algo}-{seed}", "algo": algo, "env": "E", "seed": seed,
-                         "solved": t is not None, "episodes_to_solve": np.nan if t is None else float(t),
-                         "episodes": float(budget if t is None else t), "wall_time_s": 1.0, "sps": 100.0})
+            rows.append(
+                {
+                    "run_id": f"{algo}-{seed}",
+                    "algo": algo,
+                    "env": "E",
+                    "seed": seed,
+                    "solved": t is not None,
+                    "episodes_to_solve": np.nan if t is None else float(t),
+                    "episodes": float(budget if t is None else t),
+                    "wall_time_s": 1.0,
+                    "sps": 100.0,
+                }
+            )
     return pd.DataFrame(rows)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.collect import EPISODE_COLUMNS, RUN_COLUMNS, CollectionError, RunQuery, collect, param_differences
+from analysis.collect import (
+    EPISODE_COLUMNS,
+    RUN_COLUMNS,
+    CollectionError,
+    RunQuery,
+    collect,
+    param_differences,
+)
 from analysis.testing import log_contract_run
 
 from .conftest import new_store
@@ -27,22 +34,52 @@ def filled_store(empty_db, tmp_path_factory) -> tuple[str, dict[str, str]]:
     other = client.create_experiment("Other")
     ids = {}
     for seed in range(3):
-        ids[f"ppo{seed}"] = log_contract_run(client, exp, algo="ppo", env="CartPole-v1", seed=seed,
-                                             returns=FAST, group="g1", **SOLVE)
-        ids[f"dqn{seed}"] = log_contract_run(client, exp, algo="dqn", env="CartPole-v1", seed=seed,
-                                             returns=SLOW, group="g1", params={"optimizer.lr": 3e-4},
-                                             **SOLVE)
-    ids["failed"] = log_contract_run(client, exp, algo="dqn", env="CartPole-v1", seed=3, returns=SLOW[:2],
-                                     status="FAILED", **SOLVE)
-    ids["killed"] = log_contract_run(client, exp, algo="ppo", env="CartPole-v1", seed=4, returns=SLOW[:1],
-                                     status="KILLED", **SOLVE)
-    ids["sweep"] = log_contract_run(client, exp, algo="ppo", env="Acrobot-v1", seed=0, returns=FAST,
-                                    group="g2", tags={"sweep": "s1", "trial": "7"}, **SOLVE)
-    ids["nocsv"] = log_contract_run(client, exp, algo="a2c", env="CartPole-v1", seed=0, returns=FAST,
-                                    group="g3", episodes_csv=False, **SOLVE)
+        ids[f"ppo{seed}"] = log_contract_run(
+            client, exp, algo="ppo", env="CartPole-v1", seed=seed, returns=FAST, group="g1", **SOLVE
+        )
+        ids[f"dqn{seed}"] = log_contract_run(
+            client,
+            exp,
+            algo="dqn",
+            env="CartPole-v1",
+            seed=seed,
+            returns=SLOW,
+            group="g1",
+            params={"optimizer.lr": 3e-4},
+            **SOLVE,
+        )
+    ids["failed"] = log_contract_run(
+        client, exp, algo="dqn", env="CartPole-v1", seed=3, returns=SLOW[:2], status="FAILED", **SOLVE
+    )
+    ids["killed"] = log_contract_run(
+        client, exp, algo="ppo", env="CartPole-v1", seed=4, returns=SLOW[:1], status="KILLED", **SOLVE
+    )
+    ids["sweep"] = log_contract_run(
+        client,
+        exp,
+        algo="ppo",
+        env="Acrobot-v1",
+        seed=0,
+        returns=FAST,
+        group="g2",
+        tags={"sweep": "s1", "trial": "7"},
+        **SOLVE,
+    )
+    ids["nocsv"] = log_contract_run(
+        client,
+        exp,
+        algo="a2c",
+        env="CartPole-v1",
+        seed=0,
+        returns=FAST,
+        group="g3",
+        episodes_csv=False,
+        **SOLVE,
+    )
     ids["report"] = client.create_run(exp, tags={"report": "1", "algo": "ppo"}).info.run_id
-    ids["elsewhere"] = log_contract_run(client, other, algo="ppo", env="CartPole-v1", seed=9,
-                                        returns=FAST, **SOLVE)
+    ids["elsewhere"] = log_contract_run(
+        client, other, algo="ppo", env="CartPole-v1", seed=9, returns=FAST, **SOLVE
+    )
     return uri, ids
 
 
@@ -61,11 +98,18 @@ def test_collects_finished_runs_into_tidy_tables(filled, store):
     c = collect(RunQuery(experiment="CartPole-v1"))  # URI from MLFLOW_TRACKING_URI
     assert c.tracking_uri == store and c.excluded == {"FAILED": 1, "KILLED": 1}
     runs = c.runs.set_index("run_id")
-    assert set(runs.index) == {filled[k] for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2",
-                                                   "sweep", "nocsv")}  # no report run, no FAILED
+    assert set(runs.index) == {
+        filled[k] for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2", "sweep", "nocsv")
+    }  # no report run, no FAILED
     assert set(RUN_COLUMNS) <= set(c.runs.columns)
     ppo = runs.loc[filled["ppo1"]]
-    assert (ppo["algo"], ppo["env"], ppo["seed"], ppo["group"], ppo["solved"]) == ("ppo", "CartPole-v1", 1, "g1", True)
+    assert (ppo["algo"], ppo["env"], ppo["seed"], ppo["group"], ppo["solved"]) == (
+        "ppo",
+        "CartPole-v1",
+        1,
+        "g1",
+        True,
+    )
     assert (ppo["episodes_to_solve"], ppo["episodes"]) == (4, 6)
     assert ppo["param.optimizer.lr"] == "0.001" and ppo["param.solve.window"] == "3"
     dqn = runs.loc[filled["dqn0"]]
@@ -89,11 +133,13 @@ def test_filters_by_algo_env_group_sweep_tag_status_and_run_ids(filled, store):
     exp = "CartPole-v1"
     assert ids(experiment=exp, algos=["ppo"]) == {filled[k] for k in ("ppo0", "ppo1", "ppo2", "sweep")}
     assert ids(experiment=exp, algos=["ppo", "a2c"], envs=["CartPole-v1"]) == {
-        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv")}
+        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv")
+    }
     assert ids(experiment=exp, groups=["g2", "g3"]) == {filled["sweep"], filled["nocsv"]}
     assert ids(experiment=exp, sweeps=["s1"]) == ids(experiment=exp, tags={"trial": "7"}) == {filled["sweep"]}
     assert ids(experiment=exp, algos=["dqn"], statuses=("FINISHED", "FAILED")) == {
-        filled[k] for k in ("dqn0", "dqn1", "dqn2", "failed")}
+        filled[k] for k in ("dqn0", "dqn1", "dqn2", "failed")
+    }
     assert ids(run_ids=[filled["ppo0"], filled["elsewhere"]]) == {filled["ppo0"], filled["elsewhere"]}
     assert ids(experiment=exp, run_ids=[filled["ppo0"], filled["report"]]) == {filled["ppo0"]}
 
@@ -104,6 +150,8 @@ def test_unknown_experiment_or_no_match_is_a_one_line_error(filled, store):
     with pytest.raises(CollectionError, match=r"no runs match .*algos=sac") as e:
         collect(RunQuery(experiment="CartPole-v1", algos=["sac"]), store)
     assert "\n" not in str(e.value)
+    with pytest.raises(CollectionError, match="no MLflow database at /"):
+        collect(RunQuery(experiment="CartPole-v1"), store.replace("mlflow.db", "missing.db"))
     with pytest.raises(CollectionError, match=r"1 with another status"):
         collect(RunQuery(experiment="CartPole-v1", run_ids=[filled["failed"]]), store)
 
@@ -111,7 +159,10 @@ def test_unknown_experiment_or_no_match_is_a_one_line_error(filled, store):
 def test_saves_csvs_and_lists_param_differences(filled, store, tmp_path):
     c = collect(RunQuery(experiment="CartPole-v1", groups=["g1"]), store)
     runs_csv, episodes_csv = c.save(tmp_path / "out")
-    assert runs_csv.read_text().startswith("run_id,") and len(episodes_csv.read_text().splitlines()) == 1 + 3 * 6 + 3 * 5
+    assert (
+        runs_csv.read_text().startswith("run_id,")
+        and len(episodes_csv.read_text().splitlines()) == 1 + 3 * 6 + 3 * 5
+    )
     diffs = param_differences(c.runs)
     assert diffs.loc["optimizer.lr", "dqn"] == "0.0003" and diffs.loc["optimizer.lr", "ppo"] == "0.001"
     assert "algo.name" in diffs.index and "seed" not in diffs.index and "algo.gamma" not in diffs.index

@@ -12,8 +12,14 @@ from .conftest import new_store
 train = pytest.importorskip("rlexp.train", reason="the core's training API is not there yet")
 compose = pytest.importorskip("rlexp.compose")
 
-TINY = ["train.max_episodes=8", "algo.hidden=[16]", "algo.learning_starts=50", "train.save_model=false",
-        "solve.threshold=22", "solve.window=3"]  # a low bar: some seeds solve within 8 episodes
+TINY = [
+    "train.max_episodes=8",
+    "algo.hidden=[16]",
+    "algo.learning_starts=50",
+    "train.save_model=false",
+    "solve.threshold=22",
+    "solve.window=3",
+]  # a low bar: some seeds solve within 8 episodes
 
 
 @pytest.fixture(scope="module")

@@ -65,8 +65,7 @@ def test_kaplan_meier_all_censored_solves_nothing_and_has_no_median():
 def test_logrank_matches_scipy_and_is_nan_without_any_solve():
     ta, sa = np.array([3.0, 4.0, 6.0, 9.0]), np.array([True, True, True, False])
     tb, sb = np.array([7.0, 8.0, 12.0, 12.0]), np.array([True, True, False, False])
-    expected = sps.logrank(sps.CensoredData.right_censored(ta, ~sa),
-                           sps.CensoredData.right_censored(tb, ~sb))
+    expected = sps.logrank(sps.CensoredData.right_censored(ta, ~sa), sps.CensoredData.right_censored(tb, ~sb))
     assert stats.logrank(ta, sa, tb, sb) == pytest.approx((expected.statistic, expected.pvalue))
     none = np.zeros(2, bool)
     assert all(map(math.isnan, stats.logrank(np.array([5.0, 5]), none, np.array([5.0, 5]), none)))
@@ -76,14 +75,19 @@ def test_prob_improvement_by_hand_with_censoring():
     ta, sa = np.array([2.0, 5.0, 10.0]), np.array([True, True, False])
     tb, sb = np.array([3.0, 5.0, 6.0]), np.array([True, True, False])
     w = stats.win_matrix(ta, sa, tb, sb)
-    expected = np.array([[1, 1, 1],  # solved at 2 beats all, including the run censored at 6
-                         [0, 0.5, 1],  # solved at 5: loses to 3, ties 5, beats censored-at-6
-                         [0, 0, 0.5]])  # censored at 10: loses to both solved runs, ties censored
+    expected = np.array(
+        [
+            [1, 1, 1],  # solved at 2 beats all, including the run censored at 6
+            [0, 0.5, 1],  # solved at 5: loses to 3, ties 5, beats censored-at-6
+            [0, 0, 0.5],
+        ]
+    )  # censored at 10: loses to both solved runs, ties censored
     np.testing.assert_array_equal(w, expected)
     assert stats.prob_improvement(ta, sa, tb, sb) == pytest.approx(5 / 9)
     # solved at 7 against a run censored at 6: order unknown -> 1/2; solved at 6 vs censored at 6 -> 1
-    assert stats.win_matrix(np.array([7.0, 6.0]), np.array([True, True]),
-                            np.array([6.0]), np.array([False])).ravel().tolist() == [0.5, 1.0]
+    assert stats.win_matrix(
+        np.array([7.0, 6.0]), np.array([True, True]), np.array([6.0]), np.array([False])
+    ).ravel().tolist() == [0.5, 1.0]
     assert stats.prob_improvement(tb, sb, ta, sa) == pytest.approx(1 - 5 / 9)
 
 
@@ -92,7 +96,8 @@ def test_prob_improvement_without_censoring_is_mann_whitney():
     ta, tb = rng.integers(10, 40, 9).astype(float), rng.integers(15, 45, 7).astype(float)
     u = sps.mannwhitneyu(ta, tb).statistic  # U of A: pairs with a > b, ties 1/2
     assert stats.prob_improvement(ta, np.ones(9, bool), tb, np.ones(7, bool)) == pytest.approx(
-        1 - u / (9 * 7))
+        1 - u / (9 * 7)
+    )
 
 
 def test_prob_improvement_ci_is_seeded_bounded_and_degenerate_when_all_tie():
@@ -108,8 +113,9 @@ def test_prob_improvement_ci_is_seeded_bounded_and_degenerate_when_all_tie():
 
 def test_bootstrap_ci_is_scipys_and_handles_tiny_or_constant_samples():
     x = np.array([12.0, 15, 9, 30, 22, 18, 14, 11, 25, 16])
-    expected = sps.bootstrap((x,), np.median, n_resamples=1000, method="percentile", vectorized=True,
-                             rng=np.random.default_rng(7)).confidence_interval
+    expected = sps.bootstrap(
+        (x,), np.median, n_resamples=1000, method="percentile", vectorized=True, rng=np.random.default_rng(7)
+    ).confidence_interval
     got = stats.bootstrap_ci((x,), stats.median, n_resamples=1000, method="percentile", seed=7)
     assert got == pytest.approx((expected.low, expected.high))
     assert all(map(math.isnan, stats.bootstrap_ci((np.array([3.0]),), stats.median)))
@@ -197,9 +203,14 @@ def test_improvement_matrix_is_complementary():
 
 
 def test_learning_curve_keeps_episodes_reached_by_enough_runs():
-    ep = pd.DataFrame({"run_id": ["r1"] * 2 + ["r2"] * 4 + ["r3"] * 4, "algo": "a",
-                       "episode": [1, 2, 1, 2, 3, 4, 1, 2, 3, 4],
-                       "return": [10.0, 20, 12, 22, 30, 40, 14, 24, 34, 44]})
+    ep = pd.DataFrame(
+        {
+            "run_id": ["r1"] * 2 + ["r2"] * 4 + ["r3"] * 4,
+            "algo": "a",
+            "episode": [1, 2, 1, 2, 3, 4, 1, 2, 3, 4],
+            "return": [10.0, 20, 12, 22, 30, 40, 14, 24, 34, 44],
+        }
+    )
     curve = stats.learning_curve(ep, min_frac=0.5)  # need ceil(1.5) = 2 runs
     assert curve["episode"].tolist() == [1, 2, 3, 4] and curve["n"].tolist() == [3, 3, 2, 2]
     assert curve["mean"].tolist() == pytest.approx([12, 22, 32, 42])
