@@ -59,6 +59,9 @@ class OUNoise:
 class Actor(nn.Module):
     """``mu(s) = center + half_range * tanh(MLP(s))``."""
 
+    center: torch.Tensor
+    half_range: torch.Tensor
+
     def __init__(self, obs_dim: int, spec: EnvSpec, cfg: DDPGConfig) -> None:
         super().__init__()
         assert spec.action_low is not None and spec.action_high is not None

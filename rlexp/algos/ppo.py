@@ -27,8 +27,14 @@ from rlexp.config import OptimizerConfig, PPOConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
 from rlexp.nets import mlp
-from rlexp.onpolicy import (Rollout, categorical_log_prob, discounted_returns, gae, sample_categorical,
-                            standardize)
+from rlexp.onpolicy import (
+    Rollout,
+    categorical_log_prob,
+    discounted_returns,
+    gae,
+    sample_categorical,
+    standardize,
+)
 from rlexp.optim import make_optimizer
 
 

@@ -5,7 +5,14 @@ was running when its worker died is failed as lost and replaced) and adds trials
 ``n_trials`` is raised. Keys of the sweep definition (``n_trials=10 workers=2 seeds=[1,2,3]
 storage=postgresql://... pruner.name=none space.algo.lr.high=1e-2``) override ``sweeps/NAME.yaml``;
 any other key (``train.max_episodes=100 algo.hidden=[32]``) is appended to the trials' ``base``
-overrides. A bad key or value stops everything with one line naming it (exit 2) before any trial.
+overrides. ``pruner.args={...}`` replaces the file's arguments, and ``pruner.name=X`` alone starts
+X without any. A bad key or value stops everything with one line naming it (exit 2) before any trial.
+
+Trial k runs seeds ``seeds[i] + k * seed_stride`` (recorded as the trial's ``seeds`` user attribute);
+its value is the mean (or median) episodes-to-solve over them, an unsolved seed counting
+``B + penalty * (1 + shortfall)`` with B = train.max_episodes (see rlexp.sweep.objective). At the end
+the best trial is re-evaluated on ``eval_seeds`` fresh seeds and written to
+``conf/experiment/<study>.yaml``: ``python -m rlexp +experiment=<study> seed=1,2,3 -m`` reproduces it.
 
 Several machines run one study when they share the storage (PostgreSQL/MySQL URL) and the
 MLflow store (``MLFLOW_TRACKING_URI``): run the same command on each, with ``finalize=false`` on
@@ -24,11 +31,10 @@ USAGE = __doc__ or ""
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or any(a in ("-h", "--help") for a in args):
-        print(USAGE.strip())
         from rlexp.sweep.load import sweep_names
 
-        print(f"\nsweeps: {', '.join(sweep_names())}")
-        return 0
+        print(f"{USAGE.strip()}\n\nsweeps: {', '.join(sweep_names())}", file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
     sweeps = [a for a in args if a.startswith("sweep=")]
     others = [a for a in args if not a.startswith("sweep=")]
     if len(sweeps) != 1:
@@ -49,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nrlexp.sweep: interrupted; finished trials are kept, the running ones are lost. "
-              f"Resume with the same command.", file=sys.stderr)
+        print("\nrlexp.sweep: interrupted; finished trials are kept, the running ones are lost. "
+              "Resume with the same command.", file=sys.stderr)
         return 130
-    return 0 if result.finished else 1
+    return 0 if result.all_started else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -65,6 +66,35 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return sweep_ovs, rlexp_ovs
 
 
+def _whole_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Pull out ``pruner.args={...}`` / ``sampler.args={...}``: they replace the file's args.
+
+    Hydra would merge them into the file's (the file's median arguments would reach a threshold
+    pruner); and ``pruner.name=X`` without ``pruner.args=`` starts X from no arguments.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    replaced: dict[str, dict[str, Any]] = {}
+    rest = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0]
+        if key in ("pruner.args", "sampler.args"):
+            try:
+                value = OverridesParser.create().parse_override(ov).value()
+            except Exception as e:
+                raise ConfigError(f"{ov}: {one_line(e)}") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{ov}: must be a dict of keyword arguments, e.g. {key}={{n_warmup_steps:100}}")
+            replaced[key.split(".")[0]] = value
+        else:
+            rest.append(ov)
+    for part in ("pruner", "sampler"):
+        keys = [ov.split("=", 1)[0].lstrip("+~") for ov in rest]
+        if part not in replaced and f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys):
+            replaced[part] = {}
+    return replaced, rest
+
+
 def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, SweepConfig]:
     """Compose a sweep definition with overrides into the typed schema (no rlexp checks yet)."""
     from hydra import compose, initialize_config_dir
@@ -79,17 +109,22 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
         if top not in known:
             raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
                               f"nor of the rlexp config ({', '.join(sorted(known))})")
+    replaced, sweep_ovs = _whole_args(sweep_ovs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             dcfg = compose(config_name=name, overrides=sweep_ovs)
+        for part, args in replaced.items():
+            dcfg[part].args = args
         cfg = OmegaConf.to_object(dcfg)
     except ConfigError:
         raise
     except Exception as e:
-        msg = _name_override(one_line(e), sweep_ovs)
-        if "not in struct" in msg:
-            msg += " (add a new key with a leading +, e.g. +space.algo.gamma={type:float,low:0.9,high:0.999})"
+        msg = _name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
+        if "not in struct" in msg and ".args." in msg.split(":", 1)[0]:
+            msg += " (pruner.args={...} / sampler.args={...} set all the arguments at once)"
+        elif "not in struct" in msg:
+            msg += " (a new key needs a leading +, e.g. +space.algo.gamma={type:float,low:0.9,high:0.999})"
         raise ConfigError(msg) from None
     if not isinstance(cfg, SweepConfig):
         raise ConfigError(f"sweep={sweep!r} does not extend the sweep schema: start it with "

@@ -126,6 +126,17 @@ class Reporter:
         return report_step(self.index, self.budget, self.budget)
 
 
+@dataclass
+class _TrialState:
+    """What a trial has done so far (for its end, whatever the way it ends)."""
+
+    mlflow: Any = None  # TrialRun | None
+    reporter: Reporter | None = None  # of the seed being run
+    env_steps: int = 0
+    last_step: int = 0  # last step reported
+    solved: list[int | None] = field(default_factory=list)
+
+
 class Objective:
     """``objective(trial) -> float`` for ``study.optimize``; picklable for spawned workers."""
 
@@ -226,15 +237,6 @@ class Objective:
         finally:
             if state.mlflow:
                 state.mlflow.end(what, value, state.env_steps, reason)
-
-
-@dataclass
-class _TrialState:
-    mlflow: Any = None  # TrialRun | None
-    reporter: Reporter | None = None  # of the seed being run
-    env_steps: int = 0
-    last_step: int = 0  # last step reported
-    solved: list[int | None] = field(default_factory=list)
 
 
 def describe_trial(params: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,7 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
-from rlexp.sweep import preset, study as st
+from rlexp.sweep import preset
+from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep
 from rlexp.sweep.objective import Objective, describe_trial
 from rlexp.train import experiment_name
@@ -97,7 +98,13 @@ class SweepResult:
 
     @property
     def finished(self) -> bool:
+        """``n_trials`` trials count."""
         return self.tally["complete"] + self.tally["pruned"] + self.tally["failed"] >= self.n_trials
+
+    @property
+    def all_started(self) -> bool:
+        """Nothing left to start: the rest are running on other workers."""
+        return self.finished or sum(self.tally[k] for k in ("complete", "pruned", "failed", "running")) >= self.n_trials
 
 
 # --------------------------------------------------------------------------- workers
@@ -121,7 +128,7 @@ def _load_study(sweep: Sweep, worker: int = 0) -> optuna.Study:
 
 def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker: int = 0) -> None:
     """One worker: run trials of the shared study until ``n_trials`` count (module-level: spawnable)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = _load_study(sweep, worker)
     progress = st.Progress(sweep.study_name, sweep.cfg.n_trials, sweep.cfg.workers)
@@ -197,11 +204,33 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
               file=sys.stderr)
 
 
+def _drive(study: optuna.Study, sweep: Sweep, parent: str | None, experiment: str | None) -> None:
+    """Run workers until ``n_trials`` count; the finalizing command also waits for other machines'."""
+    cfg = sweep.cfg
+    idle_rounds = 0
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        n_done = st.done(trials)
+        todo = cfg.n_trials - n_done - sum(t.state == TrialState.RUNNING for t in trials)
+        if todo > 0:
+            if idle_rounds >= 2:
+                return  # workers stop without finishing trials (e.g. the storage fails): don't spin
+            _run_workers(sweep, min(cfg.workers, todo), parent, experiment)
+            idle_rounds = idle_rounds + 1 if st.done(study.get_trials(deepcopy=False)) == n_done else 0
+        elif n_done >= cfg.n_trials or not cfg.finalize:
+            return  # done; or a helper with nothing left to start
+        else:  # trials of other workers still running: wait for them (or for their heartbeat to stop)
+            time.sleep(cfg.heartbeat_interval)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+
+
 def run_sweep(sweep: Sweep) -> SweepResult:
     """Start, resume or extend the sweep's study; finalize when ``n_trials`` count."""
     cfg = sweep.cfg
     t0 = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     base_cfg = compose_config(cfg.base)
     experiment = experiment_name(base_cfg) if base_cfg.tracking.enabled else None
@@ -227,29 +256,24 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     try:
         with _sigterm_as_keyboard_interrupt():
             st.wait_for_stale(study, cfg.heartbeat_interval)
-            for _ in range(10):  # another round only if a trial was lost while the last ones ran
-                trials = study.get_trials(deepcopy=False)
-                running = sum(t.state == TrialState.RUNNING for t in trials)
-                todo = cfg.n_trials - st.done(trials) - running
-                if todo <= 0:
-                    break
-                _run_workers(sweep, min(cfg.workers, todo), parent, experiment)
-                if st.done(study.get_trials(deepcopy=False)) == st.done(trials):
-                    break  # no progress: don't spin
+            _drive(study, sweep, parent, experiment)
     except KeyboardInterrupt:
-        if parent:
+        if parent and cfg.finalize:
             from rlexp.sweep.tracking import finish_parent
 
             finish_parent(parent, "KILLED")
         raise
     result = summarize(study, sweep, time.perf_counter() - t0)
     result.parent_run_id = parent
-    if not result.finished:
-        print(f"[{sweep.study_name}] {result.tally}: n_trials={cfg.n_trials} not reached (trials still "
-              "running elsewhere, or no progress); run the same command again to finish", file=sys.stderr)
+    if not result.finished and not result.all_started:
+        print(f"[{sweep.study_name}] {result.tally}: n_trials={cfg.n_trials} not reached (no progress: see "
+              "the errors above); run the same command again to finish", file=sys.stderr)
+    elif not result.finished:
+        print(f"[{sweep.study_name}] {result.tally['running']} trial(s) still running elsewhere; the "
+              "finalizing command re-evaluates and writes the preset", file=sys.stderr)
     elif cfg.finalize:
         finalize(study, sweep, result)
-    if parent:
+    if parent and cfg.finalize:  # helpers (finalize=false) leave the parent run to the finalizing command
         from rlexp.sweep.tracking import finish_parent
 
         finish_parent(parent, "FINISHED" if result.finished else "KILLED", _parent_metrics(result))
@@ -305,7 +329,8 @@ def plots(study: optuna.Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    jobs = [("optimization_history.png", vis.plot_optimization_history)]
+    jobs: list[tuple[str, Callable[[optuna.Study], Any]]] = [
+        ("optimization_history.png", vis.plot_optimization_history)]
     if len(complete) >= 2:
         jobs.append(("param_importances.png", vis.plot_param_importances))
     else:
@@ -314,8 +339,8 @@ def plots(study: optuna.Study, out: Path) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = fn(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fn(study)
+            fig = plt.gcf()
             fig.savefig(out / name, dpi=100, bbox_inches="tight")
             plt.close(fig)
             paths.append(out / name)
@@ -330,7 +355,8 @@ def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id:
 
     cfg = compose_config([*overrides, f"seed={seed}"])
     try:
-        r = run(cfg, label=label, group=tags.get("sweep"), tags=tags, parent_run_id=parent_run_id)
+        group = f"{tags['sweep']}/eval" if "sweep" in tags else None
+        r = run(cfg, label=label, group=group, tags=tags, parent_run_id=parent_run_id)
     except Exception as e:  # a diverged seed is a result
         return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
     return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
@@ -381,7 +407,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
     ev = f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated."
     comment = [
         f"Best configuration of Optuna study '{sweep.study_name}' (storage {result.storage}),",
-        f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
+        f"trial {b.number} (best of {len(trials)} trials), objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
         f"seeds {b.user_attrs.get('seeds')}),",
         f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} ...`.",
         ev,

@@ -4,6 +4,11 @@ Which trials count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fai
 attribute (the objective sets it when a configuration diverges or raises). A FAIL without one is a
 *lost* trial: its worker was killed or interrupted mid-trial (the heartbeat marks it FAIL on the
 next start) and it is not counted, so a resumed sweep runs it again with the sampler's next proposal.
+A FAIL with ``surplus`` was asked for by a worker in the instant another started the last trial
+needed; it runs nothing and is not counted either.
+
+Why not ``optuna.study.MaxTrialsCallback``: counting every state it counts lost trials (a resume
+would come up short), counting only finished ones it lets N workers overshoot by up to N - 1.
 """
 
 from __future__ import annotations
@@ -85,9 +90,12 @@ def make_sampler(cfg: SweepConfig, seed_offset: int = 0) -> optuna.samplers.Base
 
 
 def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
-    """The configured pruner; Hyperband's ``max_resource`` defaults to a trial's last step."""
+    """The configured pruner; Hyperband's ``max_resource`` defaults to a trial's last step.
+
+    ``none`` ignores ``pruner.args`` (so ``pruner.name=none`` switches pruning off whatever the file says).
+    """
     p = cfg.pruner
-    args = dict(p.args)
+    args = dict(p.args) if p.name != "none" else {}
     classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
                "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner,
@@ -103,23 +111,23 @@ def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
 # --------------------------------------------------------------------------- the trial budget
 def is_lost(t: FrozenTrial) -> bool:
     """A trial whose worker died or was interrupted mid-trial (not counted; run again)."""
-    return t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs
+    return t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs and not t.user_attrs.get("surplus")
 
 
 def counts(t: FrozenTrial) -> bool:
     """Whether a trial counts towards ``n_trials``."""
-    return t.state in FINISHED and not is_lost(t)
+    return t.state in FINISHED and not is_lost(t) and not t.user_attrs.get("surplus")
 
 
 def tally(trials: Iterable[FrozenTrial]) -> dict[str, int]:
-    """Counts by outcome: complete, pruned, failed (counted), lost, running."""
+    """Counts by outcome: complete, pruned, failed (counted), lost, running (surplus trials: none)."""
     out = {"complete": 0, "pruned": 0, "failed": 0, "lost": 0, "running": 0}
     for t in trials:
         if t.state == TrialState.COMPLETE:
             out["complete"] += 1
         elif t.state == TrialState.PRUNED:
             out["pruned"] += 1
-        elif t.state == TrialState.FAIL:
+        elif t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
             out["lost" if is_lost(t) else "failed"] += 1
         elif t.state in (TrialState.RUNNING, TrialState.WAITING):
             out["running"] += 1

@@ -35,19 +35,30 @@ def open_parent(study_name: str, experiment: str, storage: str, definition: Mapp
         except Exception:  # another tracking store than last time
             run_id = None
     if run_id is None:
-        name = study_name.replace("'", "\\'")
-        found = retry_locked(lambda: client.search_runs(
-            [exp_id], filter_string=f"tags.sweep = '{name}' and tags.{ROLE} = 'study'",
-            order_by=["attributes.start_time ASC"], max_results=1))
-        run_id = found[0].info.run_id if found else None
+        run_id = _earliest_parent(client, exp_id, study_name, storage)
     if run_id is None:
         run = retry_locked(lambda: client.create_run(exp_id, run_name=f"sweep-{study_name}", tags={
             "sweep": study_name, ROLE: "study", "optuna_storage": storage}))
-        run_id = run.info.run_id
-        MlflowTracker(client, run_id).log_params(flatten(dict(definition)))
+        MlflowTracker(client, run.info.run_id).log_params(flatten(dict(definition)))
+        # two machines starting at once may both create one: all keep the earliest, drop the others
+        run_id = _earliest_parent(client, exp_id, study_name, storage)
+        if run_id != run.info.run_id:
+            retry_locked(lambda: client.delete_run(run.info.run_id))
     else:
         retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
     return str(run_id)
+
+
+def _earliest_parent(client: Any, exp_id: str, study_name: str, storage: str) -> str | None:
+    def q(s: str) -> str:
+        return s.replace("'", "\\'")
+
+    found = retry_locked(lambda: client.search_runs(
+        [exp_id], filter_string=f"tags.sweep = '{q(study_name)}' and tags.{ROLE} = 'study' "
+                                f"and tags.optuna_storage = '{q(storage)}'", max_results=100))
+    if not found:
+        return None
+    return str(min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id)
 
 
 def finish_parent(run_id: str, status: str, metrics: Mapping[str, float] | None = None) -> None:

@@ -1,0 +1,115 @@
+"""What pruning saves, and what a sweep finds: one sweep run twice, with and without its pruner.
+
+    python -m benchmarks.bench_sweep sweep=dqn_cartpole workers=2                  # full size (~2 h on 2 cores)
+    python -m benchmarks.bench_sweep sweep=dqn_cartpole n_trials=4 seeds=[1] train.max_episodes=30
+
+Both runs use the same definition and sampler seed, each in a fresh study (storage under
+``outputs/bench_sweep/<stamp>/``), one with the definition's pruner and one with
+``pruner.name=none``. Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
+seeds, and so is the default configuration (the base overrides alone). The Markdown table
+(trials complete/pruned/failed, total env steps, wall time, best value, env-steps saving,
+re-evaluations) is printed and written with date, command and versions to
+``benchmarks/results/sweep-<date>.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _eval_cells(ev: object | None) -> str:
+    from rlexp.sweep.runner import EvalSummary
+
+    if not isinstance(ev, EvalSummary):
+        return "– | –"
+    med = ev.median_episodes_to_solve
+    return f"{ev.solved}/{len(ev.runs)} | {'unsolved' if math.isinf(med) else f'{med:g}'}"
+
+
+def versions() -> str:
+    import gymnasium
+    import mlflow
+    import optuna
+    import torch
+
+    return (f"python {platform.python_version()}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
+            f"torch {torch.__version__}, gymnasium {gymnasium.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or any(a in ("-h", "--help") for a in args) or not any(a.startswith("sweep=") for a in args):
+        print(__doc__)
+        return 0 if args else 2
+    from rlexp.config import ConfigError
+    from rlexp.sweep import evaluate, load, run_sweep
+
+    name = next(a for a in args if a.startswith("sweep=")).split("=", 1)[1]
+    overrides = [a for a in args if not a.startswith("sweep=")]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M%S")
+    work = Path("outputs") / "bench_sweep" / stamp
+    work.mkdir(parents=True, exist_ok=True)
+    common = [*overrides, f"storage=sqlite:///{work.resolve() / 'optuna.db'}", f"preset_dir={work / 'presets'}"]
+    try:
+        runs = {"pruner": load(name, [*common, f"study_name=bench-{name}-pruned-{stamp}"])}
+        runs["no pruner"] = load(name, [*common, f"study_name=bench-{name}-unpruned-{stamp}", "pruner.name=none"])
+    except ConfigError as e:
+        print(f"bench_sweep: error: {e}", file=sys.stderr)
+        return 2
+    results = {}
+    for label, sweep in runs.items():
+        print(f"bench_sweep: {label}: study {sweep.study_name}", file=sys.stderr, flush=True)
+        results[label] = run_sweep(sweep)
+    cfg = runs["pruner"].cfg
+    fresh = cfg.fresh_seeds()
+    default_eval = None
+    if fresh:
+        print(f"bench_sweep: default config ({' '.join(cfg.base)}) on fresh seeds {fresh}", file=sys.stderr)
+        t0 = time.perf_counter()
+        default_eval = evaluate(cfg.base, fresh, cfg.workers, tags={"sweep": f"bench-{name}-default-{stamp}",
+                                                                   "sweep_role": "eval"})
+        print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr)
+
+    pruned, full = results["pruner"], results["no pruner"]
+    saving = 1 - pruned.env_steps / full.env_steps if full.env_steps else float("nan")
+    rows = ["| run | pruner | complete | pruned | failed | env steps | wall time | best value (trial) | "
+            f"re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in results.items():
+        pruner = runs[label].cfg.pruner.name
+        best = f"{r.best_value:.1f} ({r.best_number})" if r.best_value is not None else "–"
+        t = r.tally
+        rows.append(f"| {label} | {pruner} | {t['complete']} | {t['pruned']} | {t['failed']} | {r.env_steps} | "
+                    f"{r.wall_time_s / 60:.1f} min | {best} | {_eval_cells(r.evaluation)} |")
+    rows.append(f"| default config | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
+    table = "\n".join(rows)
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:.1f}"
+
+    summary = (f"Env steps saved by pruning: **{saving:.0%}** ({pruned.env_steps} vs {full.env_steps}); "
+               f"best value with pruning {fmt(pruned.best_value)} vs without {fmt(full.best_value)} "
+               "(episodes-to-solve, lower is better).")
+    print(f"\n{table}\n\n{summary}")
+    command = "python -m benchmarks.bench_sweep " + " ".join(args)
+    text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
+            f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
+            f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
+            f"`{' '.join(cfg.base)}`; fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
+            f"{table}\n\n{summary}\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"sweep-{stamp[:10]}.md"
+    out.write_text(text)
+    print(f"\nbench_sweep: written {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

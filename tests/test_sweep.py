@@ -1,0 +1,342 @@
+"""Optuna sweeps: definitions and validation, the objective's censoring rule, pruning, failures,
+resume after a SIGKILL, and the preset round trip. Tiny budgets; tests write presets to tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState, create_trial
+
+from rlexp import compose as rlexp_compose
+from rlexp.compose import compose_config
+from rlexp.config import ConfigError
+from rlexp.loops import DivergenceError, EpisodeInfo
+from rlexp.sweep import load, run_sweep
+from rlexp.sweep import study as st
+from rlexp.sweep.__main__ import main
+from rlexp.sweep.config import ParamSpec, format_value
+from rlexp.sweep.load import SWEEPS_DIR, param_override, sweep_names
+from rlexp.sweep.objective import (
+    Objective,
+    Pruned,
+    Reporter,
+    aggregate,
+    grid,
+    report_step,
+    seed_value,
+    shortfall,
+)
+from rlexp.train import RunInterrupted, TrainResult, config_dict
+
+from .conftest import PYTHON, cli_env
+
+TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
+
+
+def tiny(tmp_path: Path, *extra: str) -> list[str]:
+    """Overrides shrinking dqn_cartpole to seconds, storage and preset in tmp_path."""
+    return [*TINY, f"storage=sqlite:///{tmp_path / 'optuna.db'}", f"preset_dir={tmp_path / 'presets'}",
+            "seeds=[0]", "eval_seeds=0", "pruner.report_every=4", *extra]
+
+
+def trials_of(tmp_path: Path, name: str = "dqn_cartpole") -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+# --------------------------------------------------------------------------- definitions
+@pytest.mark.parametrize("name", sweep_names())
+def test_shipped_sweeps_validate_against_the_real_config(name):
+    base = (SWEEPS_DIR / f"{name}.yaml").read_text()
+    algo = next(line.split("=", 1)[1].strip() for line in base.splitlines() if "- algo=" in line)
+    if not (rlexp_compose.CONF_DIR / "algo" / f"{algo}.yaml").is_file():
+        pytest.skip(f"algo={algo} is not in conf/algo yet")
+    sweep = load(name)
+    assert sweep.study_name == name and sweep.cfg.n_trials >= 1 and sweep.params
+
+
+def test_required_sweeps_are_shipped():
+    assert {"dqn_cartpole", "dueling_dqn_cartpole", "ppo_cartpole"} <= set(sweep_names())
+
+
+def test_command_line_keys_go_to_the_definition_or_to_base():
+    s = load("dqn_cartpole", ["n_trials=7", "workers=2", "seeds=[1,2,3]", "storage=postgresql://u:pw@h/db",
+                              "space.algo.lr.high=1e-2", "~space.algo.batch_size", "train.max_episodes=30",
+                              "algo.hidden=[16]", "study_name=mine"])
+    assert (s.cfg.n_trials, s.cfg.workers, s.cfg.seeds, s.study_name) == (7, 2, [1, 2, 3], "mine")
+    assert s.cfg.base[-2:] == ["train.max_episodes=30", "algo.hidden=[16]"]
+    keys = {p.key: p for p in s.params}
+    assert "algo.batch_size" not in keys and keys["algo.lr"].high == 1e-2
+    assert s.cfg.trial_seeds(4) == [4001, 4002, 4003]
+    assert st.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("n_trial=3", "'n_trial' is neither a key of the sweep definition"),
+    ("n_trials=0", "n_trials=0 must be >= 1"),
+    ("workers=abc", "workers=abc"),
+    ("space.algo.lr.low=0", "space.algo.lr.low=0 must be > 0 with log: true"),
+    ("space.algo.lr.low=0.5", "space.algo.lr.low=0.5 must be < space.algo.lr.high (0.003)"),
+    ("space.algo.lr.type=flot", "space.algo.lr.type='flot' must be one of float, int, categorical"),
+    ("+space.algo.lrr={type:float,low:1,high:2}", "space.algo.lrr: algo.lrr is not a key of the rlexp config"),
+    ("+space.algo.exploration.rate={type:float,low:1,high:2,step:0}", "space.algo.exploration.rate.step=0"),
+    ("+space.algo.nope={type:int,low:1,high:2}", "algo.nope is not a key"),
+    ("+space.seed={type:int,low:1,high:2}", "space.seed cannot be searched"),
+    ("space.algo.batch_size.choices=[32,0]", "algo.batch_size=0 must be >= 1"),
+    ("space.algo.exploration.end.high=2.0", "algo.exploration.end=2.0 must be in [0, 1]"),
+    ("pruner.name=fast", "pruner.name='fast' must be one of median"),
+    ("seeds=[1,1]", "seeds=[1, 1] must be distinct"),
+    ("storage=optuna.db", "storage='optuna.db' must be a database URL"),
+    ("algo.bogus=1", "base: algo.bogus=1"),
+    ("env=nope", "env='nope' is not an option of env/"),
+])
+def test_bad_definitions_are_refused_with_key_and_value(override, message):
+    with pytest.raises(ConfigError) as e:
+        load("dqn_cartpole", [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sweep_file_elsewhere_with_a_bad_range(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("defaults: [base_sweep, _self_]\nbase: [algo=dqn]\n"
+                 "space: {algo: {lr: {type: float, low: 1.0e-2, high: 1.0e-3}}}\n")
+    with pytest.raises(ConfigError, match=r"space.algo.lr.low=0.01 must be < space.algo.lr.high \(0.001\)"):
+        load(str(f))
+
+
+def test_cli_error_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys):
+    assert main(["sweep=dqn_cartpole", f"storage=sqlite:///{tmp_path / 'o.db'}", "space.algo.lr.low=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rlexp.sweep: error: space.algo.lr.low=-1 must be > 0 with log: true"
+    assert not (tmp_path / "o.db").exists()
+    assert main(["sweep=nope"]) == 2
+    assert "sweep='nope' is not a file of sweeps/" in capsys.readouterr().err
+
+
+def test_param_specs_and_overrides():
+    with pytest.raises(ConfigError, match=r"space.a.b.step=2.5 must be an integer for type: int"):
+        ParamSpec("a.b", "int", 1, 4, step=2.5)
+    with pytest.raises(ConfigError, match=r"space.x.choices=\[\] must list at least one value"):
+        ParamSpec("x", "categorical")
+    with pytest.raises(ConfigError, match=r"space.x.step=0.1 cannot be combined with log"):
+        ParamSpec("x", "float", 0.1, 1.0, log=True, step=0.1)
+    hidden = ParamSpec("algo.hidden", "categorical", choices=([64, 64], [16]))
+    assert hidden.optuna_choices() == ["[64,64]", "[16]"]
+    assert param_override(hidden, "[16]") == "algo.hidden=[16]"
+    assert param_override(ParamSpec("algo.activation", "categorical", choices=("relu",)), "relu") == \
+        "algo.activation='relu'"
+    assert param_override(ParamSpec("algo.lr", "float", 1e-5, 1e-3, log=True), 1.2345678901234567e-4) == \
+        "algo.lr=0.00012345678901234567"
+    assert [format_value(v) for v in (None, True, 3, 1e-5)] == ["null", "true", "3", "1e-05"]
+    cfg = compose_config(["algo=dqn", "algo.hidden=[16]", "algo.activation='tanh'", "algo.lr=1e-05"])
+    assert (cfg.algo.hidden, cfg.algo.activation, cfg.algo.lr) == ([16], "tanh", 1e-5)
+
+
+# --------------------------------------------------------------------------- objective
+def test_censoring_rule_by_hand():
+    # B = 500 episodes, penalty P = 500, CartPole threshold 475
+    assert seed_value(120, 500, 500.0) == 120.0
+    assert shortfall(237.5, 475.0) == 0.5  # (475 - 237.5) / 475
+    assert seed_value(None, 500, 500.0, shortfall(237.5, 475.0)) == 500 + 500 * 1.5 == 1250.0
+    assert seed_value(None, 500, 500.0, shortfall(475.0, 475.0)) == 1000.0  # the best an unsolved seed gets
+    assert seed_value(None, 500, 500.0, shortfall(9.0, 475.0)) == pytest.approx(500 + 500 * (1 + 466 / 475))
+    assert shortfall(600.0, 475.0) == 0.0 and shortfall(-1e9, 475.0) == 1.0
+    assert shortfall(-150.0, -100.0) == 0.5  # negative thresholds (Acrobot): / max(|thr|, 1)
+    assert aggregate([120.0, 1250.0, 200.0], "mean") == pytest.approx(1570 / 3)
+    assert aggregate([120.0, 1250.0, 200.0], "median") == 200.0
+    # a configuration solving no seed never beats one solving every seed, even at the budget
+    assert aggregate([seed_value(None, 500, 500.0, 0.0)] * 3, "mean") > aggregate([500.0] * 3, "mean")
+
+
+def test_steps_lay_seed_slots_end_to_end():
+    assert report_step(0, 25, 500) == 25 and report_step(2, 10, 500) == 1010
+    assert grid(25, 60) == [25, 50, 60] and grid(25, 60, after=50) == [60] and grid(25, 50, after=50) == []
+    assert grid(4, 12, after=5) == [8, 12]
+
+
+def _info(ep: int, mean: float, solved: int | None = None) -> EpisodeInfo:
+    return EpisodeInfo(ep, mean, 10, ep * 10, mean, solved)
+
+
+def test_reporter_reports_the_censored_estimate_and_prunes():
+    reports: list[tuple[float, int]] = []
+    prune = {"now": False}
+    rep = Reporter(lambda v, s: reports.append((v, s)), lambda: prune["now"], index=1, budget=100, every=25,
+                   threshold=500.0, penalty=100.0, how="mean", finished=[40.0])
+    for ep in range(1, 50):
+        rep(_info(ep, 250.0))
+    # at episode 25 of seed 1: mean(40, 100 + 100 * (1 + 0.5)) = 145, step 100 + 25
+    assert reports == [(145.0, 125)]
+    rep(_info(50, 250.0, solved=50))
+    assert reports[-1] == (45.0, 150)  # solved at 50: mean(40, 50)
+    assert rep.fill(45.0) == 200 and reports[-2:] == [(45.0, 175), (45.0, 200)]
+    prune["now"] = True
+    rep2 = Reporter(lambda v, s: None, lambda: prune["now"], 0, 100, 25, 500.0, 100.0, "mean")
+    with pytest.raises(Pruned, match="pruned at step 25") as e:
+        for ep in range(1, 30):
+            rep2(_info(ep, 10.0))
+    assert isinstance(e.value, RunInterrupted) and rep2.env_steps == 250
+
+
+def test_seed_result_censors_on_the_last_window():
+    r = TrainResult(False, None, 4, 40, 1.0, [0.0, 0.0, 200.0, 300.0])
+    assert Objective.seed_result(r, 2, 500.0, 4, 4.0) == 4 + 4 * (1 + 0.5)
+    r = TrainResult(True, 3, 3, 30, 1.0, [500.0, 500.0, 500.0])
+    assert Objective.seed_result(r, 2, 500.0, 4, 4.0) == 3.0
+
+
+def test_budget_counts_and_progress_line():
+    def t(state, number, **attrs):
+        ft = create_trial(state=state, value=attrs.pop("value", None), user_attrs=attrs)
+        ft.number = number
+        return ft
+
+    trials = [t(TrialState.COMPLETE, 0, value=300.0), t(TrialState.PRUNED, 1, value=900.0),
+              t(TrialState.FAIL, 2, fail_reason="DivergenceError: loss became nan"), t(TrialState.FAIL, 3),
+              t(TrialState.COMPLETE, 4, value=250.0), t(TrialState.RUNNING, 5)]
+    assert [st.counts(x) for x in trials] == [True, True, True, False, True, False]
+    assert st.is_lost(trials[3]) and not st.is_lost(trials[2])
+    assert st.done(trials) == 4 and st.ahead_of(trials, 6) == 5 and st.ahead_of(trials, 3) == 3
+    line = st.progress_line("s", trials[4], trials, n_trials=6, workers=2)
+    assert "[s] trial 4 COMPLETE value 250.0 | 4/6 done (2 complete, 1 pruned, 1 failed, 1 lost)" in line
+    assert "best 250.0 (trial 4)" in line and "left" in line
+    assert "FAILED: DivergenceError" in st.progress_line("s", trials[2], trials, 6, 1)
+    surplus = t(TrialState.FAIL, 6, surplus=True)
+    assert not st.counts(surplus) and not st.is_lost(surplus) and st.tally([surplus])["lost"] == 0
+
+
+def test_a_trial_beyond_n_trials_runs_nothing(tmp_path):
+    # another worker started the last needed trial in the same instant: this one is surplus
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "tracking.enabled=false"))
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0))
+    study.optimize(Objective(s, None, None), n_trials=3, catch=(Exception,))
+    assert len(study.trials) == 2  # stopped at once
+    t = study.trials[1]
+    assert t.state == TrialState.FAIL and t.user_attrs == {"surplus": True} and not t.params
+
+
+# --------------------------------------------------------------------------- whole sweeps (in-process)
+def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    # every unsolved estimate is > B = 12, so a ThresholdPruner at 12 must prune at the first report
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "seeds=[0,1]", "pruner.name=threshold",
+                                  "pruner.args={upper:12.0}"))
+    result = run_sweep(s)
+    assert result.tally == {"complete": 0, "pruned": 2, "failed": 0, "lost": 0, "running": 0}
+    trials = trials_of(tmp_path)
+    for t in trials:
+        assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4 and t.last_step == 4
+        assert t.intermediate_values[4] > 12 and "seed_values" not in t.user_attrs
+        assert 0 < t.user_attrs["env_steps"] < 12 * 500
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("CartPole-v1")
+    runs = client.search_runs([exp.experiment_id])
+    by_role = {role: [r for r in runs if r.data.tags.get("sweep_role") == role] for role in ("study", "trial", "seed")}
+    assert len(by_role["study"]) == 1 and len(by_role["trial"]) == 2 and len(by_role["seed"]) == 2
+    parent = by_role["study"][0].info.run_id
+    for r in by_role["trial"]:
+        assert r.info.status == "KILLED" and r.data.tags["state"] == "pruned"
+        assert r.data.tags["mlflow.parentRunId"] == parent and "algo.lr" in r.data.params
+    for r in by_role["seed"]:  # the pruned seed run ends KILLED, under its trial's run
+        assert r.info.status == "KILLED" and r.data.tags["stop_reason"].startswith("pruned at step 4")
+        assert r.data.tags["mlflow.parentRunId"] in {x.info.run_id for x in by_role["trial"]}
+    assert result.preset is None  # no complete trial: nothing to write
+
+
+def test_failed_trial_is_recorded_and_the_preset_reproduces_the_best(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from rlexp.sweep import objective
+
+    real_run = objective.run
+
+    def diverge_trial_0(cfg, **kw):
+        if kw["tags"]["trial"] == 0:
+            raise DivergenceError("train/loss became nan at env step 7; the run diverged")
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(objective, "run", diverge_trial_0)
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "pruner.name=none", "tracking.enabled=false"))
+    result = run_sweep(s)
+    trials = trials_of(tmp_path)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"].startswith("DivergenceError: train/loss became nan")
+    assert result.finished and result.tally["failed"] == 1 and result.tally["complete"] == 2
+    # the seeds of trial k are fixed and recorded
+    assert [t.user_attrs["seeds"] for t in trials[1:]] == [[1000], [2000]]
+    best = min(trials[1:], key=lambda t: t.value)
+    assert result.best_number == best.number and result.preset is not None
+    text = result.preset.read_text()
+    assert text.startswith("# @package _global_\n") and f"trial {best.number}" in text
+    assert "Optuna study 'dqn_cartpole'" in text and "optuna.db" in text
+    # the preset, dropped into conf/experiment/, composes to exactly the best trial's config
+    conf = tmp_path / "conf"
+    shutil.copytree(rlexp_compose.CONF_DIR, conf)
+    shutil.copy(result.preset, conf / "experiment" / "dqn_cartpole.yaml")
+    trial_cfg = compose_config([*s.cfg.base, *best.user_attrs["overrides"], "seed=3"])
+    monkeypatch.setattr(rlexp_compose, "CONF_DIR", conf)
+    preset_cfg = compose_config(["+experiment=dqn_cartpole", "seed=3"])
+    assert config_dict(preset_cfg) == config_dict(trial_cfg)
+    assert preset_cfg.algo.lr == best.params["algo.lr"]
+
+
+def test_a_resumed_study_refuses_a_changed_objective(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "pruner.name=none", "tracking.enabled=false",
+                                  "finalize=false"))
+    run_sweep(s)
+    with pytest.raises(ConfigError, match=r"seeds=\[5\] differs from \[0\], with which study 'dqn_cartpole'"):
+        run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "tracking.enabled=false", "seeds=[5]")))
+    assert len(trials_of(tmp_path)) == 1
+
+
+# --------------------------------------------------------------------------- resume after SIGKILL
+def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_one(tmp_path):
+    args = [PYTHON, "-m", "rlexp.sweep", "sweep=dqn_cartpole",
+            *tiny(tmp_path, "n_trials=3", "train.max_episodes=40", "pruner.name=none", "heartbeat_interval=1",
+                  "finalize=false")]
+    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = trials_of(tmp_path)
+            except Exception:  # the study is not created yet
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            if any(t.state == TrialState.COMPLETE for t in trials) and running:
+                victim = running[0].number
+                os.killpg(first.pid, signal.SIGKILL)  # mid-trial, no chance to clean up
+                break
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert victim is not None, "the sweep never had a running trial after a complete one"
+    before = {t.number: t.value for t in trials_of(tmp_path) if t.state == TrialState.COMPLETE}
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"trial {victim} LOST" in second.stderr
+    trials = trials_of(tmp_path)
+    after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+    assert all(after[k] == v for k, v in before.items())  # finished trials are kept as they were
+    lost = trials[victim]
+    assert lost.state == TrialState.FAIL and st.is_lost(lost)  # failed by the heartbeat, not counted
+    assert st.done(trials) == 3 and len(trials) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(lost.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["state"] == "lost"
+    parents = client.search_runs([run.info.experiment_id], "tags.sweep_role = 'study'")
+    assert len(parents) == 1  # reused on resume
