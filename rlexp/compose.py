@@ -45,7 +45,7 @@ def one_line(e: BaseException) -> str:
     return ": ".join(parts)
 
 
-def _name_override(msg: str, overrides: Sequence[str]) -> str:
+def name_override(msg: str, overrides: Sequence[str]) -> str:
     """Lead with the offending override: ``optimizer.lr=abc: Value 'abc' ... Float``."""
     m = re.match(r"(?:Could not override|Error merging override) '?([^'\s:]+?)(?:=[^']*)?'?[:.]? (.*)", msg)
     if not m:
@@ -88,14 +88,14 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
         try:
             return compose(config_name=config_name, overrides=list(overrides))
         except Exception as e:
-            raise ConfigError(_name_override(one_line(e), overrides)) from None
+            raise ConfigError(name_override(one_line(e), overrides)) from None
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides))
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(_name_override(one_line(e), overrides)) from None
+        raise ConfigError(name_override(one_line(e), overrides)) from None
 
 
 def compose_config(overrides: Sequence[str] = ()) -> Config:

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -82,7 +83,7 @@ def get_or_create_experiment(client: Any, name: str) -> str:
         if exp is not None:
             exp_id = str(exp.experiment_id)
             if exp.lifecycle_stage == "deleted":
-                retry_locked(lambda exp_id=exp_id: client.restore_experiment(exp_id))
+                retry_locked(partial(client.restore_experiment, exp_id))
             return exp_id
         try:
             return str(retry_locked(lambda: client.create_experiment(name)))
@@ -147,7 +148,7 @@ class MlflowTracker:
     def flush(self) -> None:
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            retry_locked(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk))
         self._last_flush = time.monotonic()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -156,7 +157,7 @@ class MlflowTracker:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             chunk = items[i:i + 100]
-            retry_locked(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+            retry_locked(partial(self.client.log_batch, self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

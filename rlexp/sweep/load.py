@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, _name_override, compose_config, compose_dict, one_line
+from rlexp.compose import CONF_DIR, compose_config, compose_dict, name_override, one_line
 from rlexp.config import Config, ConfigError
 from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
 
@@ -120,7 +120,7 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     except ConfigError:
         raise
     except Exception as e:
-        msg = _name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
+        msg = name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
         if "not in struct" in msg and ".args." in msg.split(":", 1)[0]:
             msg += " (pruner.args={...} / sampler.args={...} set all the arguments at once)"
         elif "not in struct" in msg:
