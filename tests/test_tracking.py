@@ -39,7 +39,7 @@ def test_run_records_the_contract(mlflow_uri, tmp_path):
         "algo": "dqn_target", "env": "CartPole-v1", "seed": "5", "group": "g1"}
     assert r.data.params["optimizer.lr"] == str(cfg.optimizer.lr)
     assert r.data.params["solve.threshold"] == "475.0"  # the registered threshold in force
-    assert r.data.params["algo.target_update_interval"] == "500"
+    assert r.data.params["algo.target_update_interval"] == str(cfg.algo.target_update_interval)
     m = r.data.metrics
     assert m["solved"] == 0 and m["episodes"] == 12 and m["env_steps"] == result.env_steps
     assert m["sps"] > 0 and m["wall_time_s"] > 0 and "episodes_to_solve" not in m
