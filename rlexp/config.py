@@ -221,7 +221,7 @@ class ActorCriticConfig(AlgoConfig):
     activation: str = "relu"
     num_envs: int = 1  # envs collected from at once; env.num_envs > 1 overrides it
     episodes_per_update: int = 1  # finished episodes per gradient step (seed: 1)
-    normalize_returns: bool = True  # standardise the returns of each update (seed); off: bootstrap truncations
+    normalize_returns: bool = True  # standardise each update's returns (seed); false: bootstrap truncations
     reduction: str = "sum"  # sum (seed: sum of per-step losses) | mean
     huber_delta: float = 1.0  # critic Huber loss threshold
     value_coef: float = 1.0  # weight of the critic loss

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -102,15 +103,21 @@ def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def sample_categorical(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one action per row of ``logits``; returns ``(actions, log_probs)``."""
     logp_all = torch.log_softmax(logits, dim=-1)
-    actions = torch.multinomial(logp_all.exp(), 1)
+    # inverse-CDF sampling: a few cheap ops instead of torch.multinomial's per-call overhead
+    u = torch.rand(logits.shape[:-1] + (1,))
+    actions = (logp_all.exp().cumsum(-1) < u).sum(-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)
     return actions.squeeze(-1), logp_all.gather(-1, actions).squeeze(-1)
 
 
-def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log pi(a|s), entropy)`` per row."""
+def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``log pi(a|s)`` per row."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution per row."""
     logp_all = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy
+    return -(logp_all.exp() * logp_all).sum(-1)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -148,12 +155,13 @@ def on_policy_loop(agent: OnPolicyAgent, envs: Any, rec: EpisodeRecorder, *, see
     c = Counters()
     limit = max_steps if max_steps is not None else math.inf
     obs, _ = envs.reset(seed=seed)
-    episodes = _Episodes(envs.num_envs, rec, c)
-    collect = _collect_steps if n_steps is not None else _collect_episodes
-    state: dict[str, Any] = {"obs": obs, "n_steps": n_steps, "episodes": episodes_per_update,
-                             "min_steps": min_steps_per_update}
+    state = _State(obs, [[] for _ in range(envs.num_envs)], _Episodes(envs.num_envs, rec, c))
     while not rec.finished and c.step < limit:
-        rollout = collect(agent, envs, state, episodes, c, rec, limit)
+        if n_steps is not None:
+            rollout = _collect_steps(agent, envs, state, n_steps, c, rec, limit)
+        else:
+            rollout = _collect_episodes(agent, envs, state, episodes_per_update, min_steps_per_update,
+                                        c, rec, limit)
         if rollout is None:  # budget spent or solved mid-collection
             break
         metrics = agent.update(rollout, c)
@@ -163,10 +171,19 @@ def on_policy_loop(agent: OnPolicyAgent, envs: Any, rec: EpisodeRecorder, *, see
     return c
 
 
-def _collect_steps(agent: OnPolicyAgent, envs: Any, state: dict[str, Any], episodes: _Episodes,
-                   c: Counters, rec: EpisodeRecorder, limit: float) -> Rollout | None:
-    T, N = state["n_steps"], envs.num_envs
-    obs = state["obs"]
+@dataclass
+class _State:
+    """What carries over from one collection to the next."""
+
+    obs: np.ndarray  # the envs' current observations
+    running: list[list[list[Any]]]  # whole-episode mode: per env, the steps of its unfinished episode
+    episodes: _Episodes
+
+
+def _collect_steps(agent: OnPolicyAgent, envs: Any, state: _State, n_steps: int, c: Counters,
+                   rec: EpisodeRecorder, limit: float) -> Rollout | None:
+    T, N = n_steps, envs.num_envs
+    obs = state.obs
     buf_obs = np.zeros((T, N, obs.shape[1]), dtype=np.float32)
     actions = np.zeros((T, N), dtype=np.int64)
     log_probs, values, rewards, next_values, terminated, dones = (
@@ -181,10 +198,10 @@ def _collect_steps(agent: OnPolicyAgent, envs: Any, state: dict[str, Any], episo
         cut = np.flatnonzero(trunc & ~term)
         if cut.size:
             next_values[t, cut] = _final_values(agent, info, cut)
-        episodes.step(r, done)
+        state.episodes.step(r, done)
         if rec.finished or c.step >= limit:
             return None
-    state["obs"] = obs
+    state.obs = obs
     # the next state of a step that did not end its episode is the next row's state
     nv = np.concatenate([values[1:], agent.value(obs)[None]])
     next_values = np.where(dones > 0, next_values, nv)
@@ -192,37 +209,38 @@ def _collect_steps(agent: OnPolicyAgent, envs: Any, state: dict[str, Any], episo
                                                    next_values, terminated, dones)))
 
 
-def _collect_episodes(agent: OnPolicyAgent, envs: Any, state: dict[str, Any], episodes: _Episodes,
+def _collect_episodes(agent: OnPolicyAgent, envs: Any, state: _State, n_episodes: int, min_steps: int,
                       c: Counters, rec: EpisodeRecorder, limit: float) -> Rollout | None:
     N = envs.num_envs
-    obs = state["obs"]
-    running: list[list[list[Any]]] = state.setdefault("running", [[] for _ in range(N)])
-    finished: list[np.ndarray] = []
+    obs, running = state.obs, state.running
+    finished: list[list[list[Any]]] = []
     steps = 0
-    while len(finished) < state["episodes"] or steps < state["min_steps"]:
+    while len(finished) < n_episodes or steps < min_steps:
         a, logp, v = agent.act(obs)
         next_obs, r, term, trunc, info = envs.step(a)
         c.step += N
         done = term | trunc
         cut = np.flatnonzero(trunc & ~term)
-        final_v = dict(zip(cut.tolist(), _final_values(agent, info, cut).tolist(), strict=True)) if cut.size else {}
+        final_v = {}
+        if cut.size:
+            final_v = dict(zip(cut.tolist(), _final_values(agent, info, cut).tolist(), strict=True))
         for i in range(N):
+            # obs, action, log prob, value, reward, next value (filled below), terminated, done
             running[i].append([obs[i], a[i], logp[i], v[i], r[i], 0.0, float(term[i]), float(done[i])])
             if done[i]:
                 ep = running[i]
-                for k in range(len(ep) - 1):  # next state's value within the episode
+                for k in range(len(ep) - 1):
                     ep[k][5] = ep[k + 1][3]
-                ep[-1][5] = final_v.get(i, 0.0)
-                finished.append(ep)  # type: ignore[arg-type]
+                ep[-1][5] = final_v.get(i, 0.0)  # V(final obs) if truncated; masked if terminated
+                finished.append(ep)
                 steps += len(ep)
                 running[i] = []
-        episodes.step(r, done)
+        state.episodes.step(r, done)
         obs = next_obs
         if rec.finished or c.step >= limit:
             return None
-    state["obs"] = obs
-    rows = [row for ep in finished for row in ep]
-    cols = list(zip(*rows, strict=True))
+    state.obs = obs
+    cols = list(zip(*(row for ep in finished for row in ep), strict=True))
     o = np.stack(cols[0]).astype(np.float32)[:, None]
     act = np.asarray(cols[1], dtype=np.int64)[:, None]
     rest = [np.asarray(col, dtype=np.float32)[:, None] for col in cols[2:]]

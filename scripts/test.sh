@@ -24,7 +24,7 @@ fi
 ruff check rlexp analysis benchmarks tests
 mypy
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -rs -p no:cacheprovider "$@"
 rc=$?
 set -e
 # pytest exits 5 when nothing was collected: that is a failure here, not a pass

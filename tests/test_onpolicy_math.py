@@ -26,7 +26,8 @@ def col(*xs: float) -> torch.Tensor:
 # --------------------------------------------------------------------------- reward-to-go
 def test_reward_to_go_is_the_seed_example():
     # seed 004, discounted_rewards([1, 1, 1, 1, 1], gamma=0.5) -> [1.9375, 1.875, 1.75, 1.5, 1.]
-    g = discounted_returns(col(1, 1, 1, 1, 1), col(0, 0, 0, 0, 0), col(0, 0, 0, 0, 1), col(0, 0, 0, 0, 1), 0.5)
+    end = col(0, 0, 0, 0, 1)
+    g = discounted_returns(col(1, 1, 1, 1, 1), col(0, 0, 0, 0, 0), end, end, 0.5)
     assert g.squeeze(1).tolist() == [1.9375, 1.875, 1.75, 1.5, 1.0]
 
 

@@ -24,7 +24,14 @@ from rlexp.config import ActorCriticConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
 from rlexp.nets import mlp, out_features
-from rlexp.onpolicy import Rollout, categorical_log_prob, discounted_returns, sample_categorical, standardize
+from rlexp.onpolicy import (
+    Rollout,
+    categorical_entropy,
+    categorical_log_prob,
+    discounted_returns,
+    sample_categorical,
+    standardize,
+)
 from rlexp.optim import make_optimizer
 
 
@@ -69,7 +76,7 @@ class ActorCriticAgent:
         if cfg.normalize_returns:
             returns = standardize(returns, self.eps)
         logits, v = self.net(ro.obs.flatten(0, 1))
-        logp, entropy = categorical_log_prob(logits, ro.actions.flatten())
+        logp, entropy = categorical_log_prob(logits, ro.actions.flatten()), categorical_entropy(logits)
         reduce = torch.sum if cfg.reduction == "sum" else torch.mean
         policy_loss = reduce(-logp * (returns - v.detach()))
         value_loss = reduce(F.huber_loss(v, returns, reduction="none", delta=cfg.huber_delta))

@@ -103,7 +103,12 @@ class DDPGAgent:
         self.critic = Critic(spec.obs_dim, spec.n_actions, cfg)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = make_optimizer(self.actor.parameters(), opt_cfg)
+        self.actor_params = list(self.actor.parameters())
+        # (target, online) parameter lists for the soft updates, built once
+        self.soft_pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [
+            (list(t.parameters()), list(n.parameters()))
+            for t, n in ((self.actor_target, self.actor), (self.critic_target, self.critic))]
+        self.actor_optimizer = make_optimizer(self.actor_params, opt_cfg)
         self.critic_optimizer = make_optimizer(self.critic.parameters(), opt_cfg, lr=cfg.critic_lr)
         self.rng = np.random.default_rng(seed + 1)
         self.ou = OUNoise(spec.n_actions, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt, self.rng)
@@ -136,17 +141,16 @@ class DDPGAgent:
             nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm, foreach=True)
         self.critic_optimizer.step()
 
-        actor_params = list(self.actor.parameters())
         actor_loss = -self.critic(batch.obs, self.actor(batch.obs)).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=actor_params)  # the critic's gradients are not needed here
+        actor_loss.backward(inputs=self.actor_params)  # the critic's gradients are not needed here
         if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(actor_params, cfg.max_grad_norm, foreach=True)
+            nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm, foreach=True)
         self.actor_optimizer.step()
 
         with torch.no_grad():
-            for tgt, net in ((self.actor_target, self.actor), (self.critic_target, self.critic)):
-                torch._foreach_lerp_(list(tgt.parameters()), list(net.parameters()), cfg.tau)
+            for tgt, net in self.soft_pairs:
+                torch._foreach_lerp_(tgt, net, cfg.tau)
         self.updates += 1
         return {"train/critic_loss": critic_loss.item(), "train/actor_loss": actor_loss.item(),
                 "train/q_mean": q.mean().item()}

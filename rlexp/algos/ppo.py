@@ -29,6 +29,7 @@ from rlexp.loops import Counters
 from rlexp.nets import mlp
 from rlexp.onpolicy import (
     Rollout,
+    categorical_entropy,
     categorical_log_prob,
     discounted_returns,
     gae,
@@ -39,12 +40,20 @@ from rlexp.optim import make_optimizer
 
 
 def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                      clip_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO-Clip loss ``-mean(min(r A, clip(r) A))`` and the fraction of clipped ratios."""
+                      clip_ratio: float, bound: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-Clip loss ``-mean(min(r A, clip(r, 1 - eps, 1 + eps) A))`` and the fraction of clipped ratios.
+
+    Computed in the seed's form ``min(r A, g(A))`` with ``g(A) = (1 + eps) A`` where ``A > 0`` and
+    ``(1 - eps) A`` elsewhere: the same function (the clip only binds on the side that would raise
+    the objective) in fewer ops. ``bound = g(A)`` may be passed precomputed.
+    """
     ratio = torch.exp(log_probs - old_log_probs)
-    clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
-    clip_fraction = ((ratio - 1.0).abs() > clip_ratio).float().mean()
+    if bound is None:
+        bound = torch.where(advantages > 0, (1.0 + clip_ratio) * advantages, (1.0 - clip_ratio) * advantages)
+    loss = -torch.minimum(ratio * advantages, bound).mean()
+    with torch.no_grad():
+        clip_fraction = ((ratio - 1.0).abs() > clip_ratio).float().mean()
     return loss, clip_fraction
 
 
@@ -55,8 +64,9 @@ class PPOAgent:
         self.cfg = cfg
         self.actor = mlp(spec.obs_dim, cfg.hidden, spec.n_actions, cfg.activation)
         self.critic = mlp(spec.obs_dim, cfg.hidden, 1, cfg.activation)
-        self.pi_optimizer = make_optimizer(self.actor.parameters(), opt_cfg)
-        self.v_optimizer = make_optimizer(self.critic.parameters(), opt_cfg, lr=cfg.value_lr)
+        self.pi_params, self.v_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.pi_optimizer = make_optimizer(self.pi_params, opt_cfg)
+        self.v_optimizer = make_optimizer(self.v_params, opt_cfg, lr=cfg.value_lr)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,52 +97,68 @@ class PPOAgent:
         if cfg.normalize_advantages:
             adv = standardize(adv)
         n = len(obs)
+        bound = torch.where(adv > 0, (1.0 + cfg.clip_ratio) * adv, (1.0 - cfg.clip_ratio) * adv)
+        with torch.no_grad():  # the entropy of the rollout's policy, for the record
+            entropy = categorical_entropy(self.actor(obs)).mean().item()
 
-        steps, kl, stop = 0, 0.0, False
-        pi_losses, clip_fracs, entropies = [], [], []
-        for _ in range(cfg.train_pi_iters):
-            for idx in self._minibatches(n):
-                o, a, lp_old, ad = ((obs, actions, old_logp, adv) if idx is None else
-                                    (obs[idx], actions[idx], old_logp[idx], adv[idx]))
-                logp, entropy = categorical_log_prob(self.actor(o), a)
-                kl = (lp_old - logp).mean().item()
-                if cfg.target_kl is not None and kl > 1.5 * cfg.target_kl:
-                    stop = True
-                    break
-                loss, clip_frac = clipped_surrogate(logp, lp_old, ad, cfg.clip_ratio)
-                ent = entropy.mean()
-                if cfg.ent_coef:
-                    loss = loss - cfg.ent_coef * ent
-                self.pi_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm, foreach=True)
-                self.pi_optimizer.step()
-                steps += 1
-                pi_losses.append(loss.item())
-                clip_fracs.append(clip_frac.item())
-                entropies.append(ent.item())
-            if stop:
+        # The policy and value passes run side by side on the same minibatches: the networks are
+        # disjoint, so one backward through both losses gives each its own gradient. The policy
+        # stops after train_pi_iters passes or at the KL limit, the critic after train_v_iters.
+        pi_steps, pi_done, kl = 0, False, torch.zeros(())
+        pi_stats: list[torch.Tensor] = []  # (loss, clip fraction) per policy step
+        v_losses: list[torch.Tensor] = []
+        for it in range(max(cfg.train_pi_iters, cfg.train_v_iters)):
+            pi_on = not pi_done and it < cfg.train_pi_iters
+            v_on = it < cfg.train_v_iters
+            if not (pi_on or v_on):
                 break
-
-        v_losses = []
-        for _ in range(cfg.train_v_iters):
             for idx in self._minibatches(n):
-                o, ret = (obs, returns) if idx is None else (obs[idx], returns[idx])
-                v_loss = F.mse_loss(self.critic(o).squeeze(-1), ret)
+                terms: list[torch.Tensor] = []
+                pi_step = False
+                if pi_on and not pi_done:
+                    o, a, lp_old, ad, bd = ((obs, actions, old_logp, adv, bound) if idx is None else
+                                            (obs[idx], actions[idx], old_logp[idx], adv[idx], bound[idx]))
+                    logits = self.actor(o)
+                    logp = categorical_log_prob(logits, a)
+                    kl = (lp_old - logp).mean().detach()
+                    if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
+                        pi_done = True
+                    else:
+                        pi_loss, clip_frac = clipped_surrogate(logp, lp_old, ad, cfg.clip_ratio, bd)
+                        if cfg.ent_coef:
+                            pi_loss = pi_loss - cfg.ent_coef * categorical_entropy(logits).mean()
+                        terms.append(pi_loss)
+                        pi_stats.append(torch.stack([pi_loss.detach(), clip_frac]))
+                        pi_step = True
+                if v_on:
+                    o, ret = (obs, returns) if idx is None else (obs[idx], returns[idx])
+                    v_loss = F.mse_loss(self.critic(o).squeeze(-1), ret)
+                    terms.append(v_loss)
+                    v_losses.append(v_loss.detach())
+                if not terms:
+                    break
+                self.pi_optimizer.zero_grad(set_to_none=True)
                 self.v_optimizer.zero_grad(set_to_none=True)
-                v_loss.backward()
-                if cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm, foreach=True)
-                self.v_optimizer.step()
-                v_losses.append(v_loss.item())
+                sum(terms).backward()  # type: ignore[union-attr]
+                if pi_step:
+                    self._step(self.pi_optimizer, self.pi_params)
+                    pi_steps += 1
+                if v_on:
+                    self._step(self.v_optimizer, self.v_params)
 
-        out = {"train/value_loss": float(np.mean(v_losses)), "train/approx_kl": kl,
-               "train/pi_iters": steps / cfg.n_minibatches}
-        if steps:
-            out |= {"train/policy_loss": float(np.mean(pi_losses)), "train/entropy": float(np.mean(entropies)),
-                    "train/clip_fraction": float(np.mean(clip_fracs))}
+        out = {"train/approx_kl": kl.item(), "train/pi_iters": pi_steps / cfg.n_minibatches,
+               "train/entropy": entropy}
+        if v_losses:
+            out["train/value_loss"] = torch.stack(v_losses).mean().item()
+        if pi_stats:
+            loss, clip = torch.stack(pi_stats).mean(0).tolist()
+            out |= {"train/policy_loss": loss, "train/clip_fraction": clip}
         return out
+
+    def _step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+        if self.cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm, foreach=True)
+        optimizer.step()
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor", self.actor

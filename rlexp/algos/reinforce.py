@@ -24,7 +24,14 @@ from rlexp.config import OptimizerConfig, ReinforceConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
 from rlexp.nets import mlp
-from rlexp.onpolicy import Rollout, categorical_log_prob, discounted_returns, sample_categorical, standardize
+from rlexp.onpolicy import (
+    Rollout,
+    categorical_entropy,
+    categorical_log_prob,
+    discounted_returns,
+    sample_categorical,
+    standardize,
+)
 from rlexp.optim import make_optimizer
 
 
@@ -59,7 +66,8 @@ class ReinforceAgent:
         adv = returns - ro.values.flatten()
         if cfg.normalize_advantages:
             adv = standardize(adv)
-        logp, entropy = categorical_log_prob(self.policy(obs), actions)
+        logits = self.policy(obs)
+        logp, entropy = categorical_log_prob(logits, actions), categorical_entropy(logits)
         loss = -(logp * adv).mean() - cfg.ent_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

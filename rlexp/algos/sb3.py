@@ -107,7 +107,8 @@ class SB3Agent:
         a = cfg.algo
         assert isinstance(a, SB3Config)
         env_cfg = cfg.env
-        venv = make_vec_env(lambda: gym.make(env_cfg.id, **env_cfg.kwargs), n_envs=num_envs(cfg), seed=cfg.seed)
+        venv = make_vec_env(lambda: gym.make(env_cfg.id, **env_cfg.kwargs), n_envs=num_envs(cfg),
+                            seed=cfg.seed)
         horizon = cfg.train.max_steps or a.n_timesteps
         cls = getattr(self.sb3, _CLASSES[a.name])
         self.model = cls("MlpPolicy", venv, seed=cfg.seed, device=cfg.train.device, verbose=0,
