@@ -17,6 +17,7 @@ Per epoch (one rollout of ``n_steps`` per env):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -58,15 +59,17 @@ def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, adva
 
 
 class PPOAgent:
-    """Softmax actor MLP and value MLP, each with its own optimizer."""
+    """Softmax actor MLP and value MLP; one optimizer with a parameter group (and lr) for each."""
 
     def __init__(self, cfg: PPOConfig, spec: EnvSpec, opt_cfg: OptimizerConfig) -> None:
         self.cfg = cfg
         self.actor = mlp(spec.obs_dim, cfg.hidden, spec.n_actions, cfg.activation)
         self.critic = mlp(spec.obs_dim, cfg.hidden, 1, cfg.activation)
         self.pi_params, self.v_params = list(self.actor.parameters()), list(self.critic.parameters())
-        self.pi_optimizer = make_optimizer(self.pi_params, opt_cfg)
-        self.v_optimizer = make_optimizer(self.v_params, opt_cfg, lr=cfg.value_lr)
+        # one optimizer, two groups: one step() per minibatch; a group whose gradients are None (the
+        # policy after its early stop) is left untouched, as if it had its own optimizer
+        groups = [{"params": self.pi_params}, {"params": self.v_params, "lr": cfg.value_lr}]
+        self.optimizer = make_optimizer(cast(list[nn.Parameter], groups), opt_cfg)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,14 +140,15 @@ class PPOAgent:
                     v_losses.append(v_loss.detach())
                 if not terms:
                     break
-                self.pi_optimizer.zero_grad(set_to_none=True)
-                self.v_optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
                 sum(terms).backward()  # type: ignore[union-attr]
-                if pi_step:
-                    self._step(self.pi_optimizer, self.pi_params)
-                    pi_steps += 1
-                if v_on:
-                    self._step(self.v_optimizer, self.v_params)
+                if cfg.max_grad_norm is not None:  # each network's gradient norm on its own
+                    if pi_step:
+                        nn.utils.clip_grad_norm_(self.pi_params, cfg.max_grad_norm, foreach=True)
+                    if v_on:
+                        nn.utils.clip_grad_norm_(self.v_params, cfg.max_grad_norm, foreach=True)
+                self.optimizer.step()
+                pi_steps += pi_step
 
         out = {"train/approx_kl": kl.item(), "train/pi_iters": pi_steps / cfg.n_minibatches,
                "train/entropy": entropy}
@@ -154,11 +158,6 @@ class PPOAgent:
             loss, clip = torch.stack(pi_stats).mean(0).tolist()
             out |= {"train/policy_loss": loss, "train/clip_fraction": clip}
         return out
-
-    def _step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
-        if self.cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm, foreach=True)
-        optimizer.step()
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor", self.actor
