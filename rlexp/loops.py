@@ -11,7 +11,7 @@ import csv
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -54,7 +54,9 @@ class OffPolicyAgent(Protocol):
 
     def act(self, obs: np.ndarray, counters: Counters) -> Any: ...
 
-    def update(self, batch: Batch, counters: Counters) -> dict[str, float]: ...
+    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> dict[str, float]:
+        """One gradient step per minibatch; the metrics averaged over them."""
+        ...
 
     def on_episode_start(self) -> None: ...
 
@@ -68,6 +70,14 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
     for k, v in metrics.items():
         if not math.isfinite(v):
             raise DivergenceError(f"{k} became {v} at env step {step}; the run diverged")
+
+
+def mean_metrics(metrics: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of metric dicts (for agents that update one minibatch at a time)."""
+    acc = MeanAccumulator()
+    for m in metrics:
+        acc.add(m)
+    return acc.pop()
 
 
 class MeanAccumulator:
@@ -186,10 +196,8 @@ def off_policy_loop(agent: OffPolicyAgent, env: Any, buffer: ReplayBuffer, rec: 
         ep_ret += float(reward)
         ep_len += 1
         if c.step > learning_starts and c.step % train_freq == 0 and buffer.size >= batch_size:
-            for batch in buffer.sample(batch_size, gradient_steps):
-                m = agent.update(batch, c)
-                c.updates += 1
-                acc.add(m)
+            acc.add(agent.update_batches(buffer.sample(batch_size, gradient_steps), c))
+            c.updates += gradient_steps
         if c.step % log_interval == 0:
             m = acc.pop()
             check_finite(m, c.step)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
+import torch
 from torch import nn
 
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -25,3 +27,37 @@ def out_features(net: nn.Sequential, default: int) -> int:
     """Width of the last Linear layer of ``net`` (``default`` when it has none)."""
     linears = [m for m in net if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else default
+
+
+_NP_ACT = {nn.ReLU: lambda h: np.maximum(h, 0.0, out=h), nn.Tanh: lambda h: np.tanh(h, out=h)}
+
+
+class NumpyForward:
+    """Single-observation forward pass of a Linear/ReLU/Tanh ``nn.Sequential`` in numpy.
+
+    Acting is one tiny forward per env step, where torch's per-call overhead (module dispatch,
+    tensor wrapping; ~40 us) is several times the arithmetic; numpy does it in ~10 us. The arrays
+    are *views* of the parameters, so in-place optimizer updates and ``load_state_dict`` are seen
+    at once. ``supported(net)`` tells whether a network can be mirrored.
+    """
+
+    def __init__(self, net: nn.Sequential) -> None:
+        self.layers: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
+        for m in net:
+            if isinstance(m, nn.Linear):
+                assert m.bias is not None
+                self.layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
+            else:
+                self.layers.append(_NP_ACT[type(m)])
+
+    @staticmethod
+    def supported(net: nn.Module) -> bool:
+        return isinstance(net, nn.Sequential) and all(
+            (isinstance(m, nn.Linear) and m.bias is not None and m.weight.device.type == "cpu"
+             and m.weight.dtype == torch.float32) or type(m) in _NP_ACT for m in net)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, dtype=np.float32)
+        for layer in self.layers:
+            h = h @ layer[0] + layer[1] if isinstance(layer, tuple) else layer(h)
+        return h

@@ -63,7 +63,7 @@ def test_same_seed_same_returns():
 def test_nan_loss_raises_divergence(monkeypatch):
     from rlexp.algos import dqn
 
-    monkeypatch.setattr(dqn.DQNAgent, "update", lambda self, b, c: {"train/loss": float("nan")})
+    monkeypatch.setattr(dqn.DQNAgent, "update_batches", lambda self, b, c: {"train/loss": float("nan")})
     cfg = compose_config(["train.max_steps=3000", "algo.learning_starts=10", "train.log_interval=100", *TINY])
     with pytest.raises(DivergenceError, match="train/loss became nan"):
         train(cfg)

@@ -95,7 +95,7 @@ def test_interrupted_or_crashed_run_keeps_what_it_logged(mlflow_uri, exc, status
 def test_nan_loss_ends_failed(mlflow_uri, monkeypatch):
     from rlexp.algos import dqn
 
-    monkeypatch.setattr(dqn.DQNAgent, "update", lambda self, b, c: {"train/loss": float("nan")})
+    monkeypatch.setattr(dqn.DQNAgent, "update_batches", lambda self, b, c: {"train/loss": float("nan")})
     with pytest.raises(DivergenceError):
         run(compose_config(["train.max_steps=2000", *SMALL]))
     _, runs = only_run(mlflow_uri)

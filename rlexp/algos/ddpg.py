@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from rlexp.buffer import Batch
 from rlexp.config import DDPGConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters
+from rlexp.loops import Counters, mean_metrics
 from rlexp.nets import mlp, out_features
 from rlexp.optim import make_optimizer
 
@@ -154,6 +154,9 @@ class DDPGAgent:
         self.updates += 1
         return {"train/critic_loss": critic_loss.item(), "train/actor_loss": actor_loss.item(),
                 "train/q_mean": q.mean().item()}
+
+    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> dict[str, float]:
+        return mean_metrics(self.update(b, counters) for b in batches)
 
     def diagnostics(self) -> dict[str, float]:
         return {"train/updates": float(self.updates), "train/noise": float(np.abs(self.ou.x).mean())}

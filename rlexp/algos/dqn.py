@@ -15,7 +15,7 @@ Truncated transitions are stored as non-terminal and bootstrap like any other.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from rlexp.buffer import Batch
 from rlexp.config import DQNConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
-from rlexp.nets import mlp, out_features
+from rlexp.nets import NumpyForward, mlp, out_features
 from rlexp.optim import make_optimizer
 from rlexp.schedules import epsilon
 
@@ -52,6 +52,30 @@ class QNetwork(nn.Module):
         adv = self.advantage(h)
         return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
 
+
+
+class GreedyPolicy:
+    """argmax_a Q(s, a) for one observation, in numpy when the network allows it (see NumpyForward)."""
+
+    def __init__(self, q: QNetwork) -> None:
+        self.q = q
+        self.fast: Callable[[np.ndarray], np.ndarray] | None = None
+        if not q.dueling and NumpyForward.supported(q.q):
+            self.fast = NumpyForward(q.q)
+        elif q.dueling and all(NumpyForward.supported(m) for m in (q.trunk, q.value, q.advantage)):
+            trunk, value, adv = NumpyForward(q.trunk), NumpyForward(q.value), NumpyForward(q.advantage)
+
+            def dueling(x: np.ndarray) -> np.ndarray:
+                h = trunk(x)
+                a = adv(h)
+                return value(h) + a - a.mean()
+            self.fast = dueling
+
+    def __call__(self, obs: np.ndarray) -> int:
+        if self.fast is not None:
+            return int(self.fast(obs).argmax())
+        with torch.no_grad():
+            return int(self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
 
 def td_target(cfg: DQNConfig, batch: Batch, online: nn.Module, target: nn.Module,
               second: nn.Module | None = None) -> torch.Tensor:
@@ -90,7 +114,10 @@ class DQNAgent:
         self.targets: list[nn.Module] = []
         if cfg.target_update != "none":
             self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.nets]
-        self.optimizers = [make_optimizer(n.parameters(), opt_cfg) for n in self.nets]
+        self.params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.nets]
+        self.target_params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.targets]
+        self.optimizers = [make_optimizer(p, opt_cfg) for p in self.params]
+        self._greedy = GreedyPolicy(self.q)
         self.updates = 0
         self._last_sync = 0
         self.eps = cfg.exploration.start
@@ -103,44 +130,68 @@ class DQNAgent:
         return self.greedy(obs)
 
     def greedy(self, obs: np.ndarray) -> int:
-        with torch.no_grad():
-            return int(self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
+        return self._greedy(obs)
 
     def on_episode_start(self) -> None:
         pass
 
     # ------------------------------------------------------------------ learning
     def update(self, batch: Batch, counters: Counters) -> dict[str, float]:
+        """One gradient step on ``batch`` (see :meth:`update_batches`)."""
+        return self.update_batches([batch], counters)
+
+    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> dict[str, float]:
+        """One gradient step per minibatch; returns the metrics averaged over them.
+
+        A due hard copy of the target network happens first (it is scheduled in env steps, which
+        do not advance during the minibatches). When the targets cannot change during the
+        minibatches (hard copy, single or clipped form, not double) the TD targets of all
+        of them are computed in one forward pass of the target network(s) instead of one per step.
+        """
         cfg = self.cfg
+        self._hard_sync(counters.step)
         targets = self.targets or self.nets
         second = targets[1] if cfg.clipped else None
-        y = td_target(cfg, batch, self.nets[0], targets[0], second)
-        out: dict[str, float] = {}
-        for i, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
-            q = net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-            goal = y if cfg.target_alpha == 1.0 else q.detach() + cfg.target_alpha * (y - q.detach())
-            loss = F.smooth_l1_loss(q, goal) if cfg.loss == "huber" else F.mse_loss(q, goal)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=True)
-            opt.step()
-            out["train/loss" if i == 0 else f"train/loss{i + 1}"] = loss.item()
-            if i == 0:
-                out["train/q_mean"] = q.mean().item()
-        self.updates += 1
-        self._sync_targets(counters.step)
+        fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
+        ys: Sequence[torch.Tensor] = []
+        if fixed:
+            joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
+            ys = td_target(cfg, joined, self.nets[0], targets[0], second).split(len(batches[0].rewards))
+        losses: list[list[torch.Tensor]] = [[] for _ in self.nets]
+        q_means: list[torch.Tensor] = []
+        for k, batch in enumerate(batches):
+            y = ys[k] if fixed else td_target(cfg, batch, self.nets[0], targets[0], second)
+            for i, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
+                q = net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+                goal = y if cfg.target_alpha == 1.0 else q.detach() + cfg.target_alpha * (y - q.detach())
+                loss = F.smooth_l1_loss(q, goal) if cfg.loss == "huber" else F.mse_loss(q, goal)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.params[i], cfg.max_grad_norm, foreach=True)
+                opt.step()
+                losses[i].append(loss.detach())
+                if i == 0:
+                    q_means.append(q.detach().mean())
+            self.updates += 1
+            self._soft_sync()
+        out = {"train/q_mean": torch.stack(q_means).mean().item()}
+        for i, ls in enumerate(losses):
+            out["train/loss" if i == 0 else f"train/loss{i + 1}"] = torch.stack(ls).mean().item()
         return out
 
-    def _sync_targets(self, step: int) -> None:
+    def _soft_sync(self) -> None:
         if self.cfg.target_update == "soft":
             with torch.no_grad():
-                for tgt, net in zip(self.targets, self.nets, strict=True):
-                    torch._foreach_lerp_(list(tgt.parameters()), list(net.parameters()), self.cfg.tau)
-        elif self.cfg.target_update == "hard" and step - self._last_sync >= self.cfg.target_update_interval:
+                for tgt, net in zip(self.target_params, self.params, strict=True):
+                    torch._foreach_lerp_(tgt, net, self.cfg.tau)
+
+    def _hard_sync(self, step: int) -> None:
+        if self.cfg.target_update == "hard" and step - self._last_sync >= self.cfg.target_update_interval:
             self._last_sync = step
-            for tgt, net in zip(self.targets, self.nets, strict=True):
-                tgt.load_state_dict(net.state_dict())
+            with torch.no_grad():
+                for tgt, net in zip(self.target_params, self.params, strict=True):
+                    torch._foreach_copy_(tgt, net)
 
     def diagnostics(self) -> dict[str, float]:
         return {"train/epsilon": self.eps, "train/updates": float(self.updates)}

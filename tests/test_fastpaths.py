@@ -1,0 +1,125 @@
+"""The speed-ups of the update and acting paths compute exactly what the plain torch code does."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rlexp.algos.dqn import DQNAgent, td_target
+from rlexp.buffer import Batch, ReplayBuffer
+from rlexp.compose import compose_config
+from rlexp.envs import describe
+from rlexp.loops import Counters
+from rlexp.nets import NumpyForward, mlp
+from rlexp.optim import LeanAdam
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return mlp(4, [32, 32], 3)
+
+
+def test_lean_adam_matches_torch_adam_including_lr_changes_and_missing_grads():
+    a, b = _net(), _net()
+    oa = torch.optim.Adam(a.parameters(), lr=1e-2, betas=(0.8, 0.99), weight_decay=0.01)
+    ob = LeanAdam(b.parameters(), lr=1e-2, betas=(0.8, 0.99), weight_decay=0.01)
+    x = torch.randn(16, 4)
+    for i in range(30):
+        for net, opt in ((a, oa), (b, ob)):
+            opt.zero_grad(set_to_none=True)
+            net(x).pow(2).mean().backward()
+            if i == 10:  # a parameter without a gradient: falls back to Adam.step, same result
+                net[-1].bias.grad = None
+            opt.step()
+        if i == 15:
+            oa.param_groups[0]["lr"] = ob.param_groups[0]["lr"] = 3e-3
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert ob.state_dict()["state"][0]["step"].item() == 30
+
+
+def test_lean_adam_survives_a_state_dict_round_trip():
+    net = _net()
+    opt = LeanAdam(net.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.ones(2, 4)).sum().backward()
+        opt.step()
+    twin = copy.deepcopy(net)
+    opt2 = LeanAdam(twin.parameters(), lr=1e-3)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for n, o in ((net, opt), (twin, opt2)):
+        o.zero_grad()
+        n(torch.ones(2, 4)).sum().backward()
+        o.step()
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_numpy_forward_matches_torch_and_follows_in_place_updates(activation):
+    torch.manual_seed(1)
+    net = mlp(4, [16, 16], 2, activation)
+    fwd = NumpyForward(net)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    for _ in range(2):
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(fwd(x), want, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # an optimizer step or a target copy changes the weights in place
+            for p in net.parameters():
+                p.mul_(0.5).add_(0.1)
+    assert not NumpyForward.supported(mlp(4, [8], 2, "gelu"))
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_greedy_action_is_the_torch_argmax(dueling):
+    cfg = compose_config(["algo=dueling_dqn" if dueling else "algo=dqn", "algo.hidden=[16]"])
+    agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+    assert agent._greedy.fast is not None
+    obs = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = agent.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
+    assert [agent.greedy(o) for o in obs] == want
+
+
+def _buffer() -> ReplayBuffer:
+    buf = ReplayBuffer(500, 4, None, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        buf.add(rng.standard_normal(4), int(rng.integers(2)), 1.0, rng.standard_normal(4), bool(rng.random() < 0.1))
+    return buf
+
+
+@pytest.mark.parametrize("algo", ["dqn_target", "clipped_double_dqn"])
+def test_joined_td_targets_equal_per_minibatch_targets(algo):
+    """With a hard-copied target the targets of all minibatches come from one forward pass."""
+    cfg = compose_config([f"algo={algo}", "algo.target_update=hard", "algo.hidden=[16]"])
+    agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+    batches = _buffer().sample(8, 5)
+    second = agent.targets[1] if cfg.algo.clipped else None
+    joined = Batch(*(torch.cat(p) for p in zip(*batches, strict=True)))
+    ys = td_target(cfg.algo, joined, agent.nets[0], agent.targets[0], second).split(8)
+    for b, y in zip(batches, ys, strict=True):
+        torch.testing.assert_close(y, td_target(cfg.algo, b, agent.nets[0], agent.targets[0], second))
+
+
+def test_update_batches_equals_one_update_per_minibatch():
+    """The chunked update (one target pass, metrics averaged) trains exactly like single updates."""
+    cfg = compose_config(["algo=dqn_target", "algo.hidden=[16]", "algo.target_update_interval=10"])
+    spec = describe(cfg.env)
+    torch.manual_seed(0)
+    a = DQNAgent(cfg.algo, spec, cfg.optimizer, 0)
+    b = copy.deepcopy(a)
+    batches = _buffer().sample(8, 6)
+    c = Counters(step=100)
+    ma = a.update_batches(batches, c)
+    singles = [b.update(x, c) for x in batches]
+    for p, q in zip(a.q.parameters(), b.q.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert ma["train/loss"] == pytest.approx(np.mean([s["train/loss"] for s in singles]), rel=1e-5)
+    assert a.updates == b.updates == 6
