@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_algos                          # every algorithm, 5 seeds (long)
     python -m benchmarks.bench_algos --algos dqn ppo --seeds 3 --jobs 2
-    python -m benchmarks.bench_algos --throughput-only        # rlexp vs SB3 env steps/s
+    python -m benchmarks.bench_algos --throughput-only        # rlexp vs SB3 env steps/s (DQN, PPO)
 
 Each algorithm runs on its benchmark env (CartPole-v1 for the discrete ones, Pendulum-v1 for
 ddpg) with its default config, ``train.max_episodes`` from the table below, and stops when solved
@@ -136,19 +136,69 @@ def sb3_dqn_sps(steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def throughput(steps: int, repeats: int) -> str:
-    """rlexp dqn_target vs SB3 DQN with the Zoo's CartPole settings, alternating, in one process."""
+ZOO_PPO = dict(num_envs=8, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, lr=1e-3,
+               hidden=[64, 64])
+
+
+def rlexp_ppo_sps(steps: int, seed: int) -> float:
+    """rlexp ppo with SB3's work per rollout: 8 envs x 32 steps, 20 passes of one 256 batch, no KL stop."""
+    from rlexp.compose import compose_config
+    from rlexp.train import train
+
+    z = ZOO_PPO
+    assert z["batch_size"] == z["num_envs"] * z["n_steps"], "one minibatch per pass"
+    cfg = compose_config([
+        "algo=ppo", f"seed={seed}", "train.max_episodes=1000000", f"train.max_steps={steps}",
+        "train.stop_on_solve=false", "tracking.enabled=false", "train.save_model=false",
+        f"env.num_envs={z['num_envs']}", f"algo.n_steps={z['n_steps']}", "algo.n_minibatches=1",
+        f"algo.train_pi_iters={z['n_epochs']}", f"algo.train_v_iters={z['n_epochs']}", "algo.target_kl=null",
+        f"algo.gamma={z['gamma']}", f"algo.gae_lambda={z['gae_lambda']}", f"optimizer.lr={z['lr']}",
+        f"algo.value_lr={z['lr']}", f"algo.hidden={z['hidden']}", "algo.activation=tanh",
+        "algo.value_target=lambda", "algo.ent_coef=0.0", "algo.max_grad_norm=0.5",
+    ])
+    return train(cfg).sps
+
+
+def sb3_ppo_sps(steps: int, seed: int) -> float:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(1)
+    z = ZOO_PPO
+    env = make_vec_env("CartPole-v1", n_envs=z["num_envs"], seed=seed)
+    model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"],
+                gamma=z["gamma"], gae_lambda=z["gae_lambda"], learning_rate=z["lr"], ent_coef=0.0,
+                max_grad_norm=0.5, policy_kwargs=dict(net_arch=z["hidden"]), seed=seed, device="cpu", verbose=0)
+    t = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - t)
+
+
+THROUGHPUT = {
+    "dqn": ("rlexp dqn_target", rlexp_dqn_sps, "SB3 DQN", sb3_dqn_sps,
+            "Zoo CartPole DQN settings: 256x256, batch 64, 128 gradient steps every 256 env steps, target "
+            "copy every 10 steps"),
+    "ppo": ("rlexp ppo", rlexp_ppo_sps, "SB3 PPO", sb3_ppo_sps,
+            "Zoo CartPole PPO work per rollout: 8 envs x 32 steps, 20 epochs of one 256 batch, 64x64 tanh "
+            "actor and critic, grad-norm clip 0.5; rlexp's KL early stop off so both do every pass"),
+}
+
+
+def throughput(kind: str, steps: int, repeats: int) -> str:
+    """rlexp vs SB3 env steps/s with the same settings, run alternately in one process."""
+    ours_name, ours_fn, theirs_name, theirs_fn, settings = THROUGHPUT[kind]
     ours, theirs = [], []
     for i in range(repeats):
-        ours.append(rlexp_dqn_sps(steps, i))
-        theirs.append(sb3_dqn_sps(steps, i))
+        ours.append(ours_fn(steps, i))
+        theirs.append(theirs_fn(steps, i))
+        print(f"  throughput {kind} repeat {i + 1}: {ours[-1]:.0f} vs {theirs[-1]:.0f} env steps/s", flush=True)
     o, t = statistics.median(ours), statistics.median(theirs)
     runs_o, runs_t = ", ".join(f"{x:.0f}" for x in ours), ", ".join(f"{x:.0f}" for x in theirs)
     return (f"| implementation | env steps/s (median of {repeats}) | runs |\n|---|---|---|\n"
-            f"| rlexp dqn_target | {o:.0f} | {runs_o} |\n| SB3 DQN | {t:.0f} | {runs_t} |\n\n"
-            f"ratio rlexp / SB3: **{o / t:.2f}×** ({steps} env steps per run, 256x256, batch 64, "
-            "128 gradient steps every 256 steps, target copy every 10 steps; one torch thread each, "
-            "run alternately)")
+            f"| {ours_name} | {o:.0f} | {runs_o} |\n| {theirs_name} | {t:.0f} | {runs_t} |\n\n"
+            f"ratio rlexp / SB3: **{o / t:.2f}×** ({steps} env steps per run; {settings}; one torch "
+            "thread each, run alternately)")
 
 
 # --------------------------------------------------------------------------- main
@@ -172,9 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds 1..N")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes")
     p.add_argument("--override", nargs="*", default=[], help="extra overrides for every run")
-    p.add_argument("--throughput", action="store_true", help="also compare env steps/s with SB3 DQN")
+    p.add_argument("--throughput", action="store_true", help="also compare env steps/s with SB3")
     p.add_argument("--throughput-only", action="store_true")
-    p.add_argument("--throughput-steps", type=int, default=20_000)
+    p.add_argument("--throughput-algos", nargs="+", choices=sorted(THROUGHPUT), default=sorted(THROUGHPUT),
+                   help="which side-by-side comparisons (dqn: Zoo DQN settings, ppo: Zoo PPO settings)")
+    p.add_argument("--throughput-steps", type=int, default=30_000)
     p.add_argument("--throughput-repeats", type=int, default=3)
     p.add_argument("--name", default="algos", help="results file prefix")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results file")
@@ -202,8 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{time.perf_counter() - t0:.0f} s total with {args.jobs} jobs)\n\n"
                         + table(outcomes, args.seeds))
     if args.throughput or args.throughput_only:
-        sections.append("## Throughput: rlexp DQN vs Stable-Baselines3 DQN\n\n"
-                        + throughput(args.throughput_steps, args.throughput_repeats))
+        for kind in args.throughput_algos:
+            sections.append(f"## Throughput: rlexp {kind.upper()} vs Stable-Baselines3 {kind.upper()}\n\n"
+                            + throughput(kind, args.throughput_steps, args.throughput_repeats))
     cmd = "python -m benchmarks.bench_algos " + " ".join(argv if argv is not None else sys.argv[1:])
     now = datetime.now(UTC)
     text = (f"# rlexp benchmark — {now:%Y-%m-%d %H:%M} UTC\n\ncommand: `{cmd.strip()}`\n\n"

@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     fresh = cfg.fresh_seeds()
     default_eval = None
     if fresh:
-        print(f"bench_sweep: default config ({' '.join(cfg.base)}) on fresh seeds {fresh}", file=sys.stderr)
+        print(f"bench_sweep: default config ({' '.join([*cfg.base, *cfg.eval_overrides])}) on fresh seeds {fresh}", file=sys.stderr)
         t0 = time.perf_counter()
-        default_eval = evaluate(cfg.base, fresh, cfg.workers, tags={"sweep": f"bench-{name}-default-{stamp}",
+        default_eval = evaluate([*cfg.base, *cfg.eval_overrides], fresh, cfg.workers, tags={"sweep": f"bench-{name}-default-{stamp}",
                                                                    "sweep_role": "eval"})
         print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
             f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
             f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
-            f"`{' '.join(cfg.base)}`; fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
+            f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
+            f"fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
             f"{table}\n\n{summary}\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sweep-{stamp[:10]}.md"

@@ -97,6 +97,9 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("storage=optuna.db", "storage='optuna.db' must be a database URL"),
     ("algo.bogus=1", "base: algo.bogus=1"),
     ("env=nope", "env='nope' is not an option of env/"),
+    ('eval_overrides=["algo.lr=-1"]', "eval_overrides: algo.lr=-1.0 must be > 0"),
+    ('eval_overrides=["seed=3"]', "eval_overrides: 'seed=3': the fresh seeds are the sweep's"),
+    ("eval_overrides=[nokey]", "eval_overrides='nokey' entries must be key=value overrides"),
 ])
 def test_bad_definitions_are_refused_with_key_and_value(override, message):
     with pytest.raises(ConfigError) as e:
@@ -281,11 +284,13 @@ def test_failed_trial_is_recorded_and_the_preset_reproduces_the_best(tmp_path, m
     conf = tmp_path / "conf"
     shutil.copytree(rlexp_compose.CONF_DIR, conf)
     shutil.copy(result.preset, conf / "experiment" / "dqn_cartpole.yaml")
-    trial_cfg = compose_config([*s.cfg.base, *best.user_attrs["overrides"], "seed=3"])
+    # the preset is the trial's config plus the definition's eval_overrides (the full budget)
+    assert s.cfg.eval_overrides == ["train.max_episodes=1000"]
+    trial_cfg = compose_config([*s.cfg.base, *best.user_attrs["overrides"], *s.cfg.eval_overrides, "seed=3"])
     monkeypatch.setattr(rlexp_compose, "CONF_DIR", conf)
     preset_cfg = compose_config(["+experiment=dqn_cartpole", "seed=3"])
     assert config_dict(preset_cfg) == config_dict(trial_cfg)
-    assert preset_cfg.algo.lr == best.params["algo.lr"]
+    assert preset_cfg.algo.lr == best.params["algo.lr"] and preset_cfg.train.max_episodes == 1000
 
 
 def test_a_resumed_study_refuses_a_changed_objective(tmp_path, monkeypatch):

@@ -179,6 +179,9 @@ class SweepConfig:
     seed_stride: int = 1000  # trial k runs seeds[i] + k * seed_stride (0: every trial the same seeds)
     eval_seeds: int = 5  # fresh seeds the best config is re-evaluated on at the end (0: skip)
     eval_seed_base: int = 1_000_000  # the fresh seeds are eval_seed_base + j; checked unused by trials
+    # overrides added to the re-evaluation and the preset only, after base and the best params: e.g.
+    # train.max_episodes=1000 to judge the winner on the full budget when trials use a short one
+    eval_overrides: list[str] = field(default_factory=list)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     storage: str = "sqlite:///optuna.db"  # any Optuna RDB URL; relative SQLite paths are from the cwd
@@ -192,6 +195,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         for ov in self.base:
             _check(isinstance(ov, str) and "=" in ov, "base", ov, "entries must be key=value overrides")
+        for ov in self.eval_overrides:
+            _check(isinstance(ov, str) and "=" in ov, "eval_overrides", ov, "entries must be key=value overrides")
         _check(bool(self.space), "space", self.space, "must hold at least one parameter")
         self.params()  # validates every leaf
         _check(self.n_trials >= 1, "n_trials", self.n_trials, "must be >= 1")

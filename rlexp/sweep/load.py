@@ -164,6 +164,14 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
         _compose_checked(base)
     except ConfigError as e:
         raise ConfigError(f"base: {e}") from None
+    for ov in cfg.eval_overrides:
+        if ov.split("=", 1)[0].lstrip("+") == "seed" or ov.startswith("~"):
+            raise ConfigError(f"eval_overrides: {ov!r}: the fresh seeds are the sweep's; deletions cannot be "
+                              "written to a preset")
+    try:
+        _compose_checked([*base, *cfg.eval_overrides])
+    except ConfigError as e:
+        raise ConfigError(f"eval_overrides: {e}") from None
     dbase = compose_dict(base)
     for p in params:
         if p.key == "seed" or p.key.startswith("hydra"):

@@ -389,7 +389,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
         print(f"[{sweep.study_name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
         _log_artifacts(result.parent_run_id, artifacts)
         return
-    overrides = [*cfg.base, *b.user_attrs.get("overrides", [])]
+    overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *cfg.eval_overrides]
     label = Objective(sweep, None, None).label
     if cfg.eval_seeds:
         fresh = cfg.fresh_seeds()
