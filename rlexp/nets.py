@@ -29,7 +29,15 @@ def out_features(net: nn.Sequential, default: int) -> int:
     return linears[-1].out_features if linears else default
 
 
-_NP_ACT = {nn.ReLU: lambda h: np.maximum(h, 0.0, out=h), nn.Tanh: lambda h: np.tanh(h, out=h)}
+def _np_relu(h: np.ndarray) -> np.ndarray:
+    return np.maximum(h, 0.0, out=h)
+
+
+def _np_tanh(h: np.ndarray) -> np.ndarray:
+    return np.tanh(h, out=h)
+
+
+_NP_ACT: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {nn.ReLU: _np_relu, nn.Tanh: _np_tanh}
 
 
 class NumpyForward:
@@ -38,10 +46,12 @@ class NumpyForward:
     Acting is one tiny forward per env step, where torch's per-call overhead (module dispatch,
     tensor wrapping; ~40 us) is several times the arithmetic; numpy does it in ~10 us. The arrays
     are *views* of the parameters, so in-place optimizer updates and ``load_state_dict`` are seen
-    at once. ``supported(net)`` tells whether a network can be mirrored.
+    at once. ``supported(net)`` tells whether a network can be mirrored. A copy or an unpickled
+    instance mirrors the copied network (the views are rebuilt, never copied as frozen arrays).
     """
 
     def __init__(self, net: nn.Sequential) -> None:
+        self.net = net
         self.layers: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
         for m in net:
             if isinstance(m, nn.Linear):
@@ -49,6 +59,12 @@ class NumpyForward:
                 self.layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
             else:
                 self.layers.append(_NP_ACT[type(m)])
+
+    def __getstate__(self) -> dict[str, nn.Sequential]:
+        return {"net": self.net}
+
+    def __setstate__(self, state: dict[str, nn.Sequential]) -> None:
+        self.__init__(state["net"])  # type: ignore[misc]
 
     @staticmethod
     def supported(net: nn.Module) -> bool:

@@ -33,8 +33,9 @@ class LeanAdam(torch.optim.Adam):
             out = []
             for g in self.param_groups:
                 ps = list(g["params"])
-                if g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] or any(
-                        p not in self.state or "exp_avg" not in self.state[p] for p in ps):
+                if (not ps or g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"]
+                        or g.get("decoupled_weight_decay", False) or any(
+                        p not in self.state or "exp_avg" not in self.state[p] for p in ps)):
                     return None
                 st = [self.state[p] for p in ps]
                 out.append((g, ps, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],

@@ -80,7 +80,7 @@ def test_numpy_forward_matches_torch_and_follows_in_place_updates(activation):
 def test_greedy_action_is_the_torch_argmax(dueling):
     cfg = compose_config(["algo=dueling_dqn" if dueling else "algo=dqn", "algo.hidden=[16]"])
     agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
-    assert agent._greedy.fast is not None
+    assert agent._greedy.fast
     obs = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
     with torch.no_grad():
         want = agent.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
@@ -123,3 +123,21 @@ def test_update_batches_equals_one_update_per_minibatch():
         torch.testing.assert_close(p, q)
     assert ma["train/loss"] == pytest.approx(np.mean([s["train/loss"] for s in singles]), rel=1e-5)
     assert a.updates == b.updates == 6
+
+
+@pytest.mark.parametrize("algo", ["dqn", "dueling_dqn"])
+def test_a_copied_or_pickled_agent_acts_with_its_own_weights(algo):
+    import pickle
+
+    cfg = compose_config([f"algo={algo}", "algo.hidden=[16]"])
+    agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+    obs = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
+    for twin in (copy.deepcopy(agent), pickle.loads(pickle.dumps(agent))):
+        with torch.no_grad():
+            for p in twin.q.parameters():
+                p.copy_(torch.randn_like(p))
+            want = twin.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
+        assert [twin.greedy(o) for o in obs] == want
+        with torch.no_grad():
+            mine = agent.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
+        assert [agent.greedy(o) for o in obs] == mine

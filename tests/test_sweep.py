@@ -97,9 +97,10 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("storage=optuna.db", "storage='optuna.db' must be a database URL"),
     ("algo.bogus=1", "base: algo.bogus=1"),
     ("env=nope", "env='nope' is not an option of env/"),
-    ('eval_overrides=["algo.lr=-1"]', "eval_overrides: algo.lr=-1.0 must be > 0"),
+    ('eval_overrides=["algo.gamma=2"]', "eval_overrides: algo.gamma=2.0 must be in (0, 1]"),
     ('eval_overrides=["seed=3"]', "eval_overrides: 'seed=3': the fresh seeds are the sweep's"),
     ("eval_overrides=[nokey]", "eval_overrides='nokey' entries must be key=value overrides"),
+    ('eval_overrides=["algo.lr=1e-3"]', "algo.lr is searched (space.algo.lr)"),
 ])
 def test_bad_definitions_are_refused_with_key_and_value(override, message):
     with pytest.raises(ConfigError) as e:
@@ -228,6 +229,22 @@ def test_a_trial_beyond_n_trials_runs_nothing(tmp_path):
 
 
 # --------------------------------------------------------------------------- whole sweeps (in-process)
+def test_a_new_study_starts_from_the_default_config(tmp_path):
+    """Trial 0 runs the base's values of the searched keys that lie in the space; the rest is sampled."""
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "tracking.enabled=false", "eval_seeds=0",
+                                  "train.max_episodes=4"))
+    assert s.cfg.start_from_default
+    run_sweep(s)
+    t0, t1 = trials_of(tmp_path)
+    assert t0.user_attrs["start"] == "default" and "start" not in t1.user_attrs
+    assert t0.params["algo.lr"] == 3e-4 and t0.params["algo.tau"] == 0.005 and t0.params["algo.batch_size"] == 128
+    # tiny() sets learning_starts=50, outside the space's [100, 2000]: sampled, not forced
+    assert 100 <= t0.params["algo.learning_starts"] <= 2000
+    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "tracking.enabled=false", "eval_seeds=0",
+                                        "train.max_episodes=4")))  # adding trials enqueues nothing
+    assert [t.user_attrs.get("start") for t in trials_of(tmp_path)] == ["default", None, None]
+
+
 def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
     # every unsolved estimate is > B = 12, so a ThresholdPruner at 12 must prune at the first report
@@ -284,13 +301,15 @@ def test_failed_trial_is_recorded_and_the_preset_reproduces_the_best(tmp_path, m
     conf = tmp_path / "conf"
     shutil.copytree(rlexp_compose.CONF_DIR, conf)
     shutil.copy(result.preset, conf / "experiment" / "dqn_cartpole.yaml")
-    # the preset is the trial's config plus the definition's eval_overrides (the full budget)
-    assert s.cfg.eval_overrides == ["train.max_episodes=1000"]
+    # the preset is the trial's config plus the definition's eval_overrides, except the keys set on
+    # the command line (tiny() sets train.max_episodes: it holds for the preset too)
+    assert s.cfg.eval_overrides == []
+    assert load("dqn_cartpole").cfg.eval_overrides == ["train.max_episodes=1000"]
     trial_cfg = compose_config([*s.cfg.base, *best.user_attrs["overrides"], *s.cfg.eval_overrides, "seed=3"])
     monkeypatch.setattr(rlexp_compose, "CONF_DIR", conf)
     preset_cfg = compose_config(["+experiment=dqn_cartpole", "seed=3"])
     assert config_dict(preset_cfg) == config_dict(trial_cfg)
-    assert preset_cfg.algo.lr == best.params["algo.lr"] and preset_cfg.train.max_episodes == 1000
+    assert preset_cfg.algo.lr == best.params["algo.lr"] and preset_cfg.train.max_episodes == 12
 
 
 def test_a_resumed_study_refuses_a_changed_objective(tmp_path, monkeypatch):

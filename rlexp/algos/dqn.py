@@ -15,7 +15,7 @@ Truncated transitions are stored as non-terminal and bootstrap like any other.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,27 +55,41 @@ class QNetwork(nn.Module):
 
 
 class GreedyPolicy:
-    """argmax_a Q(s, a) for one observation, in numpy when the network allows it (see NumpyForward)."""
+    """argmax_a Q(s, a) for one observation, in numpy when the network allows it (see NumpyForward).
+
+    Holds only the network; copies and unpickled instances rebuild their numpy views of it.
+    """
 
     def __init__(self, q: QNetwork) -> None:
         self.q = q
-        self.fast: Callable[[np.ndarray], np.ndarray] | None = None
+        self.plain: NumpyForward | None = None
+        self.heads: tuple[NumpyForward, NumpyForward, NumpyForward] | None = None
         if not q.dueling and NumpyForward.supported(q.q):
-            self.fast = NumpyForward(q.q)
+            self.plain = NumpyForward(q.q)
         elif q.dueling and all(NumpyForward.supported(m) for m in (q.trunk, q.value, q.advantage)):
-            trunk, value, adv = NumpyForward(q.trunk), NumpyForward(q.value), NumpyForward(q.advantage)
+            self.heads = (NumpyForward(q.trunk), NumpyForward(q.value), NumpyForward(q.advantage))
 
-            def dueling(x: np.ndarray) -> np.ndarray:
-                h = trunk(x)
-                a = adv(h)
-                return value(h) + a - a.mean()
-            self.fast = dueling
+    @property
+    def fast(self) -> bool:
+        return self.plain is not None or self.heads is not None
+
+    def __getstate__(self) -> dict[str, QNetwork]:
+        return {"q": self.q}
+
+    def __setstate__(self, state: dict[str, QNetwork]) -> None:
+        self.__init__(state["q"])  # type: ignore[misc]
 
     def __call__(self, obs: np.ndarray) -> int:
-        if self.fast is not None:
-            return int(self.fast(obs).argmax())
+        if self.plain is not None:
+            return int(self.plain(obs).argmax())
+        if self.heads is not None:  # one observation: the mean over its actions
+            trunk, value, advantage = self.heads
+            h = trunk(obs)
+            a = advantage(h)
+            return int((value(h) + a - a.mean()).argmax())
         with torch.no_grad():
             return int(self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
+
 
 def td_target(cfg: DQNConfig, batch: Batch, online: nn.Module, target: nn.Module,
               second: nn.Module | None = None) -> torch.Tensor:

@@ -81,6 +81,20 @@ class ParamSpec:
         """Categorical choices as Optuna stores them: lists become their command-line text."""
         return [format_value(c) if isinstance(c, list) else c for c in self.choices]
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` (as the rlexp config holds it) is a point of this range or a choice."""
+        if self.type == "categorical":
+            return value in self.optuna_choices() or value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        assert self.low is not None and self.high is not None
+        if not self.low <= value <= self.high or (self.type == "int" and value != int(value)):
+            return False
+        if self.step:
+            k = (value - self.low) / self.step
+            return abs(k - round(k)) < 1e-9
+        return True
+
     def corners(self) -> list[Any]:
         """Values that validation composes: both bounds, or every choice."""
         if self.type == "categorical":
@@ -178,6 +192,9 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of trial 0
     seed_stride: int = 1000  # trial k runs seeds[i] + k * seed_stride (0: every trial the same seeds)
     eval_seeds: int = 5  # fresh seeds the best config is re-evaluated on at the end (0: skip)
+    # the first trial of a new study runs the base config's own values of the searched keys (those
+    # inside the space), so the search starts from the default and the sampler has it as an anchor
+    start_from_default: bool = True
     eval_seed_base: int = 1_000_000  # the fresh seeds are eval_seed_base + j; checked unused by trials
     # overrides added to the re-evaluation and the preset only, after base and the best params: e.g.
     # train.max_episodes=1000 to judge the winner on the full budget when trials use a short one

@@ -130,7 +130,15 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
         raise ConfigError(f"sweep={sweep!r} does not extend the sweep schema: start it with "
                           "'defaults: [base_sweep, _self_]'")
     cfg.base = [*cfg.base, *rlexp_ovs]
+    # a key given on the command line holds for the re-evaluation too: it beats the definition's
+    # eval_overrides (e.g. train.max_episodes=50 for a quick try re-evaluates on 50 as well)
+    cli_keys = {_key(ov) for ov in rlexp_ovs}
+    cfg.eval_overrides = [ov for ov in cfg.eval_overrides if _key(ov) not in cli_keys]
     return name, cfg
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def param_override(p: ParamSpec, value: object) -> str:
@@ -164,10 +172,15 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
         _compose_checked(base)
     except ConfigError as e:
         raise ConfigError(f"base: {e}") from None
+    searched = {p.key for p in params}
     for ov in cfg.eval_overrides:
-        if ov.split("=", 1)[0].lstrip("+") == "seed" or ov.startswith("~"):
-            raise ConfigError(f"eval_overrides: {ov!r}: the fresh seeds are the sweep's; deletions cannot be "
-                              "written to a preset")
+        if _key(ov) == "seed":
+            raise ConfigError(f"eval_overrides: {ov!r}: the fresh seeds are the sweep's (eval_seeds=)")
+        if ov.startswith("~"):
+            raise ConfigError(f"eval_overrides: {ov!r}: deletions cannot be written to a preset; set a value")
+        if _key(ov) in searched:
+            raise ConfigError(f"eval_overrides: {ov!r}: {_key(ov)} is searched (space.{_key(ov)}); the "
+                              "re-evaluation uses the best trial's value")
     try:
         _compose_checked([*base, *cfg.eval_overrides])
     except ConfigError as e:
@@ -191,6 +204,19 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
         except ConfigError as e:
             raise ConfigError(f"space: with {' '.join(ovs)}: {e}") from None
     return Sweep(name, cfg, tuple(params))
+
+
+def default_params(sweep: Sweep) -> dict[str, Any]:
+    """The base config's values of the searched keys, for those inside their range (Optuna's form)."""
+    dbase = compose_dict(list(sweep.cfg.base))
+    out: dict[str, Any] = {}
+    for p in sweep.params:
+        v = OmegaConf.select(dbase, p.key, default=None)
+        if isinstance(v, ListConfig):
+            v = format_value(OmegaConf.to_container(v))
+        if v is not None and p.contains(v):
+            out[p.key] = v
+    return out
 
 
 def load(sweep: str, overrides: Sequence[str] = ()) -> Sweep:

@@ -33,7 +33,7 @@ from rlexp.compose import compose_config
 from rlexp.config import ConfigError
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
-from rlexp.sweep.load import Sweep
+from rlexp.sweep.load import Sweep, default_params
 from rlexp.sweep.objective import Objective, describe_trial
 from rlexp.train import experiment_name
 
@@ -240,6 +240,12 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction="minimize",
                                 load_if_exists=True)
     _check_definition(study, sweep)
+    if cfg.start_from_default and cfg.finalize and not study.get_trials(deepcopy=False):
+        start = default_params(sweep)  # a new study: its first trial is the default configuration
+        if start:
+            study.enqueue_trial(start, user_attrs={"start": "default"})
+            print(f"[{sweep.study_name}] trial 0 runs the base config's values: "
+                  + " ".join(f"{k}={v}" for k, v in start.items()), file=sys.stderr, flush=True)
     url = st.redact(st.storage_url(cfg.storage))
     parent = None
     if experiment is not None:
