@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -100,30 +101,43 @@ ZOO_DQN = dict(hidden=[256, 256], lr=2.3e-3, batch_size=64, buffer_size=100_000,
                exploration_fraction=0.16, exploration_final_eps=0.04)
 
 
-def rlexp_dqn_sps(steps: int, seed: int) -> float:
+def _rlexp_sps(steps: int, seed: int, overrides: list[str]) -> float:
+    """env steps/s of an untracked rlexp run of exactly ``steps`` env steps."""
     from rlexp.compose import compose_config
     from rlexp.train import train
 
-    z = ZOO_DQN
     cfg = compose_config([
-        "algo=dqn_target", f"seed={seed}", "train.max_episodes=1000000", f"train.max_steps={steps}",
-        "train.stop_on_solve=false", "tracking.enabled=false", "train.save_model=false",
-        f"algo.hidden={z['hidden']}", f"optimizer.lr={z['lr']}", f"algo.batch_size={z['batch_size']}",
+        f"seed={seed}", "train.max_episodes=1000000", f"train.max_steps={steps}", "train.stop_on_solve=false",
+        "tracking.enabled=false", "train.save_model=false", *overrides])
+    return train(cfg).sps
+
+
+def _sb3_sps(model: Any, steps: int) -> float:
+    """env steps/s of ``model.learn`` for ``steps`` env steps, on one torch thread (as rlexp runs)."""
+    import torch
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - t)
+
+
+def rlexp_dqn_sps(steps: int, seed: int) -> float:
+    z = ZOO_DQN
+    return _rlexp_sps(steps, seed, [
+        "algo=dqn_target", f"algo.hidden={z['hidden']}", f"optimizer.lr={z['lr']}",
+        f"algo.batch_size={z['batch_size']}",
         f"algo.buffer_size={z['buffer_size']}", f"algo.learning_starts={z['learning_starts']}",
         f"algo.gamma={z['gamma']}", f"algo.target_update_interval={z['target_update_interval']}",
         f"algo.train_freq={z['train_freq']}", f"algo.gradient_steps={z['gradient_steps']}",
         "algo.exploration.schedule=linear", f"algo.exploration.steps={int(z['exploration_fraction'] * 50_000)}",
         f"algo.exploration.end={z['exploration_final_eps']}", "algo.loss=huber", "algo.max_grad_norm=10",
     ])
-    r = train(cfg)
-    return r.sps
 
 
 def sb3_dqn_sps(steps: int, seed: int) -> float:
-    import torch
     from stable_baselines3 import DQN
 
-    torch.set_num_threads(1)
     z = ZOO_DQN
     model = DQN("MlpPolicy", "CartPole-v1", learning_rate=z["lr"], batch_size=z["batch_size"],
                 buffer_size=z["buffer_size"], learning_starts=z["learning_starts"], gamma=z["gamma"],
@@ -131,9 +145,7 @@ def sb3_dqn_sps(steps: int, seed: int) -> float:
                 gradient_steps=z["gradient_steps"], exploration_fraction=z["exploration_fraction"],
                 exploration_final_eps=z["exploration_final_eps"],
                 policy_kwargs=dict(net_arch=z["hidden"]), seed=seed, device="cpu", verbose=0)
-    t = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    return steps / (time.perf_counter() - t)
+    return _sb3_sps(model, steps)
 
 
 ZOO_PPO = dict(num_envs=8, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, lr=1e-3,
@@ -142,37 +154,27 @@ ZOO_PPO = dict(num_envs=8, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, 
 
 def rlexp_ppo_sps(steps: int, seed: int) -> float:
     """rlexp ppo with SB3's work per rollout: 8 envs x 32 steps, 20 passes of one 256 batch, no KL stop."""
-    from rlexp.compose import compose_config
-    from rlexp.train import train
-
     z = ZOO_PPO
     assert z["batch_size"] == z["num_envs"] * z["n_steps"], "one minibatch per pass"
-    cfg = compose_config([
-        "algo=ppo", f"seed={seed}", "train.max_episodes=1000000", f"train.max_steps={steps}",
-        "train.stop_on_solve=false", "tracking.enabled=false", "train.save_model=false",
-        f"env.num_envs={z['num_envs']}", f"algo.n_steps={z['n_steps']}", "algo.n_minibatches=1",
+    return _rlexp_sps(steps, seed, [
+        "algo=ppo", f"env.num_envs={z['num_envs']}", f"algo.n_steps={z['n_steps']}", "algo.n_minibatches=1",
         f"algo.train_pi_iters={z['n_epochs']}", f"algo.train_v_iters={z['n_epochs']}", "algo.target_kl=null",
         f"algo.gamma={z['gamma']}", f"algo.gae_lambda={z['gae_lambda']}", f"optimizer.lr={z['lr']}",
         f"algo.value_lr={z['lr']}", f"algo.hidden={z['hidden']}", "algo.activation=tanh",
         "algo.value_target=lambda", "algo.ent_coef=0.0", "algo.max_grad_norm=0.5",
     ])
-    return train(cfg).sps
 
 
 def sb3_ppo_sps(steps: int, seed: int) -> float:
-    import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    torch.set_num_threads(1)
     z = ZOO_PPO
     env = make_vec_env("CartPole-v1", n_envs=z["num_envs"], seed=seed)
     model = PPO("MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"],
                 gamma=z["gamma"], gae_lambda=z["gae_lambda"], learning_rate=z["lr"], ent_coef=0.0,
                 max_grad_norm=0.5, policy_kwargs=dict(net_arch=z["hidden"]), seed=seed, device="cpu", verbose=0)
-    t = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    return steps / (time.perf_counter() - t)
+    return _sb3_sps(model, steps)
 
 
 THROUGHPUT = {

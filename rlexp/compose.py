@@ -45,6 +45,11 @@ def one_line(e: BaseException) -> str:
     return ": ".join(parts)
 
 
+def override_key(override: str) -> str:
+    """The config key an override sets: ``+algo.lr=1`` and ``~algo.lr`` -> ``algo.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def name_override(msg: str, overrides: Sequence[str]) -> str:
     """Lead with the offending override: ``optimizer.lr=abc: Value 'abc' ... Float``."""
     m = re.match(r"(?:Could not override|Error merging override) '?([^'\s:]+?)(?:=[^']*)?'?[:.]? (.*)", msg)
@@ -52,7 +57,7 @@ def name_override(msg: str, overrides: Sequence[str]) -> str:
         return msg
     key, rest = m.group(1), m.group(2)
     for ov in overrides:
-        if ov.split("=", 1)[0].lstrip("+~") == key:
+        if override_key(ov) == key:
             return f"{ov}: {rest}"
     return msg
 

@@ -55,10 +55,8 @@ class QNetwork(nn.Module):
 
 
 class GreedyPolicy:
-    """argmax_a Q(s, a) for one observation, in numpy when the network allows it (see NumpyForward).
-
-    Holds only the network; copies and unpickled instances rebuild their numpy views of it.
-    """
+    """argmax_a Q(s, a) for one observation, in numpy when the network allows it (see NumpyForward,
+    whose copies and unpickled instances rebuild their views of the copied network)."""
 
     def __init__(self, q: QNetwork) -> None:
         self.q = q
@@ -72,12 +70,6 @@ class GreedyPolicy:
     @property
     def fast(self) -> bool:
         return self.plain is not None or self.heads is not None
-
-    def __getstate__(self) -> dict[str, QNetwork]:
-        return {"q": self.q}
-
-    def __setstate__(self, state: dict[str, QNetwork]) -> None:
-        self.__init__(state["q"])  # type: ignore[misc]
 
     def __call__(self, obs: np.ndarray) -> int:
         if self.plain is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, compose_config, compose_dict, name_override, one_line
+from rlexp.compose import CONF_DIR, compose_config, compose_dict, name_override, one_line, override_key
 from rlexp.config import Config, ConfigError
 from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
 
@@ -61,7 +61,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     for ov in overrides:
         if "=" not in ov and not ov.startswith("~"):
             raise ConfigError(f"{ov!r} is not a key=value override")
-        top = ov.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        top = override_key(ov).split(".", 1)[0]
         (sweep_ovs if top in FIELDS else rlexp_ovs).append(ov)
     return sweep_ovs, rlexp_ovs
 
@@ -89,7 +89,7 @@ def _whole_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[s
         else:
             rest.append(ov)
     for part in ("pruner", "sampler"):
-        keys = [ov.split("=", 1)[0].lstrip("+~") for ov in rest]
+        keys = [override_key(ov) for ov in rest]
         if part not in replaced and f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys):
             replaced[part] = {}
     return replaced, rest
@@ -105,7 +105,7 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     sweep_ovs, rlexp_ovs = split_overrides(overrides)
     known = set(Config.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     for ov in rlexp_ovs:
-        top = ov.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        top = override_key(ov).split(".", 1)[0]
         if top not in known:
             raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
                               f"nor of the rlexp config ({', '.join(sorted(known))})")
@@ -132,13 +132,9 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     cfg.base = [*cfg.base, *rlexp_ovs]
     # a key given on the command line holds for the re-evaluation too: it beats the definition's
     # eval_overrides (e.g. train.max_episodes=50 for a quick try re-evaluates on 50 as well)
-    cli_keys = {_key(ov) for ov in rlexp_ovs}
-    cfg.eval_overrides = [ov for ov in cfg.eval_overrides if _key(ov) not in cli_keys]
+    cli_keys = {override_key(ov) for ov in rlexp_ovs}
+    cfg.eval_overrides = [ov for ov in cfg.eval_overrides if override_key(ov) not in cli_keys]
     return name, cfg
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def param_override(p: ParamSpec, value: object) -> str:
@@ -158,29 +154,30 @@ def _compose_checked(overrides: list[str]) -> Config:
     return cfg
 
 
+def _refuse_seeds_and_deletions(where: str, overrides: Sequence[str], seed_message: str) -> None:
+    """Overrides written into a preset can neither delete a key nor set the seed (the sweep's)."""
+    for ov in overrides:
+        if ov.startswith("~"):
+            raise ConfigError(f"{where}: {ov!r}: deletions cannot be written to a preset; set a value instead")
+        if override_key(ov) == "seed":
+            raise ConfigError(f"{where}: {ov!r}: {seed_message}")
+
+
 def validate(name: str, cfg: SweepConfig) -> Sweep:
     """Check the base and the search space against the real rlexp config; raises ConfigError."""
     params = cfg.params()
     base = list(cfg.base)
-    for ov in base:
-        key = ov.split("=", 1)[0].lstrip("+")
-        if key == "seed":
-            raise ConfigError(f"base: {ov!r}: the seeds are the sweep's (seeds=, seed_stride=), not base's")
-        if key.startswith("~"):
-            raise ConfigError(f"base: {ov!r}: deletions cannot be written to a preset; set a value instead")
+    _refuse_seeds_and_deletions("base", base, "the seeds are the sweep's (seeds=, seed_stride=), not base's")
     try:
         _compose_checked(base)
     except ConfigError as e:
         raise ConfigError(f"base: {e}") from None
+    _refuse_seeds_and_deletions("eval_overrides", cfg.eval_overrides, "the fresh seeds are the sweep's (eval_seeds=)")
     searched = {p.key for p in params}
     for ov in cfg.eval_overrides:
-        if _key(ov) == "seed":
-            raise ConfigError(f"eval_overrides: {ov!r}: the fresh seeds are the sweep's (eval_seeds=)")
-        if ov.startswith("~"):
-            raise ConfigError(f"eval_overrides: {ov!r}: deletions cannot be written to a preset; set a value")
-        if _key(ov) in searched:
-            raise ConfigError(f"eval_overrides: {ov!r}: {_key(ov)} is searched (space.{_key(ov)}); the "
-                              "re-evaluation uses the best trial's value")
+        if override_key(ov) in searched:
+            raise ConfigError(f"eval_overrides: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
+                              "the re-evaluation uses the best trial's value")
     try:
         _compose_checked([*base, *cfg.eval_overrides])
     except ConfigError as e:

@@ -29,7 +29,7 @@ from typing import Any
 
 import optuna
 
-from rlexp.compose import compose_config
+from rlexp.compose import compose_config, override_key
 from rlexp.envs import check_compatible, solve_threshold
 from rlexp.loops import EpisodeInfo
 from rlexp.sweep.config import ParamSpec, format_value
@@ -144,7 +144,7 @@ class Objective:
         """``experiment``: the MLflow experiment of the trial runs; None: tracking is off."""
         self.sweep, self.parent_run_id, self.experiment = sweep, parent_run_id, experiment
         self.label = next((ov.split("=", 1)[1] for ov in reversed(sweep.cfg.base)
-                           if ov.split("=", 1)[0].lstrip("+") == "algo"), None)
+                           if override_key(ov) == "algo"), None)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.sweep.cfg
