@@ -14,7 +14,7 @@ from rlexp.buffer import Batch, ReplayBuffer
 from rlexp.compose import compose_config
 from rlexp.envs import describe
 from rlexp.loops import Counters
-from rlexp.nets import NumpyForward, mlp
+from rlexp.nets import ManualMLP, NumpyForward, mlp
 from rlexp.optim import LeanAdam
 
 
@@ -141,3 +141,68 @@ def test_a_copied_or_pickled_agent_acts_with_its_own_weights(algo):
         with torch.no_grad():
             mine = agent.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
         assert [agent.greedy(o) for o in obs] == mine
+
+
+@pytest.mark.parametrize(("hidden", "activation"), [([], "relu"), ([8], "tanh"), ([32, 16], "relu"),
+                                                    ([16, 16, 8], "tanh")])
+def test_manual_backward_gives_autograds_gradients(hidden, activation):
+    torch.manual_seed(0)
+    net = mlp(5, hidden, 3, activation)
+    x, g = torch.randn(12, 5), torch.randn(12, 3)
+    net(x).mul(g).sum().backward()
+    want = [p.grad.clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad.fill_(float("nan"))  # the manual pass overwrites existing buffers
+    manual = ManualMLP(net)
+    out, inputs = manual.forward(x)
+    torch.testing.assert_close(out, net(x).detach(), rtol=0, atol=0)
+    manual.backward(inputs, g)
+    for p, w in zip(net.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
+    if hidden:  # a trunk (ending on the activation) with the gradient wrt its input
+        trunk = mlp(5, hidden, None, activation)
+        xg = x.clone().requires_grad_(True)
+        g2 = torch.randn(12, hidden[-1])
+        trunk(xg).mul(g2).sum().backward()
+        want = [p.grad.clone() for p in trunk.parameters()]
+        m = ManualMLP(trunk)
+        dx = m.backward(m.forward(x)[1], g2, input_grad=True)
+        torch.testing.assert_close(dx, xg.grad, rtol=1e-6, atol=1e-7)
+        for p, w in zip(trunk.parameters(), want, strict=True):
+            torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
+    assert not ManualMLP.supported(mlp(4, [8], 2, "gelu"))
+    assert ManualMLP.supported(mlp(4, [8], None))  # a dueling trunk ends on its activation
+    assert not ManualMLP.supported(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    assert not ManualMLP.supported(nn.Sequential(nn.Linear(4, 2, bias=False)))
+
+
+@pytest.mark.parametrize("overrides", [["algo=dqn_target"], ["algo=dqn_target", "algo.loss=mse"],
+                                       ["algo=dqn_seed"], ["algo=double_dqn"], ["algo=clipped_double_dqn"],
+                                       ["algo=dqn_target", "algo.activation=tanh", "optimizer=rmsprop"],
+                                       ["algo=dueling_dqn"], ["algo=dueling_dqn", "algo.target_update=hard"]])
+def test_manual_backward_trains_like_autograd(overrides):
+    """The DQN update without autograd (plain MLP Q-nets) follows the autograd update step by step:
+    Huber and MSE, target blending, double and clipped targets, any optimizer."""
+    cfg = compose_config([*overrides, "algo.hidden=[16, 16]", "algo.target_update_interval=10"])
+    torch.manual_seed(0)
+    a = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+    assert a.manual is not None
+    b = copy.deepcopy(a)
+    b.manual = None  # the autograd path
+    buf = _buffer()
+    for step in range(0, 200, 20):
+        batches = buf.sample(8, 3)
+        ma, mb = a.update_batches(batches, Counters(step=step)), b.update_batches(batches, Counters(step=step))
+        assert ma == pytest.approx(mb, rel=1e-4, abs=1e-6)
+    for na, nb in zip(a.nets, b.nets, strict=True):
+        for p, q in zip(na.parameters(), nb.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_manual_backward_is_used_only_where_it_applies():
+    def manual(*ov: str) -> bool:
+        cfg = compose_config(list(ov))
+        return DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0).manual is not None
+
+    assert manual("algo=dqn_target") and manual("algo=clipped_double_dqn") and manual("algo=dueling_dqn")
+    assert not manual("algo=dqn_target", "algo.activation=gelu") and not manual("algo=dueling_dqn", "algo.hidden=[]")

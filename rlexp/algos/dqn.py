@@ -26,7 +26,7 @@ from rlexp.buffer import Batch
 from rlexp.config import DQNConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
-from rlexp.nets import NumpyForward, mlp, out_features
+from rlexp.nets import ManualMLP, NumpyForward, mlp, out_features
 from rlexp.optim import make_optimizer
 from rlexp.schedules import epsilon
 
@@ -52,6 +52,42 @@ class QNetwork(nn.Module):
         adv = self.advantage(h)
         return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
 
+
+
+class ManualQ:
+    """A QNetwork's batch forward pass and hand-written backward (see ``ManualMLP``), plain or dueling.
+
+    Dueling: ``Q = V + A - mean_a A``, so ``dV = sum_a dQ`` and ``dA = dQ - mean_a dQ``, and the
+    trunk gets the sum of both heads' input gradients.
+    """
+
+    def __init__(self, q: QNetwork) -> None:
+        self.dueling = q.dueling
+        self.parts = [ManualMLP(m) for m in ((q.trunk, q.value, q.advantage) if q.dueling else (q.q,))]
+
+    @staticmethod
+    def supported(q: QNetwork) -> bool:
+        return all(ManualMLP.supported(m) for m in ((q.trunk, q.value, q.advantage) if q.dueling else (q.q,)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        if not self.dueling:
+            out, saved = self.parts[0].forward(obs)
+            return out, [saved]
+        trunk, value, advantage = self.parts
+        h, st = trunk.forward(obs)
+        v, sv = value.forward(h)
+        a, sa = advantage.forward(h)
+        return v + a - a.mean(dim=1, keepdim=True), [st, sv, sa]
+
+    def backward(self, saved: list[list[torch.Tensor]], grad_out: torch.Tensor) -> None:
+        if not self.dueling:
+            self.parts[0].backward(saved[0], grad_out)
+            return
+        trunk, value, advantage = self.parts
+        dv = value.backward(saved[1], grad_out.sum(dim=1, keepdim=True), input_grad=True)
+        da = advantage.backward(saved[2], grad_out - grad_out.mean(dim=1, keepdim=True), input_grad=True)
+        assert dv is not None and da is not None
+        trunk.backward(saved[0], dv.add_(da))
 
 
 class GreedyPolicy:
@@ -114,9 +150,10 @@ class DQNAgent:
         self.n_actions = spec.n_actions
         self.rng = np.random.default_rng(seed + 1)
         self.q = QNetwork(spec.obs_dim, spec.n_actions, cfg)
-        self.nets: list[nn.Module] = [self.q]
+        self.q_nets: list[QNetwork] = [self.q]
         if cfg.clipped:
-            self.nets.append(QNetwork(spec.obs_dim, spec.n_actions, cfg))
+            self.q_nets.append(QNetwork(spec.obs_dim, spec.n_actions, cfg))
+        self.nets: list[nn.Module] = list(self.q_nets)
         self.targets: list[nn.Module] = []
         if cfg.target_update != "none":
             self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.nets]
@@ -124,6 +161,10 @@ class DQNAgent:
         self.target_params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.targets]
         self.optimizers = [make_optimizer(p, opt_cfg) for p in self.params]
         self._greedy = GreedyPolicy(self.q)
+        # hand-written backward (autograd's gradients with less overhead) for ReLU/Tanh MLP Q-nets
+        self.manual: list[ManualQ] | None = None
+        if all(ManualQ.supported(n) for n in self.q_nets):
+            self.manual = [ManualQ(n) for n in self.q_nets]
         self.updates = 0
         self._last_sync = 0
         self.eps = cfg.exploration.start
@@ -168,11 +209,14 @@ class DQNAgent:
         for k, batch in enumerate(batches):
             y = ys[k] if fixed else td_target(cfg, batch, self.nets[0], targets[0], second)
             for i, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
-                q = net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-                goal = y if cfg.target_alpha == 1.0 else q.detach() + cfg.target_alpha * (y - q.detach())
-                loss = F.smooth_l1_loss(q, goal) if cfg.loss == "huber" else F.mse_loss(q, goal)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.manual is not None:
+                    q, loss = self._manual_grad(self.manual[i], batch, y)
+                else:
+                    q = net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+                    goal = y if cfg.target_alpha == 1.0 else q.detach() + cfg.target_alpha * (y - q.detach())
+                    loss = F.smooth_l1_loss(q, goal) if cfg.loss == "huber" else F.mse_loss(q, goal)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(self.params[i], cfg.max_grad_norm, foreach=True)
                 opt.step()
@@ -185,6 +229,26 @@ class DQNAgent:
         for i, ls in enumerate(losses):
             out["train/loss" if i == 0 else f"train/loss{i + 1}"] = torch.stack(ls).mean().item()
         return out
+
+    @torch.no_grad()
+    def _manual_grad(self, net: ManualQ, batch: Batch, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of one minibatch and its gradients in ``.grad``, without autograd: the
+        gradient wrt Q(s, a) is ``clamp(q - goal, -1, 1) / B`` (Huber, delta 1) or
+        ``2 (q - goal) / B`` (MSE), scattered into the taken actions' column."""
+        out, saved = net.forward(batch.obs)
+        idx = batch.actions.unsqueeze(1)
+        q = out.gather(1, idx).squeeze(1)
+        goal = y if self.cfg.target_alpha == 1.0 else q + self.cfg.target_alpha * (y - q)
+        diff = q - goal
+        n = diff.numel()
+        if self.cfg.loss == "huber":
+            loss = F.smooth_l1_loss(q, goal)
+            grad_q = diff.clamp(-1.0, 1.0).div_(n)
+        else:
+            loss = F.mse_loss(q, goal)
+            grad_q = diff.mul(2.0 / n)
+        net.backward(saved, torch.zeros_like(out).scatter_(1, idx, grad_q.unsqueeze(1)))
+        return q, loss
 
     def _soft_sync(self) -> None:
         if self.cfg.target_update == "soft":
