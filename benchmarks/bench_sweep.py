@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,6 +32,10 @@ def _eval_cells(ev: object | None) -> str:
         return "– | –"
     med = ev.median_episodes_to_solve
     return f"{ev.solved}/{len(ev.runs)} | {'unsolved' if math.isinf(med) else f'{med:g}'}"
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
 
 
 def versions() -> str:
@@ -63,52 +68,61 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"bench_sweep: error: {e}", file=sys.stderr)
         return 2
-    results = {}
-    for label, sweep in runs.items():
-        print(f"bench_sweep: {label}: study {sweep.study_name}", file=sys.stderr, flush=True)
-        results[label] = run_sweep(sweep)
     cfg = runs["pruner"].cfg
     fresh = cfg.fresh_seeds()
+    command = "python -m benchmarks.bench_sweep " + " ".join(args)
+    out = RESULTS / f"sweep-{stamp[:15]}.md"
+    results: dict[str, Any] = {}
     default_eval = None
+
+    def write() -> None:  # after every stage, so a run stopped half-way still leaves its table
+        rows = ["| run | pruner | complete | pruned | failed | env steps | wall time | best value (trial) | "
+                f"re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for label, r in results.items():
+            best = f"{r.best_value:.1f} ({r.best_number})" if r.best_value is not None else "–"
+            t = r.tally
+            rows.append(f"| {label} | {runs[label].cfg.pruner.name} | {t['complete']} | {t['pruned']} | "
+                        f"{t['failed']} | {r.env_steps} | {r.wall_time_s / 60:.1f} min | {best} | "
+                        f"{_eval_cells(r.evaluation)} |")
+        rows.append(f"| default config | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
+        table = "\n".join(rows)
+        if len(results) == 2:
+            pruned, full = results["pruner"], results["no pruner"]
+            saving = 1 - pruned.env_steps / full.env_steps if full.env_steps else float("nan")
+            summary = (f"Env steps saved by pruning: **{saving:.0%}** ({pruned.env_steps} vs {full.env_steps}); "
+                       f"best value with pruning {_fmt(pruned.best_value)} vs without {_fmt(full.best_value)} "
+                       "(episodes-to-solve, lower is better).")
+        else:
+            summary = f"Stages done: {', '.join(results) or 'none'}, default re-evaluation " + (
+                "done." if default_eval is not None else "not yet.")
+        print(f"\n{table}\n\n{summary}")
+        text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
+                f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
+                f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
+                f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
+                f"fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
+                f"{table}\n\n{summary}\n")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"\nbench_sweep: written {out}", file=sys.stderr)
+
+    # the pruned sweep and both re-evaluations first: its table is useful even if the run is stopped
+    print(f"bench_sweep: pruner: study {runs['pruner'].study_name}", file=sys.stderr, flush=True)
+    results["pruner"] = run_sweep(runs["pruner"])
+    write()
     if fresh:
-        print(f"bench_sweep: default config ({' '.join([*cfg.base, *cfg.eval_overrides])}) on fresh seeds {fresh}", file=sys.stderr)
+        print(f"bench_sweep: default config ({' '.join([*cfg.base, *cfg.eval_overrides])}) on fresh seeds {fresh}",
+              file=sys.stderr)
         t0 = time.perf_counter()
-        default_eval = evaluate([*cfg.base, *cfg.eval_overrides], fresh, cfg.workers, tags={"sweep": f"bench-{name}-default-{stamp}",
-                                                                   "sweep_role": "eval"})
+        default_eval = evaluate([*cfg.base, *cfg.eval_overrides], fresh, cfg.workers,
+                                tags={"sweep": f"bench-{name}-default-{stamp}", "sweep_role": "eval"})
         print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
-
-    pruned, full = results["pruner"], results["no pruner"]
-    saving = 1 - pruned.env_steps / full.env_steps if full.env_steps else float("nan")
-    rows = ["| run | pruner | complete | pruned | failed | env steps | wall time | best value (trial) | "
-            f"re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, r in results.items():
-        pruner = runs[label].cfg.pruner.name
-        best = f"{r.best_value:.1f} ({r.best_number})" if r.best_value is not None else "–"
-        t = r.tally
-        rows.append(f"| {label} | {pruner} | {t['complete']} | {t['pruned']} | {t['failed']} | {r.env_steps} | "
-                    f"{r.wall_time_s / 60:.1f} min | {best} | {_eval_cells(r.evaluation)} |")
-    rows.append(f"| default config | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
-    table = "\n".join(rows)
-    def fmt(v: float | None) -> str:
-        return "–" if v is None else f"{v:.1f}"
-
-    summary = (f"Env steps saved by pruning: **{saving:.0%}** ({pruned.env_steps} vs {full.env_steps}); "
-               f"best value with pruning {fmt(pruned.best_value)} vs without {fmt(full.best_value)} "
-               "(episodes-to-solve, lower is better).")
-    print(f"\n{table}\n\n{summary}")
-    command = "python -m benchmarks.bench_sweep " + " ".join(args)
-    text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
-            f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
-            f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
-            f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
-            f"fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
-            f"{table}\n\n{summary}\n")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"sweep-{stamp[:10]}.md"
-    out.write_text(text)
-    print(f"\nbench_sweep: written {out}", file=sys.stderr)
+        write()
+    print(f"bench_sweep: no pruner: study {runs['no pruner'].study_name}", file=sys.stderr, flush=True)
+    results["no pruner"] = run_sweep(runs["no pruner"])
+    write()
     return 0
 
 

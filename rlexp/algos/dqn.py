@@ -15,7 +15,7 @@ Truncated transitions are stored as non-terminal and bootstrap like any other.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,9 @@ class ManualQ:
         a, sa = advantage.forward(h)
         return v + a - a.mean(dim=1, keepdim=True), [st, sv, sa]
 
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.forward(obs)[0]
+
     def backward(self, saved: list[list[torch.Tensor]], grad_out: torch.Tensor) -> None:
         if not self.dueling:
             self.parts[0].backward(saved[0], grad_out)
@@ -119,8 +122,11 @@ class GreedyPolicy:
             return int(self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
 
 
-def td_target(cfg: DQNConfig, batch: Batch, online: nn.Module, target: nn.Module,
-              second: nn.Module | None = None) -> torch.Tensor:
+QFunction = Callable[[torch.Tensor], torch.Tensor]  # a QNetwork, or its ManualQ
+
+
+def td_target(cfg: DQNConfig, batch: Batch, online: QFunction, target: QFunction,
+              second: QFunction | None = None) -> torch.Tensor:
     """The bootstrapped target ``r + gamma * (1 - terminated) * next_value`` (no gradient).
 
     ``second`` is the other network of the clipped form; ``target`` is ``online`` when there is no
@@ -154,17 +160,19 @@ class DQNAgent:
         if cfg.clipped:
             self.q_nets.append(QNetwork(spec.obs_dim, spec.n_actions, cfg))
         self.nets: list[nn.Module] = list(self.q_nets)
-        self.targets: list[nn.Module] = []
+        self.targets: list[QNetwork] = []
         if cfg.target_update != "none":
-            self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.nets]
+            self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.q_nets]
         self.params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.nets]
         self.target_params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.targets]
         self.optimizers = [make_optimizer(p, opt_cfg) for p in self.params]
         self._greedy = GreedyPolicy(self.q)
         # hand-written backward (autograd's gradients with less overhead) for ReLU/Tanh MLP Q-nets
         self.manual: list[ManualQ] | None = None
+        self.manual_targets: list[ManualQ] = []
         if all(ManualQ.supported(n) for n in self.q_nets):
             self.manual = [ManualQ(n) for n in self.q_nets]
+            self.manual_targets = [ManualQ(t) for t in self.targets]
         self.updates = 0
         self._last_sync = 0
         self.eps = cfg.exploration.start
@@ -197,17 +205,20 @@ class DQNAgent:
         """
         cfg = self.cfg
         self._hard_sync(counters.step)
-        targets = self.targets or self.nets
+        # the same networks, called without autograd's module overhead when the manual path applies
+        nets: Sequence[QFunction] = self.manual if self.manual is not None else self.nets
+        targets: Sequence[QFunction] = (
+            (self.manual_targets if self.manual is not None else self.targets) if self.targets else nets)
         second = targets[1] if cfg.clipped else None
         fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
         ys: Sequence[torch.Tensor] = []
         if fixed:
             joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
-            ys = td_target(cfg, joined, self.nets[0], targets[0], second).split(len(batches[0].rewards))
+            ys = td_target(cfg, joined, nets[0], targets[0], second).split(len(batches[0].rewards))
         losses: list[list[torch.Tensor]] = [[] for _ in self.nets]
         q_means: list[torch.Tensor] = []
         for k, batch in enumerate(batches):
-            y = ys[k] if fixed else td_target(cfg, batch, self.nets[0], targets[0], second)
+            y = ys[k] if fixed else td_target(cfg, batch, nets[0], targets[0], second)
             for i, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
                 if self.manual is not None:
                     q, loss = self._manual_grad(self.manual[i], batch, y)
