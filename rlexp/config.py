@@ -161,6 +161,7 @@ class DQNConfig(OffPolicyConfig):
     clipped: bool = False  # two trained nets, target min(max Q1(s'), max Q2(s'))
     dueling: bool = False  # Q = V + A - mean_a A (per state)
     dueling_hidden: int = 32  # width of the value and advantage heads
+    layer_norm: bool = False  # LayerNorm before each hidden activation (steadies TD without a target net)
     loss: str = "huber"  # huber | mse
     target_alpha: float = 1.0  # blend y <- q + alpha * (r + gamma max q' - q); 1.0 is plain DQN
     terminal_reward: float | None = None  # replace the reward of a terminating step (seed: -1)

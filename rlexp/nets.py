@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,12 +12,14 @@ from torch import nn
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None, activation: str = "relu") -> nn.Sequential:
-    """Linear-activation stack; ``out_dim=None`` ends on the last hidden activation (a trunk)."""
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None, activation: str = "relu",
+        layer_norm: bool = False) -> nn.Sequential:
+    """Linear-activation stack; ``out_dim=None`` ends on the last hidden activation (a trunk).
+    ``layer_norm`` puts a LayerNorm between each hidden Linear and its activation."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), _ACT[activation]()]
+        layers += [nn.Linear(d, h), *([nn.LayerNorm(h)] if layer_norm else []), _ACT[activation]()]
         d = h
     if out_dim is not None:
         layers.append(nn.Linear(d, out_dim))
@@ -46,8 +49,18 @@ _BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Te
 _NP_ACT: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {nn.ReLU: _np_relu, nn.Tanh: _np_tanh}
 
 
+def _np_layer_norm(m: nn.LayerNorm) -> Callable[[np.ndarray], np.ndarray]:
+    w, b, eps = m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps
+
+    def norm(h: np.ndarray) -> np.ndarray:
+        c = h - h.mean(axis=-1, keepdims=True)
+        return c / np.sqrt((c * c).mean(axis=-1, keepdims=True) + eps) * w + b
+
+    return norm
+
+
 class NumpyForward:
-    """Single-observation forward pass of a Linear/ReLU/Tanh ``nn.Sequential`` in numpy.
+    """Single-observation forward pass of a Linear/LayerNorm/ReLU/Tanh ``nn.Sequential`` in numpy.
 
     Acting is one tiny forward per env step, where torch's per-call overhead (module dispatch,
     tensor wrapping; ~40 us) is several times the arithmetic; numpy does it in ~10 us. The arrays
@@ -63,6 +76,8 @@ class NumpyForward:
             if isinstance(m, nn.Linear):
                 assert m.bias is not None
                 self.layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
+            elif isinstance(m, nn.LayerNorm):
+                self.layers.append(_np_layer_norm(m))
             else:
                 self.layers.append(_NP_ACT[type(m)])
 
@@ -76,7 +91,9 @@ class NumpyForward:
     def supported(net: nn.Module) -> bool:
         return isinstance(net, nn.Sequential) and all(
             (isinstance(m, nn.Linear) and m.bias is not None and m.weight.device.type == "cpu"
-             and m.weight.dtype == torch.float32) or type(m) in _NP_ACT for m in net)
+             and m.weight.dtype == torch.float32) or type(m) in _NP_ACT
+            or (isinstance(m, nn.LayerNorm) and m.elementwise_affine and m.bias is not None
+                and len(m.normalized_shape) == 1) for m in net)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         h = np.asarray(x, dtype=np.float32)
@@ -86,29 +103,35 @@ class NumpyForward:
 
 
 class ManualMLP:
-    """Batch forward pass and hand-written backward of a Linear/ReLU/Tanh ``nn.Sequential``.
+    """Batch forward pass and hand-written backward of a Linear[/LayerNorm]/ReLU|Tanh ``nn.Sequential``.
 
     The DQN family takes one small gradient step per env step, where autograd's graph building and
     engine cost ~150 us per step on this CPU (a third of a 256x256 step at batch 64) on top of the
-    matrix products. ``forward`` keeps each layer's input; ``backward`` turns the gradient of the
-    output into the parameters' ``.grad`` with the same kernels autograd calls (``addmm``, ``mm``,
-    ``sum``, ``threshold_backward``/``tanh_backward``), writing into the existing ``.grad``
-    tensors (allocated on first use), and optionally returns the gradient wrt the input (to chain
-    a dueling head into its trunk). The gradients equal autograd's (tested). Parameters are held
-    by reference, so optimizer steps and ``load_state_dict`` are seen; copies and unpickled
-    instances rebuild from the copied network, as :class:`NumpyForward` does.
+    matrix products. ``forward`` keeps what the backward needs; ``backward`` turns the gradient of
+    the output into the parameters' ``.grad`` with the same kernels autograd calls (``addmm``,
+    ``mm``, ``sum``, ``native_layer_norm_backward``, ``threshold_backward``/``tanh_backward``),
+    writing into the existing ``.grad`` tensors (allocated on first use), and optionally returns
+    the gradient wrt the input (to chain a dueling head into its trunk). The gradients equal
+    autograd's (tested). Parameters are held by reference, so optimizer steps and
+    ``load_state_dict`` are seen; copies and unpickled instances rebuild from the copied network,
+    as :class:`NumpyForward` does.
     """
 
     def __init__(self, net: nn.Sequential) -> None:
-        assert self.supported(net), "ManualMLP: Linear/ReLU/Tanh layers only"
+        assert self.supported(net), "ManualMLP: Linear, LayerNorm, ReLU and Tanh layers only"
         self.net = net
-        self.linears: list[tuple[torch.Tensor, torch.Tensor]] = [
-            (m.weight, m.bias) for m in net if isinstance(m, nn.Linear) and m.bias is not None]
-        # the activation after each Linear, None where there is none
-        mods = list(net)
-        self.acts: list[type[nn.Module] | None] = [
-            type(mods[i + 1]) if i + 1 < len(mods) and not isinstance(mods[i + 1], nn.Linear) else None
-            for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+        # one block per Linear: its weight and bias, the LayerNorm and the activation after it
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, nn.LayerNorm | None, type[nn.Module] | None]] = []
+        for m in net:
+            if isinstance(m, nn.Linear):
+                assert m.bias is not None
+                self.blocks.append((m.weight, m.bias, None, None))
+            elif isinstance(m, nn.LayerNorm):
+                w, b, _, _ = self.blocks[-1]
+                self.blocks[-1] = (w, b, m, None)
+            else:
+                w, b, ln, _ = self.blocks[-1]
+                self.blocks[-1] = (w, b, ln, type(m))
 
     def __getstate__(self) -> dict[str, nn.Sequential]:
         return {"net": self.net}
@@ -118,29 +141,41 @@ class ManualMLP:
 
     @staticmethod
     def supported(net: nn.Module) -> bool:
-        """Linear layers with biases, each followed by at most one ReLU or Tanh."""
+        """Linear layers with biases, each followed by an optional affine LayerNorm over its
+        features and an optional ReLU or Tanh."""
         if not isinstance(net, nn.Sequential) or not len(net) or not isinstance(net[0], nn.Linear):
             return False
-        prev_linear = False
+        state = ""  # what the previous module was: linear, norm or act
+        width = 0
         for m in net:
             if isinstance(m, nn.Linear):
                 if m.bias is None or m.weight.dtype != torch.float32:
                     return False
-                prev_linear = True
-            elif type(m) in _BACKWARD and prev_linear:
-                prev_linear = False
+                state, width = "linear", m.out_features
+            elif isinstance(m, nn.LayerNorm) and state == "linear":
+                if not m.elementwise_affine or m.bias is None or tuple(m.normalized_shape) != (width,):
+                    return False
+                state = "norm"
+            elif type(m) in _BACKWARD and state in ("linear", "norm"):
+                state = "act"
             else:
                 return False
         return True
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The output, and what ``backward`` needs (every Linear's input, then the output); no graph."""
-        saved: list[torch.Tensor] = []
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        """The output, and what ``backward`` needs; no graph."""
+        saved: list[Any] = []  # per block: its input, then (pre-norm, mean, rstd) or None
         h = x
         with torch.no_grad():
-            for (w, b), act in zip(self.linears, self.acts, strict=True):
+            for w, b, ln, act in self.blocks:
                 saved.append(h)
                 h = torch.addmm(b, h, w.t())
+                if ln is not None:
+                    pre = h
+                    h, mean, rstd = torch.native_layer_norm(pre, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                    saved.append((pre, mean, rstd))
+                else:
+                    saved.append(None)
                 if act is nn.ReLU:
                     h = h.relu_()
                 elif act is nn.Tanh:
@@ -148,23 +183,35 @@ class ManualMLP:
         saved.append(h)
         return h, saved
 
-    def backward(self, saved: list[torch.Tensor], grad_out: torch.Tensor,
+    def backward(self, saved: list[Any], grad_out: torch.Tensor,
                  input_grad: bool = False) -> torch.Tensor | None:
         """Write d loss / d parameter into each parameter's ``.grad``, given d loss / d output;
         return d loss / d input when ``input_grad``."""
         g = grad_out
         with torch.no_grad():
-            for k in range(len(self.linears) - 1, -1, -1):
-                act = self.acts[k]
+            for k in range(len(self.blocks) - 1, -1, -1):
+                w, b, ln, act = self.blocks[k]
                 if act is not None:
-                    g = _BACKWARD[act](g, saved[k + 1])  # that activation's output
-                (w, b), h = self.linears[k], saved[k]
+                    g = _BACKWARD[act](g, saved[2 * k + 2])  # the activation's output: the next input
+                if ln is not None:
+                    pre, mean, rstd = saved[2 * k + 1]
+                    g, gw, gb = torch.ops.aten.native_layer_norm_backward(
+                        g, pre, ln.normalized_shape, mean, rstd, ln.weight, ln.bias, [True, True, True])
+                    _set_grad(ln.weight, gw)
+                    _set_grad(ln.bias, gb)
                 if w.grad is None:
                     w.grad = torch.empty_like(w)
                 if b.grad is None:
                     b.grad = torch.empty_like(b)
-                torch.mm(g.t(), h, out=w.grad)
+                torch.mm(g.t(), saved[2 * k], out=w.grad)
                 torch.sum(g, 0, out=b.grad)
                 if k or input_grad:
                     g = torch.mm(g, w)
         return g if input_grad else None
+
+
+def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad.copy_(g)

@@ -143,11 +143,18 @@ def test_a_copied_or_pickled_agent_acts_with_its_own_weights(algo):
         assert [agent.greedy(o) for o in obs] == mine
 
 
-@pytest.mark.parametrize(("hidden", "activation"), [([], "relu"), ([8], "tanh"), ([32, 16], "relu"),
-                                                    ([16, 16, 8], "tanh")])
-def test_manual_backward_gives_autograds_gradients(hidden, activation):
+@pytest.mark.parametrize(("hidden", "activation", "norm"), [([], "relu", False), ([8], "tanh", False),
+                                                            ([32, 16], "relu", False), ([16, 16, 8], "tanh", False),
+                                                            ([32, 16], "relu", True), ([8], "tanh", True)])
+def test_manual_backward_gives_autograds_gradients(hidden, activation, norm):
     torch.manual_seed(0)
-    net = mlp(5, hidden, 3, activation)
+    net = mlp(5, hidden, 3, activation, layer_norm=norm)
+    if norm:  # move LayerNorm's affine parameters off their (1, 0) initialisation
+        with torch.no_grad():
+            for m in net:
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.normal_()
+                    m.bias.normal_()
     x, g = torch.randn(12, 5), torch.randn(12, 3)
     net(x).mul(g).sum().backward()
     want = [p.grad.clone() for p in net.parameters()]
@@ -160,7 +167,7 @@ def test_manual_backward_gives_autograds_gradients(hidden, activation):
     for p, w in zip(net.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
     if hidden:  # a trunk (ending on the activation) with the gradient wrt its input
-        trunk = mlp(5, hidden, None, activation)
+        trunk = mlp(5, hidden, None, activation, layer_norm=norm)
         xg = x.clone().requires_grad_(True)
         g2 = torch.randn(12, hidden[-1])
         trunk(xg).mul(g2).sum().backward()
@@ -179,7 +186,9 @@ def test_manual_backward_gives_autograds_gradients(hidden, activation):
 @pytest.mark.parametrize("overrides", [["algo=dqn_target"], ["algo=dqn_target", "algo.loss=mse"],
                                        ["algo=dqn_seed"], ["algo=double_dqn"], ["algo=clipped_double_dqn"],
                                        ["algo=dqn_target", "algo.activation=tanh", "optimizer=rmsprop"],
-                                       ["algo=dueling_dqn"], ["algo=dueling_dqn", "algo.target_update=hard"]])
+                                       ["algo=dueling_dqn"], ["algo=dueling_dqn", "algo.target_update=hard"],
+                                       ["algo=dqn", "algo.layer_norm=true"],
+                                       ["algo=dueling_dqn", "algo.layer_norm=true"]])
 def test_manual_backward_trains_like_autograd(overrides):
     """The DQN update without autograd (plain MLP Q-nets) follows the autograd update step by step:
     Huber and MSE, target blending, double and clipped targets, any optimizer."""
@@ -206,3 +215,20 @@ def test_manual_backward_is_used_only_where_it_applies():
 
     assert manual("algo=dqn_target") and manual("algo=clipped_double_dqn") and manual("algo=dueling_dqn")
     assert not manual("algo=dqn_target", "algo.activation=gelu") and not manual("algo=dueling_dqn", "algo.hidden=[]")
+    assert manual("algo=dqn", "algo.layer_norm=true") and manual("algo=dueling_dqn", "algo.layer_norm=true")
+    assert not manual("algo=dqn_target", "algo.activation=elu", "algo.layer_norm=true")
+
+
+def test_layer_norm_q_network_has_its_norms_and_acts_in_numpy():
+    cfg = compose_config(["algo=dqn", "algo.layer_norm=true", "algo.hidden=[16, 16]"])
+    agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+    assert sum(isinstance(m, nn.LayerNorm) for m in agent.q.modules()) == 2
+    assert agent._greedy.fast
+    with torch.no_grad():
+        for p in agent.q.parameters():
+            p.normal_()
+    obs = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = agent.q(torch.from_numpy(obs))
+    np.testing.assert_allclose(np.stack([agent._greedy.plain(o) for o in obs]), want.numpy(), rtol=1e-4, atol=1e-4)
+    assert [agent.greedy(o) for o in obs] == want.argmax(dim=1).tolist()

@@ -38,12 +38,12 @@ class QNetwork(nn.Module):
         super().__init__()
         self.dueling = cfg.dueling
         if cfg.dueling:
-            self.trunk = mlp(obs_dim, cfg.hidden, None, cfg.activation)
+            self.trunk = mlp(obs_dim, cfg.hidden, None, cfg.activation, cfg.layer_norm)
             width = out_features(self.trunk, obs_dim)
             self.value = mlp(width, [cfg.dueling_hidden], 1, cfg.activation)
             self.advantage = mlp(width, [cfg.dueling_hidden], n_actions, cfg.activation)
         else:
-            self.q = mlp(obs_dim, cfg.hidden, n_actions, cfg.activation)
+            self.q = mlp(obs_dim, cfg.hidden, n_actions, cfg.activation, cfg.layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.dueling:
