@@ -132,6 +132,7 @@ def rlexp_dqn_sps(steps: int, seed: int) -> float:
         f"algo.train_freq={z['train_freq']}", f"algo.gradient_steps={z['gradient_steps']}",
         "algo.exploration.schedule=linear", f"algo.exploration.steps={int(z['exploration_fraction'] * 50_000)}",
         f"algo.exploration.end={z['exploration_final_eps']}", "algo.loss=huber", "algo.max_grad_norm=10",
+        "algo.layer_norm=false", "algo.activation=relu",  # SB3's plain ReLU MLP, whatever the defaults
     ])
 
 
