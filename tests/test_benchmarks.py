@@ -39,3 +39,33 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     text = out.read_text()
     assert "| pruner | median |" in text and "| no pruner | none |" in text
     assert "| default config |" in text and "Env steps saved by pruning:" in text
+
+
+def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):
+    from benchmarks import bench_variants
+
+    spec = tmp_path / "v.txt"
+    spec.write_text("# a comment\nsmall: algo=dqn_target algo.hidden=[8]\n\nln: algo=dqn algo.hidden=[8] "
+                    "algo.layer_norm=true  # trailing comment\n")
+    assert bench_variants.main(["--file", str(spec), "--seeds", "0", "1", "--jobs", "1",
+                                "--override", "train.max_episodes=60", "--out", str(tmp_path)]) == 0
+    (out,) = tmp_path.glob("variants-v-*.md")
+    text = out.read_text()
+    assert "| small | `algo=dqn_target algo.hidden=[8]` | 0/2 |" in text
+    assert "| ln | `algo=dqn algo.hidden=[8] algo.layer_norm=true` | 0/2 |" in text
+    assert text.count("| small | ") == 3 and "| small | 1 | – | 60 |" in text  # summary + a row per seed
+    assert bench_variants.rolling_every([1.0] * 50 + [3.0] * 50 + [5.0] * 100) == [1.0, 2.0, 4.0, 5.0]
+
+
+def test_bench_variants_refuses_bad_specs_before_running(tmp_path):
+    from benchmarks import bench_variants
+
+    with pytest.raises(SystemExit, match="label: overrides"):
+        bench_variants.main(["--variant", "no colon here", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="duplicate labels"):
+        bench_variants.main(["--variant", "a: algo=dqn", "--variant", "a: algo=ppo", "--out", str(tmp_path)])
+    from rlexp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="algo.lr"):
+        bench_variants.main(["--variant", "a: algo=dqn algo.lr=-1", "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("*.md"))
