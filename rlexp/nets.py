@@ -49,6 +49,19 @@ _BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Te
 _NP_ACT: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {nn.ReLU: _np_relu, nn.Tanh: _np_tanh}
 
 
+class _Rebuilt:
+    """Copies and unpickled instances are rebuilt from the (copied) network ``self.net``, so views
+    and references always point at the parameters of the network they belong to."""
+
+    net: nn.Sequential
+
+    def __getstate__(self) -> dict[str, nn.Sequential]:
+        return {"net": self.net}
+
+    def __setstate__(self, state: dict[str, nn.Sequential]) -> None:
+        self.__init__(state["net"])  # type: ignore[misc]
+
+
 def _np_layer_norm(m: nn.LayerNorm) -> Callable[[np.ndarray], np.ndarray]:
     w, b, eps = m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps
 
@@ -59,7 +72,7 @@ def _np_layer_norm(m: nn.LayerNorm) -> Callable[[np.ndarray], np.ndarray]:
     return norm
 
 
-class NumpyForward:
+class NumpyForward(_Rebuilt):
     """Single-observation forward pass of a Linear/LayerNorm/ReLU/Tanh ``nn.Sequential`` in numpy.
 
     Acting is one tiny forward per env step, where torch's per-call overhead (module dispatch,
@@ -81,12 +94,6 @@ class NumpyForward:
             else:
                 self.layers.append(_NP_ACT[type(m)])
 
-    def __getstate__(self) -> dict[str, nn.Sequential]:
-        return {"net": self.net}
-
-    def __setstate__(self, state: dict[str, nn.Sequential]) -> None:
-        self.__init__(state["net"])  # type: ignore[misc]
-
     @staticmethod
     def supported(net: nn.Module) -> bool:
         return isinstance(net, nn.Sequential) and all(
@@ -102,7 +109,7 @@ class NumpyForward:
         return h
 
 
-class ManualMLP:
+class ManualMLP(_Rebuilt):
     """Batch forward pass and hand-written backward of a Linear[/LayerNorm]/ReLU|Tanh ``nn.Sequential``.
 
     The DQN family takes one small gradient step per env step, where autograd's graph building and
@@ -132,12 +139,6 @@ class ManualMLP:
             else:
                 w, b, ln, _ = self.blocks[-1]
                 self.blocks[-1] = (w, b, ln, type(m))
-
-    def __getstate__(self) -> dict[str, nn.Sequential]:
-        return {"net": self.net}
-
-    def __setstate__(self, state: dict[str, nn.Sequential]) -> None:
-        self.__init__(state["net"])  # type: ignore[misc]
 
     @staticmethod
     def supported(net: nn.Module) -> bool:
