@@ -84,7 +84,7 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("n_trials=0", "n_trials=0 must be >= 1"),
     ("workers=abc", "workers=abc"),
     ("space.algo.lr.low=0", "space.algo.lr.low=0 must be > 0 with log: true"),
-    ("space.algo.lr.low=0.5", "space.algo.lr.low=0.5 must be < space.algo.lr.high (0.002)"),
+    ("space.algo.lr.low=0.5", "space.algo.lr.low=0.5 must be < space.algo.lr.high (0.001)"),
     ("space.algo.lr.type=flot", "space.algo.lr.type='flot' must be one of float, int, categorical"),
     ("+space.algo.lrr={type:float,low:1,high:2}", "space.algo.lrr: algo.lrr is not a key of the rlexp config"),
     ("+space.algo.exploration.rate={type:float,low:1,high:2,step:0}", "space.algo.exploration.rate.step=0"),
