@@ -52,6 +52,9 @@ class QNetwork(nn.Module):
         adv = self.advantage(h)
         return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
 
+    def mlps(self) -> tuple[nn.Sequential, ...]:
+        """Its MLPs: ``(q,)``, or dueling ``(trunk, value, advantage)``."""
+        return (self.trunk, self.value, self.advantage) if self.dueling else (self.q,)
 
 
 class ManualQ:
@@ -63,11 +66,11 @@ class ManualQ:
 
     def __init__(self, q: QNetwork) -> None:
         self.dueling = q.dueling
-        self.parts = [ManualMLP(m) for m in ((q.trunk, q.value, q.advantage) if q.dueling else (q.q,))]
+        self.parts = [ManualMLP(m) for m in q.mlps()]
 
     @staticmethod
     def supported(q: QNetwork) -> bool:
-        return all(ManualMLP.supported(m) for m in ((q.trunk, q.value, q.advantage) if q.dueling else (q.q,)))
+        return all(ManualMLP.supported(m) for m in q.mlps())
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
         if not self.dueling:
@@ -101,10 +104,11 @@ class GreedyPolicy:
         self.q = q
         self.plain: NumpyForward | None = None
         self.heads: tuple[NumpyForward, NumpyForward, NumpyForward] | None = None
-        if not q.dueling and NumpyForward.supported(q.q):
-            self.plain = NumpyForward(q.q)
-        elif q.dueling and all(NumpyForward.supported(m) for m in (q.trunk, q.value, q.advantage)):
-            self.heads = (NumpyForward(q.trunk), NumpyForward(q.value), NumpyForward(q.advantage))
+        if all(NumpyForward.supported(m) for m in q.mlps()):
+            if q.dueling:
+                self.heads = (NumpyForward(q.trunk), NumpyForward(q.value), NumpyForward(q.advantage))
+            else:
+                self.plain = NumpyForward(q.q)
 
     @property
     def fast(self) -> bool:
@@ -206,9 +210,11 @@ class DQNAgent:
         cfg = self.cfg
         self._hard_sync(counters.step)
         # the same networks, called without autograd's module overhead when the manual path applies
-        nets: Sequence[QFunction] = self.manual if self.manual is not None else self.nets
-        targets: Sequence[QFunction] = (
-            (self.manual_targets if self.manual is not None else self.targets) if self.targets else nets)
+        nets: Sequence[QFunction] = self.nets
+        targets: Sequence[QFunction] = self.targets
+        if self.manual is not None:
+            nets, targets = self.manual, self.manual_targets
+        targets = targets or nets  # no target network: the online nets bootstrap from themselves
         second = targets[1] if cfg.clipped else None
         fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
         ys: Sequence[torch.Tensor] = []
