@@ -68,6 +68,11 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+def is_group(key: str) -> bool:
+    """Whether ``key`` names a config group (``algo``, ``env``, ...) rather than a value."""
+    return "." not in key and (CONF_DIR / key).is_dir()
+
+
 def _check_group_choice(key: str, value: str) -> None:
     group = key.lstrip("+~")
     if (CONF_DIR / group).is_dir() and "." not in group:
@@ -101,6 +106,20 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
         raise
     except Exception as e:
         raise ConfigError(name_override(one_line(e), overrides)) from None
+
+
+def group_choices(overrides: Sequence[str] = ()) -> dict[str, str]:
+    """The option each config group gets with these overrides (``{'algo': 'double_dqn', ...}``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    compose_dict(overrides)  # the checks, with their one-line errors
+    if GlobalHydra.instance().is_initialized():
+        dcfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dcfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return {k: v for k, v in dcfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
 
 
 def compose_config(overrides: Sequence[str] = ()) -> Config:

@@ -187,6 +187,9 @@ class SweepConfig:
 
     base: list[str] = field(default_factory=list)  # rlexp overrides of every trial: algo, env, budgets
     space: dict[str, Any] = field(default_factory=dict)  # search space: config tree of parameter specs
+    # config groups searched too, group -> options: {algo: [double_dqn, clipped_double_dqn]} lets
+    # the sampler choose the family member (the space's algo.* keys then apply to the chosen one)
+    groups: dict[str, list[str]] = field(default_factory=dict)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     n_trials: int = 30  # trials to finish in the study (complete, pruned or failed); raise it to add trials
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of trial 0
@@ -214,7 +217,12 @@ class SweepConfig:
             _check(isinstance(ov, str) and "=" in ov, "base", ov, "entries must be key=value overrides")
         for ov in self.eval_overrides:
             _check(isinstance(ov, str) and "=" in ov, "eval_overrides", ov, "entries must be key=value overrides")
-        _check(bool(self.space), "space", self.space, "must hold at least one parameter")
+        _check(bool(self.space) or bool(self.groups), "space", self.space, "must hold at least one parameter")
+        for g, options in self.groups.items():
+            _check("." not in g and not g.startswith(("+", "~")), f"groups.{g}", options,
+                   "must be keyed by a config group's name (algo, env, optimizer, ...)")
+            _check(len(options) >= 1, f"groups.{g}", options, "must list at least one option")
+            _check(len(set(options)) == len(options), f"groups.{g}", options, "must not repeat an option")
         self.params()  # validates every leaf
         _check(self.n_trials >= 1, "n_trials", self.n_trials, "must be >= 1")
         _check(len(self.seeds) >= 1, "seeds", self.seeds, "must list at least one seed")
@@ -236,8 +244,9 @@ class SweepConfig:
         _check(self.top >= 1, "top", self.top, "must be >= 1")
 
     def params(self) -> list[ParamSpec]:
-        """The search space's parameters, validated, in file order."""
-        return parse_space(self.space)
+        """The searched parameters, validated: the group choices first, then the space in file order."""
+        groups = [ParamSpec(g, "categorical", choices=tuple(opts)) for g, opts in self.groups.items()]
+        return [*groups, *parse_space(self.space)]
 
     def trial_seeds(self, number: int) -> list[int]:
         """The seeds trial ``number`` runs (fixed, so that any trial can be reproduced)."""

@@ -17,7 +17,17 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, compose_config, compose_dict, name_override, one_line, override_key
+from rlexp.compose import (
+    CONF_DIR,
+    compose_config,
+    compose_dict,
+    group_choices,
+    group_options,
+    is_group,
+    name_override,
+    one_line,
+    override_key,
+)
 from rlexp.config import Config, ConfigError
 from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
 
@@ -139,6 +149,8 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
 
 def param_override(p: ParamSpec, value: object) -> str:
     """The rlexp override setting ``p`` to ``value`` (an Optuna value or a corner)."""
+    if is_group(p.key):
+        return f"{p.key}={value}"  # a group option, as on the command line (unquoted)
     if p.type == "categorical" and isinstance(value, str) and value in p.optuna_choices():
         value = p.choices[p.optuna_choices().index(value)]  # back from a list's text
     if p.type == "int":
@@ -186,6 +198,16 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
     for p in params:
         if p.key == "seed" or p.key.startswith("hydra"):
             raise ConfigError(f"space.{p.key} cannot be searched: the seeds are the sweep's")
+        if p.key in cfg.groups:  # a group's option, e.g. which member of the DQN family
+            if not is_group(p.key):
+                raise ConfigError(f"groups.{p.key}: {p.key!r} is not a config group; choose among: "
+                                  f"{', '.join(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir()))}")
+            options = group_options(p.key)
+            for c in p.choices:
+                if c not in options:
+                    raise ConfigError(f"groups.{p.key}: {c!r} is not an option of {p.key}/; "
+                                      f"choose among: {', '.join(options)}")
+            continue
         node = OmegaConf.select(dbase, p.key, default=_ABSENT)
         if node is _ABSENT:
             raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from "
@@ -206,9 +228,10 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
 def default_params(sweep: Sweep) -> dict[str, Any]:
     """The base config's values of the searched keys, for those inside their range (Optuna's form)."""
     dbase = compose_dict(list(sweep.cfg.base))
+    choices = group_choices(list(sweep.cfg.base)) if any(is_group(p.key) for p in sweep.params) else {}
     out: dict[str, Any] = {}
     for p in sweep.params:
-        v = OmegaConf.select(dbase, p.key, default=None)
+        v = choices.get(p.key) if is_group(p.key) else OmegaConf.select(dbase, p.key, default=None)
         if isinstance(v, ListConfig):
             v = format_value(OmegaConf.to_container(v))
         if v is not None and p.contains(v):

@@ -153,6 +153,7 @@ class Objective:
             trial.study.stop()
             raise Surplus(f"n_trials={cfg.n_trials} already reached or in flight; trial not needed")
         params = {p.key: suggest(trial, p) for p in self.sweep.params}
+        label = params.get("algo", self.label)  # the space may choose the algorithm
         overrides = [param_override(p, params[p.key]) for p in self.sweep.params]
         seeds = cfg.trial_seeds(trial.number)
         trial.set_user_attr("seeds", seeds)
@@ -165,7 +166,7 @@ class Objective:
                 state.mlflow = TrialRun(self.experiment, self.parent_run_id, self.sweep.study_name,
                                         trial.number, params, seeds)
                 trial.set_user_attr("mlflow_run_id", state.mlflow.run_id)
-            value = self._run_seeds(trial, overrides, seeds, state)
+            value = self._run_seeds(trial, overrides, seeds, state, label)
         except Pruned as e:
             self._end(trial, state, "pruned", None, str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -184,7 +185,7 @@ class Objective:
         return value
 
     def _run_seeds(self, trial: optuna.Trial, overrides: list[str], seeds: list[int],
-                   state: _TrialState) -> float:
+                   state: _TrialState, label: str | None) -> float:
         cfg = self.sweep.cfg
         study = self.sweep.study_name
         values: list[float] = []
@@ -196,7 +197,7 @@ class Objective:
                            solve_threshold(rcfg, check_compatible(rcfg)), penalty, cfg.objective.aggregate,
                            list(values))
             state.reporter = rep
-            result = run(rcfg, label=self.label, group=f"{study}/trial-{trial.number}",
+            result = run(rcfg, label=label, group=f"{study}/trial-{trial.number}",
                          tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
                          parent_run_id=state.mlflow.run_id if state.mlflow else None, callback=rep)
             state.reporter = None

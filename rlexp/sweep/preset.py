@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, compose_config, compose_dict, to_config
+from rlexp.compose import CONF_DIR, compose_config, compose_dict, is_group, to_config
 from rlexp.config import ConfigError
 from rlexp.train import config_dict
 
@@ -32,10 +32,6 @@ def preset_path(study_name: str, preset_dir: str | None) -> Path:
     return folder / f"{preset_name(study_name)}.yaml"
 
 
-def _is_group(key: str) -> bool:
-    return "." not in key and (CONF_DIR / key).is_dir()
-
-
 def build(overrides: Sequence[str]) -> dict[str, Any]:
     """The preset's content: ``defaults`` for group choices, nested keys with the composed values."""
     dcfg = compose_dict(list(overrides))
@@ -46,7 +42,7 @@ def build(overrides: Sequence[str]) -> dict[str, Any]:
         key = raw_key.lstrip("+")
         if key == "seed":
             continue
-        if _is_group(key):
+        if is_group(key):
             defaults[f"override /{key}" if raw_key == key else f"/{key}"] = raw_value
             continue
         node = OmegaConf.select(dcfg, key)
