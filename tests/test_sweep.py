@@ -19,11 +19,11 @@ from rlexp import compose as rlexp_compose
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
 from rlexp.loops import DivergenceError, EpisodeInfo
-from rlexp.sweep import load, run_sweep
+from rlexp.sweep import load, preset, run_sweep
 from rlexp.sweep import study as st
 from rlexp.sweep.__main__ import main
 from rlexp.sweep.config import ParamSpec, format_value
-from rlexp.sweep.load import SWEEPS_DIR, param_override, sweep_names
+from rlexp.sweep.load import SWEEPS_DIR, default_params, param_override, sweep_names
 from rlexp.sweep.objective import (
     Objective,
     Pruned,
@@ -75,7 +75,8 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     assert s.cfg.base[-2:] == ["train.max_episodes=30", "algo.hidden=[16]"]
     keys = {p.key: p for p in s.params}
     assert "algo.batch_size" not in keys and keys["algo.lr"].high == 1e-2
-    assert s.cfg.trial_seeds(4) == [4001, 4002, 4003]
+    assert s.cfg.seed_stride == 0 and s.cfg.trial_seeds(4) == [1, 2, 3]  # dqn_cartpole: common seeds
+    assert load("dqn_cartpole", ["seeds=[1,2,3]", "seed_stride=1000"]).cfg.trial_seeds(4) == [4001, 4002, 4003]
     assert st.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
 
 
@@ -101,6 +102,12 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ('eval_overrides=["seed=3"]', "eval_overrides: 'seed=3': the fresh seeds are the sweep's"),
     ("eval_overrides=[nokey]", "eval_overrides='nokey' entries must be key=value overrides"),
     ('eval_overrides=["algo.lr=1e-3"]', "algo.lr is searched (space.algo.lr)"),
+    ("+groups.agent=[dqn]", "groups.agent: 'agent' is not a config group; choose among: algo, env"),
+    ("groups.algo=[double_dqn,dqn_tagret]", "groups.algo: 'dqn_tagret' is not an option of algo/"),
+    ("groups.algo=[]", "groups.algo=[] must list at least one option"),
+    ("groups.algo=[dqn,dqn]", "groups.algo=['dqn', 'dqn'] must not repeat an option"),
+    # every choice is composed with the space's bounds: DDPG has no epsilon-greedy exploration
+    ("groups.algo=[double_dqn,ddpg]", "Key 'exploration' not in 'DDPGConfig'"),
 ])
 def test_bad_definitions_are_refused_with_key_and_value(override, message):
     with pytest.raises(ConfigError) as e:
@@ -142,6 +149,38 @@ def test_param_specs_and_overrides():
     assert [format_value(v) for v in (None, True, 3, 1e-5)] == ["null", "true", "3", "1e-05"]
     cfg = compose_config(["algo=dqn", "algo.hidden=[16]", "algo.activation='tanh'", "algo.lr=1e-05"])
     assert (cfg.algo.hidden, cfg.algo.activation, cfg.algo.lr) == ([16], "tanh", 1e-5)
+
+
+def test_group_choices_are_searched_before_the_space():
+    s = load("dqn_cartpole")
+    algo = s.params[0]
+    assert (algo.key, algo.type, algo.choices) == ("algo", "categorical",
+                                                   ("double_dqn", "clipped_double_dqn", "dueling_dqn"))
+    assert param_override(algo, "dueling_dqn") == "algo=dueling_dqn"  # an option, unquoted
+    assert default_params(s)["algo"] == "double_dqn"  # the base's choice starts the study
+    # a trial's group choice wins over base's (later override), and the space's keys apply to it
+    cfg = compose_config([*s.cfg.base, "algo=dueling_dqn", "algo.tau=0.01"])
+    assert cfg.algo.name == "dueling_dqn" and cfg.algo.dueling and cfg.algo.tau == 0.01
+    # with no algo= in base, the default is the config's own choice
+    s2 = load("dqn_cartpole", ['base=["env=cartpole"]'])
+    assert default_params(s2)["algo"] == "double_dqn"
+    assert preset.build([*s.cfg.base, "algo=clipped_double_dqn", "algo.lr=0.001"])["defaults"][0] == \
+        {"override /algo": "clipped_double_dqn"}
+
+
+def test_a_group_choice_runs_labels_and_reaches_the_preset(tmp_path, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "groups.algo=[clipped_double_dqn]",
+                                  "train.max_episodes=4", "pruner.name=none"))
+    result = run_sweep(s)
+    (t,) = trials_of(tmp_path)
+    assert t.params["algo"] == "clipped_double_dqn" and t.user_attrs["overrides"][0] == "algo=clipped_double_dqn"
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("CartPole-v1").experiment_id],
+        filter_string="tags.sweep_role = 'seed'")
+    assert [r.info.run_name for r in runs] == ["clipped_double_dqn-CartPole-v1-0"]
+    assert runs[0].data.params["algo.clipped"] == "True"
+    assert result.preset is not None and "override /algo: clipped_double_dqn" in result.preset.read_text()
 
 
 # --------------------------------------------------------------------------- objective
@@ -291,7 +330,7 @@ def test_failed_trial_is_recorded_and_the_preset_reproduces_the_best(tmp_path, m
     assert trials[0].user_attrs["fail_reason"].startswith("DivergenceError: train/loss became nan")
     assert result.finished and result.tally["failed"] == 1 and result.tally["complete"] == 2
     # the seeds of trial k are fixed and recorded
-    assert [t.user_attrs["seeds"] for t in trials[1:]] == [[1000], [2000]]
+    assert [t.user_attrs["seeds"] for t in trials] == [[0], [0], [0]]  # seed_stride: 0
     best = min(trials[1:], key=lambda t: t.value)
     assert result.best_number == best.number and result.preset is not None
     text = result.preset.read_text()
