@@ -171,15 +171,19 @@ def test_group_choices_are_searched_before_the_space():
 def test_a_group_choice_runs_labels_and_reaches_the_preset(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
     s = load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "groups.algo=[clipped_double_dqn]",
-                                  "train.max_episodes=4", "pruner.name=none"))
+                                  "train.max_episodes=4", "pruner.name=none", "eval_seeds=1"))
     result = run_sweep(s)
     (t,) = trials_of(tmp_path)
     assert t.params["algo"] == "clipped_double_dqn" and t.user_attrs["overrides"][0] == "algo=clipped_double_dqn"
-    runs = MlflowClient(mlflow_uri).search_runs(
-        [MlflowClient(mlflow_uri).get_experiment_by_name("CartPole-v1").experiment_id],
-        filter_string="tags.sweep_role = 'seed'")
-    assert [r.info.run_name for r in runs] == ["clipped_double_dqn-CartPole-v1-0"]
-    assert runs[0].data.params["algo.clipped"] == "True"
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("CartPole-v1").experiment_id],
+                              filter_string="tags.sweep_role != 'study'")
+    # the trial's seed run and the re-evaluation are named and tagged by the algorithm they ran
+    named = sorted((r.data.tags["sweep_role"], r.info.run_name, r.data.tags["algo"]) for r in runs
+                   if r.data.tags["sweep_role"] != "trial")
+    assert named == [("eval", "clipped_double_dqn-CartPole-v1-1000000", "clipped_double_dqn"),
+                     ("seed", "clipped_double_dqn-CartPole-v1-0", "clipped_double_dqn")]
+    assert all(r.data.params["algo.clipped"] == "True" for r in runs if "algo.clipped" in r.data.params)
     assert result.preset is not None and "override /algo: clipped_double_dqn" in result.preset.read_text()
 
 

@@ -72,6 +72,11 @@ def unsolved_value(mean_return: float, threshold: float, budget: int, penalty: f
     return seed_value(None, budget, penalty, shortfall(mean_return, threshold))
 
 
+def algo_label(overrides: Sequence[str]) -> str | None:
+    """The ``algo=`` option these overrides end with (run names say ``double_dqn_seed``, not its name)."""
+    return next((ov.split("=", 1)[1] for ov in reversed(overrides) if override_key(ov) == "algo"), None)
+
+
 # --------------------------------------------------------------------------- running a trial
 class Pruned(RunInterrupted):
     """The pruner stopped the trial mid-run (the run ends KILLED, the trial PRUNED)."""
@@ -143,8 +148,7 @@ class Objective:
     def __init__(self, sweep: Sweep, parent_run_id: str | None, experiment: str | None) -> None:
         """``experiment``: the MLflow experiment of the trial runs; None: tracking is off."""
         self.sweep, self.parent_run_id, self.experiment = sweep, parent_run_id, experiment
-        self.label = next((ov.split("=", 1)[1] for ov in reversed(sweep.cfg.base)
-                           if override_key(ov) == "algo"), None)
+        self.label = algo_label(sweep.cfg.base)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.sweep.cfg
@@ -153,8 +157,8 @@ class Objective:
             trial.study.stop()
             raise Surplus(f"n_trials={cfg.n_trials} already reached or in flight; trial not needed")
         params = {p.key: suggest(trial, p) for p in self.sweep.params}
-        label = params.get("algo", self.label)  # the space may choose the algorithm
         overrides = [param_override(p, params[p.key]) for p in self.sweep.params]
+        label = algo_label([*cfg.base, *overrides])  # groups: may choose the algorithm
         seeds = cfg.trial_seeds(trial.number)
         trial.set_user_attr("seeds", seeds)
         trial.set_user_attr("overrides", overrides)

@@ -34,7 +34,7 @@ from rlexp.config import ConfigError
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, default_params
-from rlexp.sweep.objective import Objective, describe_trial
+from rlexp.sweep.objective import Objective, algo_label, describe_trial
 from rlexp.train import experiment_name
 
 OUTPUTS = Path("outputs") / "sweeps"
@@ -396,7 +396,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
         _log_artifacts(result.parent_run_id, artifacts)
         return
     overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *cfg.eval_overrides]
-    label = Objective(sweep, None, None).label
+    label = algo_label(overrides)
     if cfg.eval_seeds:
         fresh = cfg.fresh_seeds()
         used = {s for t in trials for s in t.user_attrs.get("seeds", [])}
