@@ -37,7 +37,7 @@ def test_two_machines_three_workers_share_one_study(tmp_path, kind):
     study_name = f"pg-{uuid.uuid4().hex[:8]}"
     n = 6
     common = [PYTHON, "-m", "rlexp.sweep", "sweep=dqn_cartpole", f"storage={url}", f"study_name={study_name}",
-              f"n_trials={n}", "seeds=[0]", "train.max_episodes=16", "algo.hidden=[16]", "algo.learning_starts=50",
+              f"n_trials={n}", "seeds=[0]", "seed_stride=1000", "train.max_episodes=16", "algo.hidden=[16]", "algo.learning_starts=50",
               "pruner.report_every=4", "pruner.args={n_startup_trials:2,n_warmup_steps:4}", "eval_seeds=1",
               f"preset_dir={tmp_path / 'presets'}", "heartbeat_interval=2"]
     env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
