@@ -68,6 +68,11 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+def group_names() -> list[str]:
+    """The config groups: the folders of ``conf/``."""
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
 def is_group(key: str) -> bool:
     """Whether ``key`` names a config group (``algo``, ``env``, ...) rather than a value."""
     return "." not in key and (CONF_DIR / key).is_dir()
@@ -75,14 +80,18 @@ def is_group(key: str) -> bool:
 
 def _check_group_choice(key: str, value: str) -> None:
     group = key.lstrip("+~")
-    if (CONF_DIR / group).is_dir() and "." not in group:
+    if is_group(group):
         options = group_options(group)
         if value not in options:
             raise ConfigError(f"{group}={value!r} is not an option of {group}/; choose one of: {', '.join(options)}")
 
 
-def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (no working-dir change, no logging)."""
+def compose_dict(overrides: Sequence[str] = (), config_name: str = "config",
+                 return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (no working-dir change, no logging).
+
+    ``return_hydra_config``: keep the ``hydra`` node (e.g. ``hydra.runtime.choices``).
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -96,12 +105,14 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
     was_initialized = gh.is_initialized()
     if was_initialized:  # inside a Hydra app (a sweep job): compose without re-initializing
         try:
-            return compose(config_name=config_name, overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides),
+                           return_hydra_config=return_hydra_config)
         except Exception as e:
             raise ConfigError(name_override(one_line(e), overrides)) from None
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides),
+                           return_hydra_config=return_hydra_config)
     except ConfigError:
         raise
     except Exception as e:
@@ -110,16 +121,8 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config") -> 
 
 def group_choices(overrides: Sequence[str] = ()) -> dict[str, str]:
     """The option each config group gets with these overrides (``{'algo': 'double_dqn', ...}``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    compose_dict(overrides)  # the checks, with their one-line errors
-    if GlobalHydra.instance().is_initialized():
-        dcfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            dcfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    return {k: v for k, v in dcfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    choices = compose_dict(overrides, return_hydra_config=True).hydra.runtime.choices
+    return {k: v for k, v in choices.items() if not k.startswith("hydra/") and v is not None}
 
 
 def compose_config(overrides: Sequence[str] = ()) -> Config:

@@ -18,10 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlexp.compose import (
-    CONF_DIR,
     compose_config,
     compose_dict,
     group_choices,
+    group_names,
     group_options,
     is_group,
     name_override,
@@ -113,7 +113,7 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     register_sweep_schema()
     conf_dir, name = _locate(sweep)
     sweep_ovs, rlexp_ovs = split_overrides(overrides)
-    known = set(Config.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    known = set(Config.__dataclass_fields__) | set(group_names())
     for ov in rlexp_ovs:
         top = override_key(ov).split(".", 1)[0]
         if top not in known:
@@ -201,7 +201,7 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
         if p.key in cfg.groups:  # a group's option, e.g. which member of the DQN family
             if not is_group(p.key):
                 raise ConfigError(f"groups.{p.key}: {p.key!r} is not a config group; choose among: "
-                                  f"{', '.join(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir()))}")
+                                  f"{', '.join(group_names())}")
             options = group_options(p.key)
             for c in p.choices:
                 if c not in options:

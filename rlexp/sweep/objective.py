@@ -148,7 +148,6 @@ class Objective:
     def __init__(self, sweep: Sweep, parent_run_id: str | None, experiment: str | None) -> None:
         """``experiment``: the MLflow experiment of the trial runs; None: tracking is off."""
         self.sweep, self.parent_run_id, self.experiment = sweep, parent_run_id, experiment
-        self.label = algo_label(sweep.cfg.base)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.sweep.cfg
