@@ -2,10 +2,14 @@
 
     python -m benchmarks.bench_sweep sweep=dqn_cartpole workers=2                  # full size (~2 h on 2 cores)
     python -m benchmarks.bench_sweep sweep=dqn_cartpole n_trials=4 seeds=[1] train.max_episodes=30
+    python -m benchmarks.bench_sweep sweep=dqn_cartpole workers=2 \
+        baseline=outputs/bench_sweep/2026-11-22-003145/optuna.db:bench-dqn_cartpole-unpruned-2026-11-22-003145
 
 Both runs use the same definition and sampler seed, each in a fresh study (storage under
 ``outputs/bench_sweep/<stamp>/``), one with the definition's pruner and one with
-``pruner.name=none``. Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
+``pruner.name=none``. ``baseline=DB:STUDY`` takes the no-pruner half from an earlier run's study
+instead of running it again (only the pruner changed since: the definition, which holds what
+makes trial values comparable, must match; its re-evaluation is not repeated). Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
 seeds, and so is the default configuration (the base overrides alone). The Markdown table
 (trials complete/pruned/failed, total env steps, wall time, best value, env-steps saving,
 re-evaluations) is printed and written with date, command and versions to
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlexp.sweep import evaluate, load, run_sweep
 
     name = next(a for a in args if a.startswith("sweep=")).split("=", 1)[1]
-    overrides = [a for a in args if not a.startswith("sweep=")]
+    baseline = next((a.split("=", 1)[1] for a in args if a.startswith("baseline=")), None)
+    overrides = [a for a in args if not a.startswith(("sweep=", "baseline="))]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M%S")
     work = Path("outputs") / "bench_sweep" / stamp
     work.mkdir(parents=True, exist_ok=True)
@@ -120,10 +125,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
         write()
-    print(f"bench_sweep: no pruner: study {runs['no pruner'].study_name}", file=sys.stderr, flush=True)
-    results["no pruner"] = run_sweep(runs["no pruner"])
+    if baseline is not None:
+        try:
+            results["no pruner"] = from_baseline(baseline, runs["no pruner"])
+        except ValueError as e:
+            print(f"bench_sweep: error: baseline={baseline}: {e}", file=sys.stderr)
+            return 2
+    else:
+        print(f"bench_sweep: no pruner: study {runs['no pruner'].study_name}", file=sys.stderr, flush=True)
+        results["no pruner"] = run_sweep(runs["no pruner"])
     write()
     return 0
+
+
+def from_baseline(spec: str, sweep: Any) -> Any:
+    """The no-pruner half from an earlier study ``DB:STUDY``: its tally, env steps, wall time
+    (first trial start to last trial end) and best trial; checked against ``sweep``'s definition."""
+    import optuna
+
+    from rlexp.sweep.runner import SweepResult, definition
+    from rlexp.sweep.study import best, tally
+
+    db, sep, study_name = spec.rpartition(":")
+    if not sep or not db or not study_name or not Path(db).is_file():
+        raise ValueError("expected an existing SQLite file and a study name, DB:STUDY")
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    have, want = study.user_attrs.get("definition", {}), definition(sweep)
+    for key in ("base", "seeds", "seed_stride", "objective", "space"):
+        if have.get(key) != want[key]:
+            raise ValueError(f"its {key} {have.get(key)!r} is not this sweep's {want[key]!r}")
+    if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
+        raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == optuna.trial.TrialState.PRUNED for t in trials):
+        raise ValueError("it has pruned trials: not a run without a pruner")
+    times = [t for t in trials if t.datetime_start and t.datetime_complete]
+    wall = (max(t.datetime_complete for t in times) - min(t.datetime_start for t in times)).total_seconds() if times else 0.0
+    b = best(trials)
+    return SweepResult(study_name, spec, sweep.cfg.n_trials, tally(trials),
+                       sum(int(t.user_attrs.get("env_steps", 0)) for t in trials), wall,
+                       b.number if b else None, b.value if b else None)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,20 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     text = out.read_text()
     assert "| pruner | median |" in text and "| no pruner | none |" in text
     assert "| default config |" in text and "Env steps saved by pruning:" in text
+    # the no-pruner half taken from that run's study: the same figures, nothing run again
+    (work,) = (tmp_path / "outputs" / "bench_sweep").iterdir()
+    unpruned = f"{work / 'optuna.db'}:bench-dqn_cartpole-unpruned-{work.name}"
+    out.unlink()
+    tiny = ["sweep=dqn_cartpole", "n_trials=2", "seeds=[1]", "eval_seeds=0", "train.max_episodes=3",
+            "algo.hidden=[8]", "algo.learning_starts=10"]
+    assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
+    (out2,) = (tmp_path / "results").glob("sweep-*.md")
+    row = next(line for line in text.splitlines() if line.startswith("| no pruner |"))
+    assert row.split("|")[3:7] == next(line for line in out2.read_text().splitlines()
+                                       if line.startswith("| no pruner |")).split("|")[3:7]
+    # a baseline from another definition is refused
+    assert bench_sweep.main([*tiny, "train.max_episodes=4", f"baseline={unpruned}"]) == 2
+    assert "its base" in capsys.readouterr().err
 
 
 def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -19,6 +20,7 @@ from rlexp import compose as rlexp_compose
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
 from rlexp.loops import DivergenceError, EpisodeInfo
+from rlexp.metrics import episodes_to_solve
 from rlexp.sweep import load, preset, run_sweep
 from rlexp.sweep import study as st
 from rlexp.sweep.__main__ import main
@@ -29,8 +31,10 @@ from rlexp.sweep.objective import (
     Pruned,
     Reporter,
     aggregate,
+    earliest_solve,
     grid,
     report_step,
+    seed_bound,
     seed_value,
     shortfall,
 )
@@ -224,13 +228,82 @@ def test_reporter_reports_the_censored_estimate_and_prunes():
     assert reports == [(145.0, 125)]
     rep(_info(50, 250.0, solved=50))
     assert reports[-1] == (45.0, 150)  # solved at 50: mean(40, 50)
-    assert rep.fill(45.0) == 200 and reports[-2:] == [(45.0, 175), (45.0, 200)]
+    assert rep.fill(50.0) == 200 and reports[-2:] == [(45.0, 175), (45.0, 200)]
     prune["now"] = True
     rep2 = Reporter(lambda v, s: None, lambda: prune["now"], 0, 100, 25, 500.0, 100.0, "mean")
     with pytest.raises(Pruned, match="pruned at step 25") as e:
         for ep in range(1, 30):
             rep2(_info(ep, 10.0))
     assert isinstance(e.value, RunInterrupted) and rep2.env_steps == 250
+
+
+def test_unstarted_seeds_count_as_the_worst_so_values_only_fall_as_a_trial_goes_on():
+    # Optuna's pruners judge a trial by its best value so far: a new seed must not look better
+    reports: list[tuple[float, int]] = []
+    worst = 100 + 100 * 2.0
+    r0 = Reporter(lambda v, s: reports.append((v, s)), lambda: False, index=0, budget=100, every=50,
+                  threshold=500.0, penalty=100.0, how="mean", seeds=3, window=10)
+    r0(_info(50, 250.0))
+    assert reports[-1] == (pytest.approx((250.0 + 2 * worst) / 3), 50)  # 100 + 100 * 1.5 = 250
+    r0(_info(80, 500.0, solved=80))
+    assert r0.fill(80.0) == 100 and reports[-1] == (pytest.approx((80 + 2 * worst) / 3), 100)
+    r1 = Reporter(lambda v, s: reports.append((v, s)), lambda: False, 1, 100, 50, 500.0, 100.0, "mean",
+                  [80.0], seeds=3, window=10)
+    r1(_info(50, 0.0))  # the second seed has learned nothing yet: its budget-end value is the worst
+    assert reports[-1] == (pytest.approx((80 + 2 * worst) / 3), 150)
+    assert [v for v, _ in reports] == sorted((v for v, _ in reports), reverse=True)
+
+
+def test_earliest_solve_and_the_seed_bound_by_hand():
+    # window 4, threshold 10, every later episode at most 10: the oldest returns leave first
+    assert earliest_solve([0, 0, 0, 0], 4, 20, 4, 10.0, 10.0) == 8
+    assert earliest_solve([0, 10, 10, 10], 4, 20, 4, 10.0, 10.0) == 5  # the 0 leaves next episode
+    assert earliest_solve([10, 10, 10, 0], 4, 20, 4, 10.0, 10.0) == 8  # the 0 is the newest
+    assert earliest_solve([10, 10], 2, 20, 4, 10.0, 10.0) == 4  # a full window first
+    assert earliest_solve([9, 9], 2, 20, 4, 10.0, 10.0) == 6  # both 9s must leave
+    assert earliest_solve([0, 0, 0, 0], 4, 6, 4, 10.0, 10.0) is None
+    # too late to solve by the budget (6): censored, with the best mean the last 2 episodes allow
+    assert seed_bound([0, 0, 0, 0], 4, 6, 4, 10.0, 6.0, 10.0) == 6 + 6 * (1 + (10 - 5) / 10)
+    assert seed_bound([0, 10, 10, 10], 4, 20, 4, 10.0, 20.0, 10.0) == 5.0
+    # without max_return: at the next episode, never before a full window, censored past the budget
+    assert seed_bound([0, 0], 2, 20, 4, 10.0, 20.0, None) == 4.0
+    assert seed_bound([0] * 5, 5, 20, 4, 10.0, 20.0, None) == 6.0
+    assert seed_bound([0, 0], 2, 3, 4, 10.0, 3.0, None) == 3 + 3 * 1.0
+    assert seed_bound([0, 0, 5, 5], 4, 4, 4, 10.0, 4.0, 10.0) == 4 + 4 * 1.75  # budget spent: exact
+
+
+def test_the_seed_bound_never_exceeds_the_value_the_seed_ends_with():
+    rng = np.random.default_rng(0)
+    budget, window, thr, pen = 60, 10, 8.0, 60.0
+    for _ in range(200):
+        # climbing noisy returns in [0, 10]: some seeds solve, some nearly, some never
+        rets = list(np.clip(rng.normal(rng.uniform(0.02, 0.3) * np.arange(budget), 2.0), 0, 10))
+        final = episodes_to_solve(rets, window, thr)
+        value = (float(final) if final is not None
+                 else seed_value(None, budget, pen, shortfall(float(np.mean(rets[-window:])), thr)))
+        end = final or budget
+        for t in range(1, end):
+            for mx in (10.0, None):
+                assert seed_bound(rets[:t], t, budget, window, thr, pen, mx) <= value + 1e-9
+
+
+def test_a_trial_that_can_no_longer_beat_the_best_is_pruned():
+    reports: list[tuple[float, int]] = []
+    # seed 0 solved at 40; seed 1 has its window at 0 after 30 episodes: with returns <= 500 it
+    # solves at 30 + 95 = 125 at best, and the last seed at 100: mean >= (40 + 125 + 100) / 3
+    rep = Reporter(lambda v, s: reports.append((v, s)), lambda: False, 1, 300, 10, 475.0, 300.0, "mean",
+                   [40.0], seeds=3, window=100, best=lambda: 88.0, max_return=500.0)
+    for ep in range(1, 30):
+        rep(EpisodeInfo(ep, 0.0, 10, ep * 10, 0.0, None))
+    with pytest.raises(Pruned, match=r"can no longer beat the best trial's 88.0 \(lower bound 88.3\)"):
+        rep(EpisodeInfo(30, 0.0, 10, 300, 0.0, None))
+    assert reports[-1][1] == 330  # reported, then stopped
+    # the same trial against a best it could still beat goes on; with no complete trial, too
+    for best in (lambda: 88.4, lambda: None):
+        ok = Reporter(lambda v, s: None, lambda: False, 1, 300, 10, 475.0, 300.0, "mean", [40.0], seeds=3,
+                      window=100, best=best, max_return=500.0)
+        for ep in range(1, 31):
+            ok(EpisodeInfo(ep, 0.0, 10, ep * 10, 0.0, None))
 
 
 def test_seed_result_censors_on_the_last_window():
@@ -286,6 +359,22 @@ def test_a_new_study_starts_from_the_default_config(tmp_path):
     run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "tracking.enabled=false", "eval_seeds=0",
                                         "train.max_episodes=4")))  # adding trials enqueues nothing
     assert [t.user_attrs.get("start") for t in trials_of(tmp_path)] == ["default", None, None]
+
+
+def test_the_bound_prunes_a_real_trial_that_can_no_longer_beat_the_best(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "tracking.enabled=false")))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # a complete trial at 20: with 12 episodes and a window of 100 no seed can solve, so every
+    # trial here ends >= 12 + 12 (censored, shortfall >= 0) and cannot beat it
+    optuna.load_study(study_name="dqn_cartpole", storage=storage).add_trial(create_trial(value=20.0))
+    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "tracking.enabled=false")))
+    t = trials_of(tmp_path)[2]
+    assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4
+    assert trials_of(tmp_path)[0].value > 24  # the median pruner had nothing to do with it
+    # no pruner, no bound
+    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=4", "tracking.enabled=false", "pruner.name=none")))
+    assert trials_of(tmp_path)[3].state == TrialState.COMPLETE
 
 
 def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, mlflow_uri):

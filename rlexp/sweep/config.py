@@ -162,6 +162,10 @@ class PrunerConfig:
     name: str = "median"  # median | percentile | successive_halving | hyperband | threshold | none
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner class
     report_every: int = 25  # episodes between intermediate values (and pruning checks)
+    # also stop a trial whose lower bound is above the best complete value (it can no longer
+    # win; see rlexp.sweep.objective); off with pruner.name=none
+    bound: bool = True
+    max_return: float | None = None  # the most one episode can return: tightens that bound
 
     def __post_init__(self) -> None:
         _choice("pruner.name", self.name, PRUNERS)

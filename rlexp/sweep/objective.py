@@ -12,17 +12,27 @@ is the mean (or median) over its seeds, so a configuration solving no seed never
 solving them all.
 
 Pruning: every ``pruner.report_every`` episodes of seed i the trial reports, at step
-``i * B + episode``, the aggregate of its finished seeds and the current seed's value *if its
-budget ended now*; when a seed ends early (solved), its final value fills the remaining steps of
-its slot. So at any step every trial that got there has a value from the same seed index and
-episode, and the pruner compares like with like. A pruned run ends KILLED (a
-:class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or crashing trial ends FAILED
-with ``fail_reason``, and the sweep goes on.
+``i * B + episode``, the aggregate of its finished seeds, the current seed's value *if its budget
+ended now*, and the worst value ``B + 2P`` for each seed not yet run; when a seed ends early
+(solved), its final value fills the remaining steps of its slot. So at any step every trial that
+got there has a value from the same seed index and episode (the pruner compares like with like),
+and a trial's values only go down as it learns and finishes seeds: Optuna's pruners judge a trial
+by its best value so far, which with a fresh seed counted as "solved at once" or left out would
+stay at its first seed's value for good and never let a mediocre trial be pruned after that.
+
+Besides the Optuna pruner, ``pruner.bound`` stops a trial that can no longer win: its lower
+bound (finished seeds as they are, the current seed solving at the earliest episode it still
+could, if every later episode returned ``pruner.max_return``, or at the next episode when that
+is unknown, and each seed not yet run solving at episode ``solve.window``) is above the best
+complete trial's value. That stop is safe: the trial's final value could not have beaten the best.
+A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
+crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +82,50 @@ def unsolved_value(mean_return: float, threshold: float, budget: int, penalty: f
     return seed_value(None, budget, penalty, shortfall(mean_return, threshold))
 
 
+def earliest_solve(recent: Sequence[float], episode: int, budget: int, window: int, threshold: float,
+                   max_return: float) -> int | None:
+    """The first episode after ``episode`` at which a seed could still be solved, every later
+    episode returning ``max_return``; None if not within ``budget``. ``recent``: the last returns
+    (at least the last ``window`` of them, or all if fewer)."""
+    tail = list(recent)[-window:]
+    for e in range(max(episode + 1, window), budget + 1):
+        k = e - episode  # episodes still to come, each at max_return
+        keep = tail[max(0, len(tail) - (window - k)):] if window > k else []
+        if (sum(keep) + min(k, window) * max_return) / window >= threshold - 1e-9:
+            return e
+    return None
+
+
+def seed_bound(recent: Sequence[float], episode: int, budget: int, window: int, threshold: float,
+               penalty: float, max_return: float | None) -> float:
+    """A lower bound on the final value of an unsolved seed after ``episode`` episodes.
+
+    With ``max_return`` unknown: solved at the next episode at best (and never before a full
+    window). With it: solved at :func:`earliest_solve`, or, if that is past the budget, censored
+    with the smallest shortfall the remaining episodes could still leave.
+    """
+    tail = list(recent)[-window:]
+    if episode >= budget:  # the budget is spent: the value is known
+        return unsolved_value(sum(tail) / len(tail) if tail else float("-inf"), threshold, budget, penalty)
+    if max_return is None:
+        first = max(episode + 1, window)
+        return float(first) if first <= budget else seed_value(None, budget, penalty, 0.0)
+    e = earliest_solve(tail, episode, budget, window, threshold, max_return)
+    if e is not None:
+        return float(e)
+    n, k = min(window, budget), budget - episode
+    keep = tail[max(0, len(tail) - (n - k)):] if n > k else []
+    return unsolved_value((sum(keep) + min(k, n) * max_return) / n, threshold, budget, penalty)
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The best complete trial's value, None before the first one."""
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
 def algo_label(overrides: Sequence[str]) -> str | None:
     """The ``algo=`` option these overrides end with (run names say ``double_dqn_seed``, not its name)."""
     return next((ov.split("=", 1)[1] for ov in reversed(overrides) if override_key(ov) == "algo"), None)
@@ -108,26 +162,65 @@ class Reporter:
     penalty: float
     how: str
     finished: list[float] = field(default_factory=list)  # the values of the trial's earlier seeds
+    seeds: int = 0  # seeds in the trial (0: this one and the finished ones)
+    window: int = 100  # solve.window
+    best: Callable[[], float | None] | None = None  # the best complete value; None: no bound
+    max_return: float | None = None  # the most an episode can return (tightens the bound)
     last_episode: int = 0  # last episode reported
     last_step: int = 0  # last step reported
     env_steps: int = 0  # env steps at the last finished episode
+    recent: deque[float] = field(default_factory=deque)  # the last ``window`` returns
+
+    def __post_init__(self) -> None:
+        self.recent = deque(self.recent, maxlen=self.window)
+
+    @property
+    def worst(self) -> float:
+        """A seed not yet run counts as the worst an unsolved seed scores."""
+        return seed_value(None, self.budget, self.penalty, 1.0)
+
+    def _later(self) -> int:
+        return max(0, self.seeds - self.index - 1)
+
+    def estimate(self, current: float) -> float:
+        """The trial's reported value: finished seeds, this one's ``current``, the rest at worst."""
+        return aggregate([*self.finished, current, *[self.worst] * self._later()], self.how)
+
+    def bound(self, current: float) -> float:
+        """A lower bound on the trial's value, this seed's being at least ``current``."""
+        return aggregate([*self.finished, current, *[float(self.window)] * self._later()], self.how)
 
     def __call__(self, info: EpisodeInfo) -> None:
         self.env_steps = info.env_step
+        self.recent.append(info.ret)
         if info.episode % self.every and info.episode != self.budget:
             return
-        cur = (float(info.solved_at) if info.solved_at is not None
-               else unsolved_value(info.rolling_mean, self.threshold, self.budget, self.penalty))
+        if info.solved_at is not None:
+            cur = low = float(info.solved_at)
+        else:
+            cur = unsolved_value(info.rolling_mean, self.threshold, self.budget, self.penalty)
+            low = seed_bound(self.recent, info.episode, self.budget, self.window, self.threshold,
+                             self.penalty, self.max_return)
         step = report_step(self.index, info.episode, self.budget)
-        self.report(aggregate([*self.finished, cur], self.how), step)
+        self.report(self.estimate(cur), step)
         self.last_episode, self.last_step = info.episode, step
+        where = f"step {step} (seed index {self.index}, episode {info.episode})"
+        self.check_bound(self.bound(low), where)
         if self.should_prune():
-            raise Pruned(f"pruned at step {step} (seed index {self.index}, episode {info.episode})")
+            raise Pruned(f"pruned at {where}")
+
+    def check_bound(self, low: float, where: str) -> None:
+        """Prune (as :class:`Pruned`) if the lower bound ``low`` cannot beat the best trial."""
+        best = self.best() if self.best is not None else None
+        if best is not None and low > best + 1e-9:
+            raise Pruned(f"pruned at {where}: its value can no longer beat the best trial's "
+                         f"{best:.1f} (lower bound {low:.1f})")
 
     def fill(self, value: float) -> int:
-        """Report the seed's final running value at the rest of its slot; returns the last step."""
+        """Report the trial's value with this seed finished at ``value`` at the rest of its slot;
+        returns the last step."""
         for ep in grid(self.every, self.budget, self.last_episode):
-            self.report(value, report_step(self.index, ep, self.budget))
+            self.report(self.estimate(value), report_step(self.index, ep, self.budget))
         return report_step(self.index, self.budget, self.budget)
 
 
@@ -192,13 +285,15 @@ class Objective:
         cfg = self.sweep.cfg
         study = self.sweep.study_name
         values: list[float] = []
+        best = (lambda: best_value(trial.study)) if cfg.pruner.bound and cfg.pruner.name != "none" else None
         for i, seed in enumerate(seeds):
             rcfg = compose_config([*cfg.base, *overrides, f"seed={seed}"])
             budget = rcfg.train.max_episodes
             penalty = float(cfg.objective.penalty if cfg.objective.penalty is not None else budget)
             rep = Reporter(trial.report, trial.should_prune, i, budget, cfg.pruner.report_every,
                            solve_threshold(rcfg, check_compatible(rcfg)), penalty, cfg.objective.aggregate,
-                           list(values))
+                           list(values), seeds=len(seeds), window=rcfg.solve.window,
+                           best=best, max_return=cfg.pruner.max_return)
             state.reporter = rep
             result = run(rcfg, label=label, group=f"{study}/trial-{trial.number}",
                          tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
@@ -212,9 +307,12 @@ class Objective:
             trial.set_user_attr("episodes_to_solve", state.solved)
             if state.mlflow:
                 state.mlflow.seed_done(i, v, result.episodes_to_solve, result.env_steps)
-            state.last_step = rep.fill(aggregate(values, cfg.objective.aggregate))
-            if i + 1 < len(seeds) and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {state.last_step} (after seed index {i})")
+            state.last_step = rep.fill(v)
+            if i + 1 < len(seeds):
+                where = f"step {state.last_step} (after seed index {i})"
+                rep.check_bound(rep.bound(v), where)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at {where}")
         return aggregate(values, cfg.objective.aggregate)
 
     @staticmethod

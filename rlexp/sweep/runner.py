@@ -185,7 +185,8 @@ def definition(sweep: Sweep) -> dict[str, Any]:
     """What makes trial values comparable; stored on the study and checked on every resume."""
     c = sweep.cfg
     return {"base": list(c.base), "seeds": list(c.seeds), "seed_stride": c.seed_stride,
-            "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space}
+            "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space,
+            "groups": c.groups}
 
 
 def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
@@ -199,7 +200,7 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
             raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study "
                               f"{sweep.study_name!r} was created: its values would not be comparable; "
                               "use another study_name (or the original settings)")
-    if have.get("space") != want["space"]:
+    if have.get("space") != want["space"] or have.get("groups", {}) != want["groups"]:
         print(f"[{sweep.study_name}] note: the search space differs from the study's first run",
               file=sys.stderr)
 
