@@ -363,18 +363,23 @@ def test_a_new_study_starts_from_the_default_config(tmp_path):
 
 def test_the_bound_prunes_a_real_trial_that_can_no_longer_beat_the_best(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=1", "tracking.enabled=false")))
+
+    def sweep(n: int, *extra: str) -> None:  # the median pruner waits for 3 complete trials, the bound too
+        run_sweep(load("dqn_cartpole", tiny(tmp_path, f"n_trials={n}", "tracking.enabled=false",
+                                            "pruner.args.n_startup_trials=3", *extra)))
+
+    sweep(1)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     # a complete trial at 20: with 12 episodes and a window of 100 no seed can solve, so every
     # trial here ends >= 12 + 12 (censored, shortfall >= 0) and cannot beat it
     optuna.load_study(study_name="dqn_cartpole", storage=storage).add_trial(create_trial(value=20.0))
-    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "tracking.enabled=false")))
-    t = trials_of(tmp_path)[2]
+    sweep(3)  # 2 complete trials: too early to prune, even a trial that cannot win
+    assert trials_of(tmp_path)[2].state == TrialState.COMPLETE and trials_of(tmp_path)[2].value > 24
+    sweep(4)
+    t = trials_of(tmp_path)[3]
     assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4
-    assert trials_of(tmp_path)[0].value > 24  # the median pruner had nothing to do with it
-    # no pruner, no bound
-    run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=4", "tracking.enabled=false", "pruner.name=none")))
-    assert trials_of(tmp_path)[3].state == TrialState.COMPLETE
+    sweep(5, "pruner.name=none")  # no pruner, no bound
+    assert trials_of(tmp_path)[4].state == TrialState.COMPLETE
 
 
 def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, mlflow_uri):

@@ -163,7 +163,8 @@ class PrunerConfig:
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner class
     report_every: int = 25  # episodes between intermediate values (and pruning checks)
     # also stop a trial whose lower bound is above the best complete value (it can no longer
-    # win; see rlexp.sweep.objective); off with pruner.name=none
+    # win; see rlexp.sweep.objective) once args.n_startup_trials trials are complete; off with
+    # pruner.name=none
     bound: bool = True
     max_return: float | None = None  # the most one episode can return: tightens that bound
 

@@ -25,6 +25,9 @@ bound (finished seeds as they are, the current seed solving at the earliest epis
 could, if every later episode returned ``pruner.max_return``, or at the next episode when that
 is unknown, and each seed not yet run solving at episode ``solve.window``) is above the best
 complete trial's value. That stop is safe: the trial's final value could not have beaten the best.
+Like the pruner, it waits for ``pruner.args.n_startup_trials`` complete trials: a sampler such as
+TPE learns from complete trials only (pruned ones all rank below them), so pruning the first
+trials starves it.
 A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
 crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
 """
@@ -118,12 +121,11 @@ def seed_bound(recent: Sequence[float], episode: int, budget: int, window: int, 
     return unsolved_value((sum(keep) + min(k, n) * max_return) / n, threshold, budget, penalty)
 
 
-def best_value(study: optuna.Study) -> float | None:
-    """The best complete trial's value, None before the first one."""
-    try:
-        return float(study.best_value)
-    except ValueError:
-        return None
+def best_value(study: optuna.Study, startup: int = 0) -> float | None:
+    """The best complete trial's value; None until ``max(startup, 1)`` trials are complete."""
+    complete = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.value is not None]
+    return min(complete) if complete and len(complete) >= startup else None
 
 
 def algo_label(overrides: Sequence[str]) -> str | None:
@@ -285,7 +287,9 @@ class Objective:
         cfg = self.sweep.cfg
         study = self.sweep.study_name
         values: list[float] = []
-        best = (lambda: best_value(trial.study)) if cfg.pruner.bound and cfg.pruner.name != "none" else None
+        startup = int(cfg.pruner.args.get("n_startup_trials", 0))  # the bound waits for them too
+        best = ((lambda: best_value(trial.study, startup)) if cfg.pruner.bound and cfg.pruner.name != "none"
+                else None)
         for i, seed in enumerate(seeds):
             rcfg = compose_config([*cfg.base, *overrides, f"seed={seed}"])
             budget = rcfg.train.max_episodes
