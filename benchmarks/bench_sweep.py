@@ -141,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
 def from_baseline(spec: str, sweep: Any) -> Any:
     """The no-pruner half from an earlier study ``DB:STUDY``: its tally, env steps, wall time
     (first trial start to last trial end) and best trial; checked against ``sweep``'s definition."""
+    import dataclasses
+
     import optuna
 
-    from rlexp.sweep.runner import SweepResult, definition
-    from rlexp.sweep.study import best, tally
+    from rlexp.sweep.runner import COMPARABLE, definition, summarize
 
     db, sep, study_name = spec.rpartition(":")
     if not sep or not db or not study_name or not Path(db).is_file():
         raise ValueError("expected an existing SQLite file and a study name, DB:STUDY")
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
     have, want = study.user_attrs.get("definition", {}), definition(sweep)
-    for key in ("base", "seeds", "seed_stride", "objective", "space"):
+    for key in (*COMPARABLE, "space"):
         if have.get(key) != want[key]:
             raise ValueError(f"its {key} {have.get(key)!r} is not this sweep's {want[key]!r}")
     if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
@@ -161,10 +162,7 @@ def from_baseline(spec: str, sweep: Any) -> Any:
         raise ValueError("it has pruned trials: not a run without a pruner")
     times = [t for t in trials if t.datetime_start and t.datetime_complete]
     wall = (max(t.datetime_complete for t in times) - min(t.datetime_start for t in times)).total_seconds() if times else 0.0
-    b = best(trials)
-    return SweepResult(study_name, spec, sweep.cfg.n_trials, tally(trials),
-                       sum(int(t.user_attrs.get("env_steps", 0)) for t in trials), wall,
-                       b.number if b else None, b.value if b else None)
+    return dataclasses.replace(summarize(study, sweep, wall), storage=spec)
 
 
 if __name__ == "__main__":

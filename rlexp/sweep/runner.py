@@ -181,6 +181,10 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
 
 
 # --------------------------------------------------------------------------- the command
+# the definition's keys a study's trial values depend on: a resume must not change them
+COMPARABLE = ("base", "seeds", "seed_stride", "objective")
+
+
 def definition(sweep: Sweep) -> dict[str, Any]:
     """What makes trial values comparable; stored on the study and checked on every resume."""
     c = sweep.cfg
@@ -195,7 +199,7 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
     if have is None:
         study.set_user_attr("definition", want)
         return
-    for key in ("base", "seeds", "seed_stride", "objective"):
+    for key in COMPARABLE:
         if have.get(key) != want[key]:
             raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study "
                               f"{sweep.study_name!r} was created: its values would not be comparable; "
@@ -290,7 +294,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
 def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepResult:
     trials = study.get_trials(deepcopy=False)
     b = st.best(trials)
-    return SweepResult(sweep.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
+    return SweepResult(study.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
                        st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials),
                        wall_time_s, b.number if b else None, b.value if b else None,
                        list(b.user_attrs.get("overrides", [])) if b else [])
