@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
         print(f"\nbench_sweep: written {out}", file=sys.stderr)
 
+    if baseline is not None:  # checked before any work: a wrong study is refused at once
+        try:
+            results["no pruner"] = from_baseline(baseline, runs["no pruner"])
+        except ValueError as e:
+            print(f"bench_sweep: error: baseline={baseline}: {e}", file=sys.stderr)
+            return 2
     # the pruned sweep and both re-evaluations first: its table is useful even if the run is stopped
     print(f"bench_sweep: pruner: study {runs['pruner'].study_name}", file=sys.stderr, flush=True)
     results["pruner"] = run_sweep(runs["pruner"])
@@ -125,16 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
         write()
-    if baseline is not None:
-        try:
-            results["no pruner"] = from_baseline(baseline, runs["no pruner"])
-        except ValueError as e:
-            print(f"bench_sweep: error: baseline={baseline}: {e}", file=sys.stderr)
-            return 2
-    else:
+    if baseline is None:
         print(f"bench_sweep: no pruner: study {runs['no pruner'].study_name}", file=sys.stderr, flush=True)
         results["no pruner"] = run_sweep(runs["no pruner"])
-    write()
+        write()
     return 0
 
 
