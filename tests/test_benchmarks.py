@@ -53,6 +53,8 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     # a baseline from another definition is refused
     assert bench_sweep.main([*tiny, "train.max_episodes=4", f"baseline={unpruned}"]) == 2
     assert "its base" in capsys.readouterr().err
+    refused = max((tmp_path / "outputs" / "bench_sweep").iterdir())
+    assert refused != work and not (refused / "optuna.db").exists()  # refused before any sweep ran
 
 
 def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):

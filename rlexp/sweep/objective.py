@@ -299,9 +299,9 @@ class Objective:
                            list(values), seeds=len(seeds), window=rcfg.solve.window,
                            best=best, max_return=cfg.pruner.max_return)
             state.reporter = rep
-            result = run(rcfg, label=label, group=f"{study}/trial-{trial.number}",
-                         tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
-                         parent_run_id=state.mlflow.run_id if state.mlflow else None, callback=rep)
+            result = self.run_seed(rcfg, trial, i, label=label, group=f"{study}/trial-{trial.number}",
+                                   tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
+                                   parent_run_id=state.mlflow.run_id if state.mlflow else None, callback=rep)
             state.reporter = None
             state.env_steps += result.env_steps
             v = self.seed_result(result, rcfg.solve.window, rep.threshold, budget, penalty)
@@ -318,6 +318,10 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at {where}")
         return aggregate(values, cfg.objective.aggregate)
+
+    def run_seed(self, rcfg: Any, trial: optuna.Trial, index: int, **kwargs: Any) -> TrainResult:
+        """Train seed ``index`` of ``trial`` (:func:`rlexp.train.run`; a replay feeds recorded episodes)."""
+        return run(rcfg, **kwargs)
 
     @staticmethod
     def seed_result(result: TrainResult, window: int, threshold: float, budget: int, penalty: float) -> float:

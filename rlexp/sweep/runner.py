@@ -12,12 +12,10 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import sys
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -108,21 +106,12 @@ class SweepResult:
 
 
 # --------------------------------------------------------------------------- workers
-def _seed_offset(cfg: Any, existing: int, worker: int) -> int:
-    """Distinct sampler streams per worker and per (re)start; per host and process on a shared DB."""
-    offset = existing + 7919 * worker
-    if not st.storage_url(cfg.storage).startswith("sqlite"):
-        offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
-    return offset
-
-
-def _load_study(sweep: Sweep, worker: int = 0) -> optuna.Study:
+def _load_study(sweep: Sweep) -> optuna.Study:
     cfg = sweep.cfg
     storage = st.make_storage(cfg.storage, cfg.heartbeat_interval)
-    existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).get_trials(deepcopy=False))
     budget = compose_config(cfg.base).train.max_episodes
     return optuna.load_study(study_name=sweep.study_name, storage=storage,
-                             sampler=st.make_sampler(cfg, _seed_offset(cfg, existing, worker)),
+                             sampler=st.make_sampler(cfg),
                              pruner=st.make_pruner(cfg, budget))
 
 
@@ -130,7 +119,7 @@ def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker
     """One worker: run trials of the shared study until ``n_trials`` count (module-level: spawnable)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = _load_study(sweep, worker)
+    study = _load_study(sweep)
     progress = st.Progress(sweep.study_name, sweep.cfg.n_trials, sweep.cfg.workers)
     if st.done(study.get_trials(deepcopy=False)) >= sweep.cfg.n_trials:
         return

@@ -72,21 +72,66 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
-def make_sampler(cfg: SweepConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured sampler; each worker gets ``sampler.seed + seed_offset`` (distinct streams)."""
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """Seeds the sampler of each trial with ``seed + trial.number``.
+
+    With one seeded stream per worker (what Optuna gives), which trial draws what depends on which
+    worker asked first: two runs of the same sweep with 2 workers, or one resumed on another
+    machine, start from different random trials. Seeded per trial, trial k's draw depends only on
+    the seed, k and the trials finished when it was asked: the random start-up trials are the
+    same whatever the workers, hosts and restarts, and a sweep run again with another pruner
+    starts from the same trials. Distinct trials get distinct seeds, so workers never repeat
+    each other's draws.
+    """
+
+    def __init__(self, make: Any, seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner: optuna.samplers.BaseSampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._make(self._seed + trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+    """The configured sampler. With ``sampler.seed``, each trial's draw is seeded with
+    ``seed + trial number`` (:class:`TrialSeeded`), except QMC's: its sequence is shared by the
+    study and its seed only scrambles it, so every worker keeps the one seed."""
     s = cfg.sampler
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
                "qmc": optuna.samplers.QMCSampler}
-    seed = None if s.seed is None else s.seed + seed_offset
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
+
+    def make(seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return classes[s.name](seed=seed, **s.args)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
-        except ImportError as e:
-            raise ConfigError(f"sampler.name={s.name!r} needs a missing package: {e}") from None
+
+    try:
+        if s.seed is None or s.name == "qmc":
+            return make(s.seed)
+        return TrialSeeded(make, s.seed)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
+    except ImportError as e:
+        raise ConfigError(f"sampler.name={s.name!r} needs a missing package: {e}") from None
 
 
 def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:

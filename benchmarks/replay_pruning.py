@@ -1,0 +1,244 @@
+"""What a pruner setting would have saved on a sweep already run without one: an offline replay.
+
+    python -m benchmarks.replay_pruning sweep=dqn_cartpole \\
+        baseline=outputs/bench_sweep/2026-11-22-003145/optuna.db:bench-dqn_cartpole-unpruned-2026-11-22-003145 \\
+        --setting "median10: pruner.name=median pruner.args={n_startup_trials:10,n_warmup_steps:150}" \\
+        --orders 40
+
+A no-pruner study holds, for every trial, its value every ``pruner.report_every`` episodes of each
+seed. For the objective's mean over seeds that gives back each seed's rolling mean return at those
+episodes, hence its returns in blocks of ``report_every`` episodes (CartPole's return is its
+length, so also its env steps, rescaled to the steps the trial recorded), and when it solved.
+The replay feeds those episodes, trial by trial in their order (one worker), through the sweep's
+real :class:`~rlexp.sweep.objective.Objective` (its reporter, bound and the configured Optuna
+pruner) in an in-memory study, and counts the env steps each trial would have run.
+
+What it cannot tell: a sampler such as TPE picks later trials from earlier results, so a real
+pruned sweep samples other trials than the study replayed; and it replays one worker. It shows
+which trials a setting would stop and what that saves on *these* trials, including whether it
+stops any of the trials the sampler's good group was made of (``top`` column: the baseline's best
+``--top`` trials that the setting prunes). ``--orders N`` also replays N random orders of the
+trials after the sampler's random start (``--keep``, TPE's 10), for the spread of the saving.
+The settings are sweep overrides (``pruner.*``), checked like any sweep's; default: the sweep's
+own pruner and the bound alone. The table is printed and written, with date, command and
+versions, under ``benchmarks/results/replay-<date>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from benchmarks.bench_sweep import RESULTS, versions
+
+
+@dataclass(frozen=True)
+class SeedTrace:
+    """One seed of a replayed trial: its per-episode returns (block means), and when it solved."""
+
+    returns: tuple[float, ...]
+    solved_at: int | None
+    rolling: dict[int, float]  # the rolling mean return at each report episode (unsolved so far)
+    steps_per_return: float = 1.0  # env steps per unit of return (CartPole: 1; rescaled to the record)
+
+
+def current_values(values: dict[int, float], finished: Sequence[float], index: int, n_seeds: int,
+                   budget: int, worst: float, unstarted_as_worst: bool) -> dict[int, float]:
+    """Seed ``index``'s own value at each of its report episodes, from the trial's (mean) values.
+
+    ``unstarted_as_worst``: the reporter of session 5 on counts each seed not yet run as ``worst``;
+    the one before left them out."""
+    n = n_seeds if unstarted_as_worst else index + 1
+    later = (n_seeds - index - 1) * worst if unstarted_as_worst else 0.0
+    lo, hi = index * budget, (index + 1) * budget
+    return {step - lo: n * v - sum(finished[:index]) - later for step, v in values.items() if lo < step <= hi}
+
+
+def unstarted_as_worst(trial: FrozenTrial, budget: int, worst: float, n_seeds: int) -> bool:
+    """Which reporter wrote ``trial``'s values: its first seed's last value tells."""
+    first = trial.user_attrs["seed_values"][0]
+    v = trial.intermediate_values[budget]
+    return abs(v - (first + (n_seeds - 1) * worst) / n_seeds) < abs(v - first)
+
+
+def seed_trace(own: dict[int, float], solved_at: int | None, budget: int, threshold: float,
+               penalty: float, window: int) -> SeedTrace:
+    """Block returns from the seed's value at each report episode (the censoring rule inverted)."""
+    rolling = {}
+    for e in sorted(own):
+        if own[e] <= budget:  # solved by then
+            break
+        shortfall = (own[e] - budget) / penalty - 1.0
+        rolling[e] = threshold - shortfall * max(abs(threshold), 1.0)
+    cum: dict[int, float] = {0: 0.0}
+    returns: list[float] = []
+    for e in sorted(rolling):
+        cum[e] = rolling[e] * min(e, window) + (cum.get(e - window, 0.0) if e > window else 0.0)
+        prev = max(k for k in cum if k < e)
+        returns += [max(0.0, (cum[e] - cum[prev]) / (e - prev))] * (e - prev)
+    if solved_at is not None:  # the episodes up to the solve: at the threshold
+        returns += [threshold] * (solved_at - len(returns))
+    return SeedTrace(tuple(returns[:budget]), solved_at, rolling)
+
+
+def traces(trial: FrozenTrial, budget: int, threshold: float, penalty: float, window: int,
+           n_seeds: int) -> list[SeedTrace]:
+    """Every seed of a complete no-pruner trial, with the returns rescaled to its recorded env steps."""
+    worst = budget + 2 * penalty
+    fmt = unstarted_as_worst(trial, budget, worst, n_seeds)
+    finished = trial.user_attrs["seed_values"]
+    out = [seed_trace(current_values(trial.intermediate_values, finished, i, n_seeds, budget, worst, fmt),
+                      trial.user_attrs["episodes_to_solve"][i], budget, threshold, penalty, window)
+           for i in range(n_seeds)]
+    scale = trial.user_attrs["env_steps"] / max(1.0, sum(sum(s.returns) for s in out))
+    return [dataclasses.replace(s, steps_per_return=scale) for s in out]
+
+
+def replay_objective(sweep: Any, by_number: dict[int, list[SeedTrace]]) -> Any:
+    """The sweep's Objective, each seed fed from ``by_number[baseline trial number]``."""
+    from rlexp.loops import EpisodeInfo
+    from rlexp.sweep.objective import Objective
+    from rlexp.train import TrainResult
+
+    class Replayed(Objective):
+        def run_seed(self, rcfg: Any, trial: optuna.Trial, index: int, **kwargs: Any) -> TrainResult:
+            s = by_number[int(trial.user_attrs["replays"])][index]
+            callback, steps = kwargs["callback"], 0.0
+            for e, ret in enumerate(s.returns, 1):
+                steps += ret * s.steps_per_return
+                solved = s.solved_at if s.solved_at is not None and e >= s.solved_at else None
+                callback(EpisodeInfo(e, ret, int(ret), int(steps), s.rolling.get(e, ret), solved))
+                if solved:
+                    break
+            return TrainResult(s.solved_at is not None, s.solved_at, e, int(steps), 0.0, list(s.returns[:e]))
+
+    return Replayed(sweep, None, None)
+
+
+@dataclass
+class Replay:
+    env_steps: int
+    best: float | None
+    pruned: list[int]  # baseline trial numbers
+    values: dict[int, float | None]  # by baseline trial number (None: pruned)
+
+
+def replay(sweep: Any, trials: Sequence[FrozenTrial], by_number: dict[int, list[SeedTrace]]) -> Replay:
+    """Run ``trials`` (baseline trials, in this order) through the sweep's objective and pruner."""
+    from rlexp.sweep.study import make_pruner
+
+    budget = sweep_budget(sweep)
+    study = optuna.create_study(direction="minimize", pruner=make_pruner(sweep.cfg, budget),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for t in trials:
+        study.enqueue_trial(t.params, user_attrs={"replays": t.number})
+    study.optimize(replay_objective(sweep, by_number), n_trials=len(trials))
+    done = study.get_trials(deepcopy=False)
+    values = [t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+    return Replay(sum(int(t.user_attrs.get("env_steps", 0)) for t in done), min(values) if values else None,
+                  [int(t.user_attrs["replays"]) for t in done if t.state == TrialState.PRUNED],
+                  {int(t.user_attrs["replays"]): t.value if t.state == TrialState.COMPLETE else None for t in done})
+
+
+def sweep_budget(sweep: Any) -> int:
+    from rlexp.compose import compose_config
+
+    return int(compose_config(list(sweep.cfg.base)).train.max_episodes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("args", nargs="+", help="sweep=NAME baseline=DB:STUDY, and sweep overrides for every setting")
+    ap.add_argument("--setting", action="append", default=[], help="'label: sweep overrides...'")
+    ap.add_argument("--orders", type=int, default=0, help="also replay N random trial orders")
+    ap.add_argument("--keep", type=int, default=10, help="trials kept first in every order (the random start)")
+    ap.add_argument("--top", type=int, default=3, help="the baseline's best trials watched")
+    a = ap.parse_args(argv)
+    from benchmarks.bench_variants import parse_variants
+    from rlexp.compose import compose_config
+    from rlexp.config import ConfigError
+    from rlexp.envs import check_compatible, solve_threshold
+    from rlexp.sweep import load
+    from rlexp.sweep.runner import COMPARABLE, definition
+
+    named = dict(x.split("=", 1) for x in a.args if x.startswith(("sweep=", "baseline=")))
+    common = [x for x in a.args if not x.startswith(("sweep=", "baseline="))]
+    if "sweep" not in named or "baseline" not in named:
+        ap.error("sweep=NAME and baseline=DB:STUDY are required")
+    db, _, study_name = named["baseline"].rpartition(":")
+    if not Path(db).is_file():
+        ap.error(f"baseline={named['baseline']}: {db!r} is not a file")
+    settings = parse_variants(a.setting) or [("sweep", []), ("bound-only", ["pruner.name=threshold", "pruner.args={upper:1.0e9}"])]
+    try:
+        sweeps = {label: load(named["sweep"], [*common, *ov]) for label, ov in settings}
+    except ConfigError as e:
+        print(f"replay_pruning: error: {e}", file=sys.stderr)
+        return 2
+    first = next(iter(sweeps.values()))
+    base = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    have, want = base.user_attrs.get("definition", {}), definition(first)
+    for key in (*COMPARABLE, "space"):
+        if have.get(key) != want[key]:
+            print(f"replay_pruning: error: baseline's {key} {have.get(key)!r} is not this sweep's {want[key]!r}",
+                  file=sys.stderr)
+            return 2
+    trials = [t for t in base.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(trials) != len(base.get_trials(deepcopy=False)):
+        print("replay_pruning: error: the baseline must be a no-pruner study with every trial complete", file=sys.stderr)
+        return 2
+    rcfg = compose_config(list(first.cfg.base))
+    budget, window = int(rcfg.train.max_episodes), int(rcfg.solve.window)
+    threshold = solve_threshold(rcfg, check_compatible(rcfg))
+    penalty = float(first.cfg.objective.penalty if first.cfg.objective.penalty is not None else budget)
+    n_seeds = len(first.cfg.seeds)
+    by_number = {t.number: traces(t, budget, threshold, penalty, window, n_seeds) for t in trials}
+    total = sum(int(t.user_attrs["env_steps"]) for t in trials)
+    best = min(t.value for t in trials if t.value is not None)
+    top = {t.number for t in sorted(trials, key=lambda t: float(t.value or 0.0))[:a.top]}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    rows = ["| setting | overrides | env steps | saving | pruned | best kept | top pruned | "
+            "saving over orders: median (10th-90th pct) |", "|---|---|---|---|---|---|---|---|"]
+    for label, ov in settings:
+        r = replay(sweeps[label], trials, by_number)
+        spread = "–"
+        if a.orders:
+            rng, savings = random.Random(0), []
+            for _ in range(a.orders):
+                rest = trials[a.keep:]
+                rng.shuffle(rest)
+                savings.append(1 - replay(sweeps[label], [*trials[:a.keep], *rest], by_number).env_steps / total)
+            q = statistics.quantiles(savings, n=10)
+            spread = f"{statistics.median(savings):.0%} ({q[0]:.0%}-{q[-1]:.0%})"
+        rows.append(f"| {label} | `{' '.join(ov) or '(the sweep as defined)'}` | {r.env_steps} | "
+                    f"{1 - r.env_steps / total:.0%} | {len(r.pruned)} | "
+                    f"{'yes' if r.best is not None and r.best <= best + 1e-9 else f'no ({r.best})'} | "
+                    f"{', '.join(map(str, sorted(top & set(r.pruned)))) or 'none'} | {spread} |")
+        print(rows[-1], flush=True)
+    command = "python -m benchmarks.replay_pruning " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = (f"# replay_pruning\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
+            f"versions: {versions()}\n\nbaseline: study {study_name} in {db}: {len(trials)} trials, "
+            f"{total} env steps, best {best:.1f}; its top {a.top}: {sorted(top)}. Trials replayed in their "
+            f"order, one worker; a real pruned sweep samples other trials (module docstring).\n\n"
+            + "\n".join(rows) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"replay-{datetime.now(UTC):%Y-%m-%d-%H%M}.md"
+    out.write_text(text)
+    print(f"\n{text}\nreplay_pruning: written {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

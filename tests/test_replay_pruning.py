@@ -1,0 +1,95 @@
+"""benchmarks/replay_pruning: a no-pruner study's trials are rebuilt from their reported values and
+replayed through the sweep's real objective; with no pruner the replay gives every trial back."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from benchmarks import replay_pruning as rp
+from rlexp.loops import EpisodeInfo
+from rlexp.metrics import episodes_to_solve, rolling_mean
+from rlexp.sweep import load
+from rlexp.sweep.objective import Objective, Reporter, aggregate
+from rlexp.train import TrainResult
+
+B, EVERY, W, TH = 60, 10, 20, 475.0
+OVERRIDES = [f"train.max_episodes={B}", "seeds=[0,1]", f"pruner.report_every={EVERY}", f"solve.window={W}"]
+
+
+def curve(start: float, slope: float, n: int = B) -> list[float]:
+    """CartPole-like returns: integer lengths from ``start`` climbing by ``slope``, at most 500."""
+    return [float(min(500, int(start + slope * e))) for e in range(n)]
+
+
+def recorded(number: int, seeds: list[list[float]], unstarted_as_worst: bool = True) -> optuna.trial.FrozenTrial:
+    """A complete trial as a no-pruner sweep records it: values reported by the real Reporter."""
+    values: dict[int, float] = {}
+    finished: list[float] = []
+    solved_at: list[int | None] = []
+    steps = 0
+    for i, returns in enumerate(seeds):
+        s = episodes_to_solve(returns, W, TH)
+        run = returns[:s] if s else returns
+        rep = Reporter(lambda v, step: values.__setitem__(step, v), lambda: False, i, B, EVERY, TH, float(B), "mean",
+                       list(finished), seeds=len(seeds) if unstarted_as_worst else 0, window=W)
+        means = rolling_mean(run, W)
+        for e, ret in enumerate(run, 1):
+            steps += int(ret)
+            rep(EpisodeInfo(e, ret, int(ret), steps, float(means[e - 1]), s if s and e >= s else None))
+        v = Objective.seed_result(TrainResult(s is not None, s, len(run), 0, 0.0, run), W, TH, B, float(B))
+        finished.append(v)
+        solved_at.append(s)
+        rep.fill(v)
+    return optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, value=aggregate(finished, "mean"), params={"algo.lr": 1e-4 * (number + 1)},
+        distributions={"algo.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},
+        intermediate_values=values,
+        user_attrs={"seed_values": finished, "episodes_to_solve": solved_at, "env_steps": steps})
+
+
+def study(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    s = optuna.create_study()
+    for t in trials:
+        s.add_trial(t)
+    return s.get_trials()
+
+
+TRIALS = [[curve(20, 3), curve(30, 4)],  # never solves
+          [curve(100, 15), curve(150, 20)],  # solves both seeds
+          [curve(100, 12), curve(10, 1)]]  # solves one seed, flops on the other
+
+
+def test_the_censoring_rule_inverted_gives_the_block_means_back():
+    returns = curve(20, 5)
+    (t,) = [recorded(0, [returns, returns])]
+    worst = B + 2.0 * B
+    own = rp.current_values(t.intermediate_values, t.user_attrs["seed_values"], 0, 2, B, worst, True)
+    trace = rp.seed_trace(own, None, B, TH, float(B), W)
+    blocks = np.asarray(returns).reshape(-1, EVERY).mean(axis=1)
+    assert np.allclose(np.asarray(trace.returns).reshape(-1, EVERY).mean(axis=1), blocks)
+    assert rp.unstarted_as_worst(t, B, worst, 2)
+    assert not rp.unstarted_as_worst(recorded(0, [returns, returns], unstarted_as_worst=False), B, worst, 2)
+
+
+@pytest.mark.parametrize("unstarted_as_worst", [True, False])
+def test_with_no_pruner_the_replay_gives_every_value_and_env_step_back(unstarted_as_worst):
+    trials = study([recorded(n, seeds, unstarted_as_worst) for n, seeds in enumerate(TRIALS)])
+    by_number = {t.number: rp.traces(t, B, TH, float(B), W, 2) for t in trials}
+    assert [s.solved_at for s in by_number[1]] == trials[1].user_attrs["episodes_to_solve"]
+    r = rp.replay(load("dqn_cartpole", [*OVERRIDES, "pruner.name=none"]), trials, by_number)
+    assert r.pruned == [] and r.values == pytest.approx({t.number: t.value for t in trials})
+    assert r.env_steps == pytest.approx(sum(t.user_attrs["env_steps"] for t in trials), abs=len(trials) * 2)
+
+
+def test_a_pruner_stops_the_flop_and_counts_only_the_steps_it_ran():
+    trials = study([recorded(n, seeds) for n, seeds in enumerate(TRIALS)])
+    trials = [trials[1], trials[0], trials[2]]  # the solver first: the bound then stops the others
+    by_number = {t.number: rp.traces(t, B, TH, float(B), W, 2) for t in trials}
+    sweep = load("dqn_cartpole", [*OVERRIDES, "pruner.name=median", "pruner.args={n_startup_trials:1}"])
+    r = rp.replay(sweep, trials, by_number)
+    assert r.best == pytest.approx(trials[0].value)
+    assert r.pruned == [0, 2]
+    full = sum(t.user_attrs["env_steps"] for t in trials)
+    assert trials[0].user_attrs["env_steps"] < r.env_steps < full
