@@ -1,4 +1,5 @@
-"""Sampler seeding: trial k's draw depends on the seed and k, not on which worker asked for it."""
+"""The sweep's sampler: trial k's draw depends on the seed and k, not on which worker asked for
+it; and it learns from pruned trials, by their last reported value."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from rlexp.config import ConfigError
 from rlexp.sweep import load
-from rlexp.sweep.study import TrialSeeded, make_sampler
+from rlexp.sweep.study import PrunedAsComplete, SweepSampler, make_sampler
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0), "n": optuna.distributions.IntDistribution(1, 64)}
 
@@ -38,18 +39,56 @@ def test_a_trial_draws_the_same_whichever_worker_asks_for_it():
     assert one == two  # the 4 random start-up trials and the 4 TPE ones after them
     assert len({tuple(p.values()) for p in one.values()}) == 8
     # one seed per worker repeats the other worker's draws; a seed offset per worker (what rlexp did
-    # before) makes the draws depend on which worker asks
+    # until session 6) makes the draws depend on which worker asks
     plain = draws(lambda w: optuna.samplers.TPESampler(seed=3, n_startup_trials=4), [0, 1])
     assert plain[0] == plain[1]
 
 
-def test_the_seed_changes_the_draws_and_unseeded_and_qmc_samplers_are_not_wrapped():
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_seed_changes_the_draws_and_qmc_keeps_one_seed():
     assert draws(lambda w: make_sampler(tpe_sweep()), [0] * 3) != draws(
         lambda w: make_sampler(tpe_sweep("sampler.seed=4")), [0] * 3)
-    assert isinstance(make_sampler(tpe_sweep()), TrialSeeded)
-    assert isinstance(make_sampler(tpe_sweep("sampler.seed=null")), optuna.samplers.TPESampler)
+    unseeded = make_sampler(tpe_sweep("sampler.seed=null"))
+    assert isinstance(unseeded, SweepSampler) and unseeded._seed is None
     qmc = load("dqn_cartpole", ["sampler.name=qmc", "sampler.seed=1", "sampler.args={}"]).cfg
-    assert isinstance(make_sampler(qmc), optuna.samplers.QMCSampler)
+    one = draws(lambda w: make_sampler(qmc), [0] * 4)
+    assert one == draws(lambda w: optuna.samplers.QMCSampler(seed=1), [0] * 4)  # the study's one sequence
+
+
+def pruned_study() -> optuna.Study:
+    """Complete trials near x=0.9 that scored badly; pruned ones near x=0.1 whose last value was better."""
+    study = optuna.create_study()
+    dist = {"x": SPACE["x"]}
+    for i in range(10):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.9 + i / 200}, distributions=dist, value=100.0 + i))
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.1 + i / 200}, distributions=dist,
+                                                  state=optuna.trial.TrialState.PRUNED,
+                                                  intermediate_values={1: 90.0, 2: 10.0 + i}))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist,
+                                              state=optuna.trial.TrialState.PRUNED))  # never reported
+    return study
+
+
+def test_the_view_shows_pruned_trials_as_complete_with_their_last_value():
+    view = PrunedAsComplete(pruned_study())
+    complete = view._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 20 and sorted(t.value for t in complete)[:2] == [10.0, 11.0]
+    (silent,) = view.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert silent.params == {"x": 0.5}
+    assert view.direction == optuna.study.StudyDirection.MINIMIZE  # the rest is the study's
+
+
+@pytest.mark.parametrize("consider_pruned, near", [(True, 0.1), (False, 0.9)])
+def test_tpe_proposes_near_the_pruned_trials_that_got_further_only_if_it_considers_them(consider_pruned, near):
+    cfg = tpe_sweep(f"sampler.consider_pruned={str(consider_pruned).lower()}")
+    study = pruned_study()
+    study.sampler = make_sampler(cfg)
+    xs = []
+    for _ in range(12):
+        t = study.ask({"x": SPACE["x"]})
+        xs.append(t.params["x"])
+        study.tell(t, state=optuna.trial.TrialState.FAIL)  # not seen by TPE: every draw from the same data
+    assert abs(sorted(xs)[6] - near) < 0.2, xs
 
 
 def test_bad_sampler_args_are_refused_with_the_key():

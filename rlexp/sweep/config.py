@@ -148,8 +148,11 @@ class SamplerConfig:
     """The Optuna sampler that proposes each trial's parameters."""
 
     name: str = "tpe"  # tpe | random | cmaes | gp | qmc
-    seed: int | None = 0  # sampler seed (each worker derives its own from it); None: unseeded
+    seed: int | None = 0  # trial k's sampler is seeded with seed + k (any workers); None: unseeded
     args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the sampler class
+    # the sampler sees a pruned trial as complete with its last reported value (a pessimistic
+    # one); false: Optuna's own handling (TPE ranks every pruned trial below every complete one)
+    consider_pruned: bool = True
 
     def __post_init__(self) -> None:
         _choice("sampler.name", self.name, SAMPLERS)

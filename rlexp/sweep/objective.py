@@ -25,9 +25,10 @@ bound (finished seeds as they are, the current seed solving at the earliest epis
 could, if every later episode returned ``pruner.max_return``, or at the next episode when that
 is unknown, and each seed not yet run solving at episode ``solve.window``) is above the best
 complete trial's value. That stop is safe: the trial's final value could not have beaten the best.
-Like the pruner, it waits for ``pruner.args.n_startup_trials`` complete trials: a sampler such as
-TPE learns from complete trials only (pruned ones all rank below them), so pruning the first
-trials starves it.
+Like the pruner, it waits for ``pruner.args.n_startup_trials`` complete trials: a sampler learns
+most from complete trials (Optuna's TPE ranks every pruned one below them; rlexp's sampler shows it
+pruned trials by their last reported value, :class:`~rlexp.sweep.study.SweepSampler`), so pruning
+the first trials starves it.
 A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
 crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
 """

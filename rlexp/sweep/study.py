@@ -72,35 +72,78 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
-class TrialSeeded(optuna.samplers.BaseSampler):
-    """Seeds the sampler of each trial with ``seed + trial.number``.
+def as_complete(t: FrozenTrial) -> FrozenTrial:
+    """A pruned trial as a complete one whose value is its last reported value."""
+    value = t.intermediate_values[max(t.intermediate_values)]
+    return FrozenTrial(number=t.number, state=TrialState.COMPLETE, value=value, values=None,
+                       datetime_start=t.datetime_start, datetime_complete=t.datetime_complete, params=t.params,
+                       distributions=t.distributions, user_attrs=t.user_attrs, system_attrs=t.system_attrs,
+                       intermediate_values=t.intermediate_values, trial_id=t._trial_id)
 
-    With one seeded stream per worker (what Optuna gives), which trial draws what depends on which
-    worker asked first: two runs of the same sweep with 2 workers, or one resumed on another
-    machine, start from different random trials. Seeded per trial, trial k's draw depends only on
-    the seed, k and the trials finished when it was asked: the random start-up trials are the
-    same whatever the workers, hosts and restarts, and a sweep run again with another pruner
-    starts from the same trials. Distinct trials get distinct seeds, so workers never repeat
-    each other's draws.
+
+class PrunedAsComplete:
+    """A view of a study in which pruned trials that reported a value are complete with it."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        wanted = None if states is None else set(states)
+        asked = None if wanted is None else tuple(wanted | {TrialState.PRUNED})
+        out = []
+        for t in self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache):
+            if t.state == TrialState.PRUNED and t.intermediate_values:
+                t = as_complete(t)
+            if wanted is None or t.state in wanted:
+                out.append(t)
+        return out
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+
+class SweepSampler(optuna.samplers.BaseSampler):
+    """The configured sampler, seeded per trial and (optionally) learning from pruned trials.
+
+    Seeding: with one seeded stream per worker (what Optuna gives), which trial draws what depends
+    on which worker asked first: two runs of the same sweep with 2 workers, or one resumed on
+    another machine, start from different random trials. Seeded with ``seed + trial.number``,
+    trial k's draw depends only on the seed, k and the trials finished when it was asked: the
+    random start-up trials are the same whatever the workers, hosts and restarts, and a sweep run
+    again with another pruner starts from the same trials. Distinct trials get distinct seeds.
+
+    Pruned trials (``consider_pruned``): Optuna's TPE ranks every pruned trial below every complete
+    one, so when the pruner stops most trials its "good" group is whatever few trials completed
+    (in this project's sweeps, the default and a few flops), and it keeps proposing trials near
+    those. Here the sampler sees a pruned trial as complete with its last reported value, as
+    ``CmaEsSampler(consider_pruned_trials=True)`` does: a pessimistic value (rlexp's objective
+    counts the seeds a trial did not run as unsolved), so a pruned trial ranks by how far it got.
     """
 
-    def __init__(self, make: Any, seed: int) -> None:
-        self._make, self._seed = make, seed
+    def __init__(self, make: Any, seed: int | None, consider_pruned: bool) -> None:
+        self._make, self._seed, self._consider_pruned = make, seed, consider_pruned
         self._inner: optuna.samplers.BaseSampler = make(seed)
 
+    def _view(self, study: optuna.Study) -> Any:
+        return PrunedAsComplete(study) if self._consider_pruned else study
+
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(self._seed + trial.number)
-        self._inner.before_trial(study, trial)
+        if self._seed is not None:
+            self._inner = self._make(self._seed + trial.number)
+        self._inner.before_trial(self._view(study), trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
+        return self._inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: Any) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        return self._inner.sample_independent(self._view(study), trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Any) -> None:
@@ -111,9 +154,10 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler. With ``sampler.seed``, each trial's draw is seeded with
-    ``seed + trial number`` (:class:`TrialSeeded`), except QMC's: its sequence is shared by the
-    study and its seed only scrambles it, so every worker keeps the one seed."""
+    """The configured sampler in a :class:`SweepSampler`: with ``sampler.seed``, each trial's draw
+    is seeded with ``seed + trial number``, except QMC's (its sequence is shared by the study and
+    its seed only scrambles it, so every trial keeps the one seed); with ``sampler.consider_pruned``
+    it learns from pruned trials' last values."""
     s = cfg.sampler
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
@@ -125,9 +169,9 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
             return classes[s.name](seed=seed, **s.args)
 
     try:
-        if s.seed is None or s.name == "qmc":
-            return make(s.seed)
-        return TrialSeeded(make, s.seed)
+        if s.name == "qmc":
+            return SweepSampler(lambda _: make(s.seed), None, s.consider_pruned)
+        return SweepSampler(make, s.seed, s.consider_pruned)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
     except ImportError as e:
