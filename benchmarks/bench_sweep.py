@@ -8,8 +8,10 @@
 Both runs use the same definition and sampler seed, each in a fresh study (storage under
 ``outputs/bench_sweep/<stamp>/``), one with the definition's pruner and one with
 ``pruner.name=none``. ``baseline=DB:STUDY`` takes the no-pruner half from an earlier run's study
-instead of running it again (only the pruner changed since: the definition, which holds what
-makes trial values comparable, must match; its re-evaluation is not repeated). Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
+instead of running it again, and ``pruned=DB:STUDY`` the pruned half (both: the table alone, from two
+studies run with ``python -m rlexp.sweep``). A study taken must have this sweep's definition (what
+makes trial values comparable) and ``n_trials`` finished trials, and a baseline no pruned trial;
+its re-evaluation is not repeated. Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
 seeds, and so is the default configuration (the base overrides alone). The Markdown table
 (trials complete/pruned/failed, total env steps, wall time, best value, env-steps saving,
 re-evaluations) is printed and written with date, command and versions to
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = next(a for a in args if a.startswith("sweep=")).split("=", 1)[1]
     baseline = next((a.split("=", 1)[1] for a in args if a.startswith("baseline=")), None)
-    overrides = [a for a in args if not a.startswith(("sweep=", "baseline="))]
+    pruned = next((a.split("=", 1)[1] for a in args if a.startswith("pruned=")), None)
+    overrides = [a for a in args if not a.startswith(("sweep=", "baseline=", "pruned="))]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M%S")
     work = Path("outputs") / "bench_sweep" / stamp
     work.mkdir(parents=True, exist_ok=True)
@@ -106,23 +109,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
                 f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
                 f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
-                f"fresh seeds {fresh}; studies in {work / 'optuna.db'}\n\n"
+                f"fresh seeds {fresh}; studies: "
+                + "; ".join(f"{label} {r.study_name} in {r.storage}" for label, r in results.items()) + "\n\n"
                 f"{table}\n\n{summary}\n")
         RESULTS.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"\nbench_sweep: written {out}", file=sys.stderr)
 
-    if baseline is not None:  # checked before any work: a wrong study is refused at once
-        try:
-            results["no pruner"] = from_baseline(baseline, runs["no pruner"])
-        except ValueError as e:
-            print(f"bench_sweep: error: baseline={baseline}: {e}", file=sys.stderr)
-            return 2
-    # the pruned sweep and both re-evaluations first: its table is useful even if the run is stopped
-    print(f"bench_sweep: pruner: study {runs['pruner'].study_name}", file=sys.stderr, flush=True)
-    results["pruner"] = run_sweep(runs["pruner"])
-    write()
-    if fresh:
+    for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
+        if spec is not None:  # checked before any work: a wrong study is refused at once
+            try:
+                results[half] = from_study(spec, runs[half], pruned=half == "pruner")
+            except ValueError as e:
+                print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
+                return 2
+    if pruned is not None:
+        results = {"pruner": results.pop("pruner"), **results}
+        write()
+        if baseline is not None:
+            return 0
+    else:
+        # the pruned sweep and both re-evaluations first: its table is useful even if the run is stopped
+        print(f"bench_sweep: pruner: study {runs['pruner'].study_name}", file=sys.stderr, flush=True)
+        results = {"pruner": run_sweep(runs["pruner"]), **results}
+        write()
+    if fresh and pruned is None:
         print(f"bench_sweep: default config ({' '.join([*cfg.base, *cfg.eval_overrides])}) on fresh seeds {fresh}",
               file=sys.stderr)
         t0 = time.perf_counter()
@@ -138,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def from_baseline(spec: str, sweep: Any) -> Any:
-    """The no-pruner half from an earlier study ``DB:STUDY``: its tally, env steps, wall time
-    (first trial start to last trial end) and best trial; checked against ``sweep``'s definition."""
+def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
+    """A half from an earlier study ``DB:STUDY``: its tally, env steps, wall time (first trial
+    start to last trial end) and best trial; checked against ``sweep``'s definition, finished,
+    and (``pruned``) run with a pruner or (not) without."""
     import dataclasses
 
     import optuna
@@ -157,8 +169,12 @@ def from_baseline(spec: str, sweep: Any) -> Any:
             raise ValueError(f"its {key} {have.get(key)!r} is not this sweep's {want[key]!r}")
     if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
         raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
+    from rlexp.sweep.study import done
+
     trials = study.get_trials(deepcopy=False)
-    if any(t.state == optuna.trial.TrialState.PRUNED for t in trials):
+    if done(trials) < sweep.cfg.n_trials:
+        raise ValueError(f"it has {done(trials)} finished trials of n_trials={sweep.cfg.n_trials}: resume it first")
+    if not pruned and any(t.state == optuna.trial.TrialState.PRUNED for t in trials):
         raise ValueError("it has pruned trials: not a run without a pruner")
     times = [t for t in trials if t.datetime_start and t.datetime_complete]
     wall = (max(t.datetime_complete for t in times) - min(t.datetime_start for t in times)).total_seconds() if times else 0.0

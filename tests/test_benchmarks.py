@@ -55,6 +55,17 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     assert "its base" in capsys.readouterr().err
     refused = max((tmp_path / "outputs" / "bench_sweep").iterdir())
     assert refused != work and not (refused / "optuna.db").exists()  # refused before any sweep ran
+    # both halves from studies: the table alone, the same figures
+    for f in (tmp_path / "results").glob("sweep-*.md"):
+        f.unlink()
+    pruned = f"{work / 'optuna.db'}:bench-dqn_cartpole-pruned-{work.name}"
+    assert bench_sweep.main([*tiny, f"pruned={pruned}", f"baseline={unpruned}"]) == 0
+    (out3,) = (tmp_path / "results").glob("sweep-*.md")
+    rows3 = [line.split("|")[3:7] for line in out3.read_text().splitlines() if line.startswith(("| pruner", "| no pruner"))]
+    assert rows3 == [line.split("|")[3:7] for line in text.splitlines() if line.startswith(("| pruner", "| no pruner"))]
+    # a study short of n_trials is refused
+    assert bench_sweep.main([*tiny, "n_trials=3", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert "finished trials of n_trials=3: resume it first" in capsys.readouterr().err
 
 
 def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):
