@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, r in results.items():
             best = f"{r.best_value:.1f} ({r.best_number})" if r.best_value is not None else "–"
             t = r.tally
-            rows.append(f"| {label} | {runs[label].cfg.pruner.name} | {t['complete']} | {t['pruned']} | "
+            rows.append(f"| {label} | {pruner_names.get(label, runs[label].cfg.pruner.name)} | {t['complete']} | {t['pruned']} | "
                         f"{t['failed']} | {r.env_steps} | {r.wall_time_s / 60:.1f} min | {best} | "
                         f"{_eval_cells(r.evaluation)} |")
         rows.append(f"| default config | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
@@ -116,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
         print(f"\nbench_sweep: written {out}", file=sys.stderr)
 
+    pruner_names: dict[str, str] = {}  # of the halves taken from studies: what they were run with
     for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
         if spec is not None:  # checked before any work: a wrong study is refused at once
             try:
                 results[half] = from_study(spec, runs[half], pruned=half == "pruner")
+                pruner_names[half] = results[half].pruner or "(not recorded)"
             except ValueError as e:
                 print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
                 return 2
@@ -162,7 +164,10 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     db, sep, study_name = spec.rpartition(":")
     if not sep or not db or not study_name or not Path(db).is_file():
         raise ValueError("expected an existing SQLite file and a study name, DB:STUDY")
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    try:
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {db}") from None
     have, want = study.user_attrs.get("definition", {}), definition(sweep)
     for key in (*COMPARABLE, "space"):
         if have.get(key) != want[key]:

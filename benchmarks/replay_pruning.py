@@ -138,6 +138,8 @@ def replay(sweep: Any, trials: Sequence[FrozenTrial], by_number: dict[int, list[
     """Run ``trials`` (baseline trials, in this order) through the sweep's objective and pruner."""
     from rlexp.sweep.study import make_pruner
 
+    # the objective stops at n_trials: the replay runs every baseline trial, whatever the setting says
+    sweep = dataclasses.replace(sweep, cfg=dataclasses.replace(sweep.cfg, n_trials=len(trials)))
     budget = sweep_budget(sweep)
     study = optuna.create_study(direction="minimize", pruner=make_pruner(sweep.cfg, budget),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("args", nargs="+", help="sweep=NAME baseline=DB:STUDY, and sweep overrides for every setting")
     ap.add_argument("--setting", action="append", default=[], help="'label: sweep overrides...'")
-    ap.add_argument("--orders", type=int, default=0, help="also replay N random trial orders")
+    ap.add_argument("--orders", type=int, default=0, help="also replay N (>= 2) random trial orders")
     ap.add_argument("--keep", type=int, default=10, help="trials kept first in every order (the random start)")
     ap.add_argument("--top", type=int, default=3, help="the baseline's best trials watched")
     a = ap.parse_args(argv)
@@ -172,14 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     from rlexp.envs import check_compatible, solve_threshold
     from rlexp.sweep import load
     from rlexp.sweep.runner import COMPARABLE, definition
+    from rlexp.sweep.study import counts
 
     named = dict(x.split("=", 1) for x in a.args if x.startswith(("sweep=", "baseline=")))
     common = [x for x in a.args if not x.startswith(("sweep=", "baseline="))]
     if "sweep" not in named or "baseline" not in named:
         ap.error("sweep=NAME and baseline=DB:STUDY are required")
-    db, _, study_name = named["baseline"].rpartition(":")
-    if not Path(db).is_file():
-        ap.error(f"baseline={named['baseline']}: {db!r} is not a file")
+    if a.orders == 1 or a.orders < 0:
+        ap.error(f"--orders {a.orders}: 0, or at least 2 orders for a spread")
+    db, sep, study_name = named["baseline"].rpartition(":")
+    if not sep or not db or not study_name or not Path(db).is_file():
+        ap.error(f"baseline={named['baseline']}: expected an existing SQLite file and a study name, DB:STUDY")
     settings = parse_variants(a.setting) or [("sweep", []), ("bound-only", ["pruner.name=threshold", "pruner.args={upper:1.0e9}"])]
     try:
         sweeps = {label: load(named["sweep"], [*common, *ov]) for label, ov in settings}
@@ -187,19 +192,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay_pruning: error: {e}", file=sys.stderr)
         return 2
     first = next(iter(sweeps.values()))
-    base = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
-    have, want = base.user_attrs.get("definition", {}), definition(first)
-    for key in (*COMPARABLE, "space"):
-        if have.get(key) != want[key]:
-            print(f"replay_pruning: error: baseline's {key} {have.get(key)!r} is not this sweep's {want[key]!r}",
-                  file=sys.stderr)
-            return 2
-    trials = [t for t in base.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if len(trials) != len(base.get_trials(deepcopy=False)):
+    try:
+        base = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    except KeyError:
+        ap.error(f"baseline={named['baseline']}: no study {study_name!r} in {db}")
+    have = base.user_attrs.get("definition", {})
+    for label, sweep in sweeps.items():  # report_every too: the baseline's values are on its grid
+        want = definition(sweep)
+        for key in (*COMPARABLE, "space", "report_every"):
+            if have.get(key) != want[key]:
+                print(f"replay_pruning: error: setting {label}: {key}={want[key]!r}, but the baseline's is "
+                      f"{have.get(key)!r}", file=sys.stderr)
+                return 2
+    counted = [t for t in base.get_trials(deepcopy=False) if counts(t)]
+    trials = [t for t in counted if t.state == TrialState.COMPLETE]
+    if len(trials) != len(counted):
         print("replay_pruning: error: the baseline must be a no-pruner study with every trial complete", file=sys.stderr)
         return 2
     rcfg = compose_config(list(first.cfg.base))
     budget, window = int(rcfg.train.max_episodes), int(rcfg.solve.window)
+    every = first.cfg.pruner.report_every
+    if budget % every or window % every:
+        print(f"replay_pruning: error: pruner.report_every={every} must divide train.max_episodes={budget} "
+              f"and solve.window={window}: the returns are rebuilt in blocks of report_every episodes",
+              file=sys.stderr)
+        return 2
     threshold = solve_threshold(rcfg, check_compatible(rcfg))
     penalty = float(first.cfg.objective.penalty if first.cfg.objective.penalty is not None else budget)
     n_seeds = len(first.cfg.seeds)

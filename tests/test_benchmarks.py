@@ -51,16 +51,20 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     assert row.split("|")[3:7] == next(line for line in out2.read_text().splitlines()
                                        if line.startswith("| no pruner |")).split("|")[3:7]
     # a baseline from another definition is refused
+    before = set((tmp_path / "outputs" / "bench_sweep").iterdir())
     assert bench_sweep.main([*tiny, "train.max_episodes=4", f"baseline={unpruned}"]) == 2
     assert "its base" in capsys.readouterr().err
-    refused = max((tmp_path / "outputs" / "bench_sweep").iterdir())
-    assert refused != work and not (refused / "optuna.db").exists()  # refused before any sweep ran
+    assert not any((d / "optuna.db").exists()  # refused before any sweep ran
+                   for d in set((tmp_path / "outputs" / "bench_sweep").iterdir()) - before)
+    assert bench_sweep.main([*tiny, f"baseline={work / 'optuna.db'}:nope"]) == 2
+    assert "baseline=" in (err := capsys.readouterr().err) and "no study 'nope'" in err
     # both halves from studies: the table alone, the same figures
     for f in (tmp_path / "results").glob("sweep-*.md"):
         f.unlink()
     pruned = f"{work / 'optuna.db'}:bench-dqn_cartpole-pruned-{work.name}"
     assert bench_sweep.main([*tiny, f"pruned={pruned}", f"baseline={unpruned}"]) == 0
     (out3,) = (tmp_path / "results").glob("sweep-*.md")
+    assert "| pruner | median |" in out3.read_text()  # as the study recorded it
     rows3 = [line.split("|")[3:7] for line in out3.read_text().splitlines() if line.startswith(("| pruner", "| no pruner"))]
     assert rows3 == [line.split("|")[3:7] for line in text.splitlines() if line.startswith(("| pruner", "| no pruner"))]
     # a study short of n_trials is refused

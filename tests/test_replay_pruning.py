@@ -93,3 +93,30 @@ def test_a_pruner_stops_the_flop_and_counts_only_the_steps_it_ran():
     assert r.pruned == [0, 2]
     full = sum(t.user_attrs["env_steps"] for t in trials)
     assert trials[0].user_attrs["env_steps"] < r.env_steps < full
+
+
+def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tmp_path, monkeypatch, capsys):
+    from rlexp.sweep.runner import definition
+
+    monkeypatch.setattr(rp, "RESULTS", tmp_path / "results")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    base = optuna.create_study(study_name="base", storage=storage)
+    for n, seeds in enumerate(TRIALS):
+        base.add_trial(recorded(n, seeds))
+    base.set_user_attr("definition", definition(load("dqn_cartpole", OVERRIDES)))
+    spec = f"{tmp_path / 'optuna.db'}:base"
+    # n_trials=2 < the baseline's 3 trials: every one is still replayed
+    assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "n_trials=2",
+                    "--setting", "none: pruner.name=none", "--setting", "bound: pruner.name=threshold pruner.args={upper:1.0e9}"]) == 0
+    (out,) = (tmp_path / "results").glob("replay-*.md")
+    rows = {line.split("|")[1].strip(): line for line in out.read_text().splitlines() if line.startswith("| ")}
+    assert "| 0% | 0 | yes | none |" in rows["none"] and "| 1 | yes | 2 |" in rows["bound"]  # the bound stops trial 2
+    # a setting on another report grid, an unknown study, a bad --orders
+    assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "e: pruner.report_every=20"]) == 2
+    assert "setting e: report_every=20, but the baseline's is 10" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rp.main(["sweep=dqn_cartpole", f"baseline={tmp_path / 'optuna.db'}:nope", *OVERRIDES])
+    assert "no study 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rp.main(["sweep=dqn_cartpole", f"baseline={spec}", "--orders", "1"])
+    assert "--orders 1" in capsys.readouterr().err

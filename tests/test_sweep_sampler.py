@@ -48,6 +48,10 @@ def test_a_trial_draws_the_same_whichever_worker_asks_for_it():
 def test_the_seed_changes_the_draws_and_qmc_keeps_one_seed():
     assert draws(lambda w: make_sampler(tpe_sweep()), [0] * 3) != draws(
         lambda w: make_sampler(tpe_sweep("sampler.seed=4")), [0] * 3)
+    # sweeps with seeds 3 and 4 do not share draws one trial apart (seed + trial number would)
+    three, four = draws(lambda w: make_sampler(tpe_sweep()), [0] * 3), draws(
+        lambda w: make_sampler(tpe_sweep("sampler.seed=4")), [0] * 3)
+    assert three[1] != four[0] and three[2] != four[1]
     unseeded = make_sampler(tpe_sweep("sampler.seed=null"))
     assert isinstance(unseeded, SweepSampler) and unseeded._seed is None
     qmc = load("dqn_cartpole", ["sampler.name=qmc", "sampler.seed=1", "sampler.args={}"]).cfg

@@ -148,7 +148,7 @@ class SamplerConfig:
     """The Optuna sampler that proposes each trial's parameters."""
 
     name: str = "tpe"  # tpe | random | cmaes | gp | qmc
-    seed: int | None = 0  # trial k's sampler is seeded with seed + k (any workers); None: unseeded
+    seed: int | None = 0  # trial k's sampler is seeded from (seed, k), whatever the workers; None: unseeded
     args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the sampler class
     # the sampler sees a pruned trial as complete with its last reported value (a pessimistic
     # one); false: Optuna's own handling (TPE ranks every pruned trial below every complete one)

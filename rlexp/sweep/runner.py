@@ -93,6 +93,7 @@ class SweepResult:
     evaluation: EvalSummary | None = None
     preset: Path | None = None
     parent_run_id: str | None = None
+    pruner: str | None = None  # the pruner the study was started with (recorded since session 6)
 
     @property
     def finished(self) -> bool:
@@ -187,6 +188,7 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
     want = definition(sweep)
     if have is None:
         study.set_user_attr("definition", want)
+        study.set_user_attr("pruner", sweep.cfg.pruner.name)  # what the study was started with
         return
     for key in COMPARABLE:
         if have.get(key) != want[key]:
@@ -286,7 +288,8 @@ def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepRes
     return SweepResult(study.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
                        st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials),
                        wall_time_s, b.number if b else None, b.value if b else None,
-                       list(b.user_attrs.get("overrides", [])) if b else [])
+                       list(b.user_attrs.get("overrides", [])) if b else [],
+                       pruner=study.user_attrs.get("pruner"))
 
 
 def _parent_metrics(r: SweepResult) -> dict[str, float]:

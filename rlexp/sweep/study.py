@@ -13,6 +13,7 @@ would come up short), counting only finished ones it lets N workers overshoot by
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -72,6 +74,12 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """Trial ``number``'s sampler seed: ``seed`` and ``number`` mixed (not added, so that sweeps
+    with seeds 0 and 1 do not share their draws one trial apart)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def as_complete(t: FrozenTrial) -> FrozenTrial:
     """A pruned trial as a complete one whose value is its last reported value."""
     value = t.intermediate_values[max(t.intermediate_values)]
@@ -93,16 +101,23 @@ class PrunedAsComplete:
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
         wanted = None if states is None else set(states)
         asked = None if wanted is None else tuple(wanted | {TrialState.PRUNED})
+        return self._convert(self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache), wanted)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        wanted = None if states is None else set(states)
+        asked = None if wanted is None else tuple(wanted | {TrialState.PRUNED})
+        return self._convert(self._study.get_trials(deepcopy=deepcopy, states=asked), wanted)
+
+    @staticmethod
+    def _convert(trials: list[FrozenTrial], wanted: set[TrialState] | None) -> list[FrozenTrial]:
         out = []
-        for t in self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache):
-            if t.state == TrialState.PRUNED and t.intermediate_values:
+        for t in trials:
+            if (t.state == TrialState.PRUNED and t.intermediate_values
+                    and not math.isnan(t.intermediate_values[max(t.intermediate_values)])):
                 t = as_complete(t)
             if wanted is None or t.state in wanted:
                 out.append(t)
         return out
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
 
 
 class SweepSampler(optuna.samplers.BaseSampler):
@@ -110,7 +125,7 @@ class SweepSampler(optuna.samplers.BaseSampler):
 
     Seeding: with one seeded stream per worker (what Optuna gives), which trial draws what depends
     on which worker asked first: two runs of the same sweep with 2 workers, or one resumed on
-    another machine, start from different random trials. Seeded with ``seed + trial.number``,
+    another machine, start from different random trials. Seeded from ``(seed, trial.number)``,
     trial k's draw depends only on the seed, k and the trials finished when it was asked: the
     random start-up trials are the same whatever the workers, hosts and restarts, and a sweep run
     again with another pruner starts from the same trials. Distinct trials get distinct seeds.
@@ -132,7 +147,7 @@ class SweepSampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._seed is not None:
-            self._inner = self._make(self._seed + trial.number)
+            self._inner = self._make(trial_seed(self._seed, trial.number))
         self._inner.before_trial(self._view(study), trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
@@ -155,7 +170,7 @@ class SweepSampler(optuna.samplers.BaseSampler):
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
     """The configured sampler in a :class:`SweepSampler`: with ``sampler.seed``, each trial's draw
-    is seeded with ``seed + trial number``, except QMC's (its sequence is shared by the study and
+    is seeded from ``(seed, trial number)`` (:func:`trial_seed`), except QMC's (its sequence is shared by the study and
     its seed only scrambles it, so every trial keeps the one seed); with ``sampler.consider_pruned``
     it learns from pruned trials' last values."""
     s = cfg.sampler
