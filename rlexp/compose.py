@@ -78,12 +78,19 @@ def is_group(key: str) -> bool:
     return "." not in key and (CONF_DIR / key).is_dir()
 
 
+def check_group_option(group: str, value: str, at: str | None = None) -> None:
+    """Refuse ``value`` unless it is an option of config group ``group``; the message starts with
+    ``at`` (default ``group=``), the key the user wrote."""
+    options = group_options(group)
+    if value not in options:
+        raise ConfigError(f"{at if at is not None else f'{group}='}{value!r} is not an option of {group}/; "
+                          f"choose one of: {', '.join(options)}")
+
+
 def _check_group_choice(key: str, value: str) -> None:
     group = key.lstrip("+~")
     if is_group(group):
-        options = group_options(group)
-        if value not in options:
-            raise ConfigError(f"{group}={value!r} is not an option of {group}/; choose one of: {', '.join(options)}")
+        check_group_option(group, value)
 
 
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "config",

@@ -18,11 +18,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlexp.compose import (
+    check_group_option,
     compose_config,
     compose_dict,
     group_choices,
     group_names,
-    group_options,
     is_group,
     name_override,
     one_line,
@@ -202,11 +202,8 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
             if not is_group(p.key):
                 raise ConfigError(f"groups.{p.key}: {p.key!r} is not a config group; choose among: "
                                   f"{', '.join(group_names())}")
-            options = group_options(p.key)
             for c in p.choices:
-                if c not in options:
-                    raise ConfigError(f"groups.{p.key}: {c!r} is not an option of {p.key}/; "
-                                      f"choose among: {', '.join(options)}")
+                check_group_option(p.key, c, at=f"groups.{p.key}: ")
             continue
         node = OmegaConf.select(dbase, p.key, default=_ABSENT)
         if node is _ABSENT:
