@@ -24,6 +24,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def open_study(spec: str) -> Any:
+    """The Optuna study ``DB:STUDY`` (an SQLite file); ValueError naming what is wrong."""
+    import optuna
+
+    db, sep, study_name = spec.rpartition(":")
+    if not sep or not db or not study_name or not Path(db).is_file():
+        raise ValueError("expected an existing SQLite file and a study name, DB:STUDY")
+    try:
+        return optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {db}") from None
+
+
+def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
+    """The first of the definition's ``keys`` on which ``study`` and ``sweep`` differ: (key, the
+    study's, the sweep's); None if they agree on all."""
+    from rlexp.sweep.runner import definition
+
+    have, want = study.user_attrs.get("definition", {}), definition(sweep)
+    return next(((k, have.get(k), want[k]) for k in keys if have.get(k) != want[k]), None)
+
+
 def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     """A half from an earlier study ``DB:STUDY``: its tally, env steps, wall time (first trial
     start to last trial end) and best trial; checked against ``sweep``'s definition, finished,
@@ -160,22 +183,15 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     import optuna
 
     from rlexp.sweep.runner import COMPARABLE, definition, summarize
-
-    db, sep, study_name = spec.rpartition(":")
-    if not sep or not db or not study_name or not Path(db).is_file():
-        raise ValueError("expected an existing SQLite file and a study name, DB:STUDY")
-    try:
-        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
-    except KeyError:
-        raise ValueError(f"no study {study_name!r} in {db}") from None
-    have, want = study.user_attrs.get("definition", {}), definition(sweep)
-    for key in (*COMPARABLE, "space"):
-        if have.get(key) != want[key]:
-            raise ValueError(f"its {key} {have.get(key)!r} is not this sweep's {want[key]!r}")
-    if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
-        raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
     from rlexp.sweep.study import done
 
+    study = open_study(spec)
+    diff = first_difference(study, sweep, (*COMPARABLE, "space"))
+    if diff:
+        raise ValueError(f"its {diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}")
+    have, want = study.user_attrs.get("definition", {}), definition(sweep)
+    if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
+        raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
     trials = study.get_trials(deepcopy=False)
     if done(trials) < sweep.cfg.n_trials:
         raise ValueError(f"it has {done(trials)} finished trials of n_trials={sweep.cfg.n_trials}: resume it first")

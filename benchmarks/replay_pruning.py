@@ -34,13 +34,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.bench_sweep import RESULTS, versions
+from benchmarks.bench_sweep import RESULTS, first_difference, open_study, versions
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,9 @@ def seed_trace(own: dict[int, float], solved_at: int | None, budget: int, thresh
 def traces(trial: FrozenTrial, budget: int, threshold: float, penalty: float, window: int,
            n_seeds: int) -> list[SeedTrace]:
     """Every seed of a complete no-pruner trial, with the returns rescaled to its recorded env steps."""
-    worst = budget + 2 * penalty
+    from rlexp.sweep.objective import seed_value
+
+    worst = seed_value(None, budget, penalty, 1.0)  # a seed not yet run, as the reporter counts it
     fmt = unstarted_as_worst(trial, budget, worst, n_seeds)
     finished = trial.user_attrs["seed_values"]
     out = [seed_trace(current_values(trial.intermediate_values, finished, i, n_seeds, budget, worst, fmt),
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlexp.config import ConfigError
     from rlexp.envs import check_compatible, solve_threshold
     from rlexp.sweep import load
-    from rlexp.sweep.runner import COMPARABLE, definition
+    from rlexp.sweep.runner import COMPARABLE
     from rlexp.sweep.study import counts
 
     named = dict(x.split("=", 1) for x in a.args if x.startswith(("sweep=", "baseline=")))
@@ -182,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("sweep=NAME and baseline=DB:STUDY are required")
     if a.orders == 1 or a.orders < 0:
         ap.error(f"--orders {a.orders}: 0, or at least 2 orders for a spread")
-    db, sep, study_name = named["baseline"].rpartition(":")
-    if not sep or not db or not study_name or not Path(db).is_file():
-        ap.error(f"baseline={named['baseline']}: expected an existing SQLite file and a study name, DB:STUDY")
+    try:
+        base = open_study(named["baseline"])
+    except ValueError as e:
+        ap.error(f"baseline={named['baseline']}: {e}")
     settings = parse_variants(a.setting) or [("sweep", []), ("bound-only", ["pruner.name=threshold", "pruner.args={upper:1.0e9}"])]
     try:
         sweeps = {label: load(named["sweep"], [*common, *ov]) for label, ov in settings}
@@ -192,18 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay_pruning: error: {e}", file=sys.stderr)
         return 2
     first = next(iter(sweeps.values()))
-    try:
-        base = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
-    except KeyError:
-        ap.error(f"baseline={named['baseline']}: no study {study_name!r} in {db}")
-    have = base.user_attrs.get("definition", {})
     for label, sweep in sweeps.items():  # report_every too: the baseline's values are on its grid
-        want = definition(sweep)
-        for key in (*COMPARABLE, "space", "report_every"):
-            if have.get(key) != want[key]:
-                print(f"replay_pruning: error: setting {label}: {key}={want[key]!r}, but the baseline's is "
-                      f"{have.get(key)!r}", file=sys.stderr)
-                return 2
+        diff = first_difference(base, sweep, (*COMPARABLE, "space", "report_every"))
+        if diff:
+            print(f"replay_pruning: error: setting {label}: {diff[0]}={diff[2]!r}, but the baseline's is "
+                  f"{diff[1]!r}", file=sys.stderr)
+            return 2
     counted = [t for t in base.get_trials(deepcopy=False) if counts(t)]
     trials = [t for t in counted if t.state == TrialState.COMPLETE]
     if len(trials) != len(counted):
@@ -246,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     command = "python -m benchmarks.replay_pruning " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"# replay_pruning\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
-            f"versions: {versions()}\n\nbaseline: study {study_name} in {db}: {len(trials)} trials, "
+            f"versions: {versions()}\n\nbaseline: study {named['baseline']}: {len(trials)} trials, "
             f"{total} env steps, best {best:.1f}; its top {a.top}: {sorted(top)}. Trials replayed in their "
             f"order, one worker; a real pruned sweep samples other trials (module docstring).\n\n"
             + "\n".join(rows) + "\n")

@@ -86,6 +86,12 @@ def unsolved_value(mean_return: float, threshold: float, budget: int, penalty: f
     return seed_value(None, budget, penalty, shortfall(mean_return, threshold))
 
 
+def mean_after(tail: Sequence[float], k: int, n: int, max_return: float) -> float:
+    """The mean of the last ``n`` returns once ``k`` more episodes have returned ``max_return``."""
+    keep = tail[max(0, len(tail) - (n - k)):] if n > k else []
+    return (sum(keep) + min(k, n) * max_return) / n
+
+
 def earliest_solve(recent: Sequence[float], episode: int, budget: int, window: int, threshold: float,
                    max_return: float) -> int | None:
     """The first episode after ``episode`` at which a seed could still be solved, every later
@@ -93,9 +99,7 @@ def earliest_solve(recent: Sequence[float], episode: int, budget: int, window: i
     (at least the last ``window`` of them, or all if fewer)."""
     tail = list(recent)[-window:]
     for e in range(max(episode + 1, window), budget + 1):
-        k = e - episode  # episodes still to come, each at max_return
-        keep = tail[max(0, len(tail) - (window - k)):] if window > k else []
-        if (sum(keep) + min(k, window) * max_return) / window >= threshold - 1e-9:
+        if mean_after(tail, e - episode, window, max_return) >= threshold - 1e-9:
             return e
     return None
 
@@ -117,9 +121,8 @@ def seed_bound(recent: Sequence[float], episode: int, budget: int, window: int, 
     e = earliest_solve(tail, episode, budget, window, threshold, max_return)
     if e is not None:
         return float(e)
-    n, k = min(window, budget), budget - episode
-    keep = tail[max(0, len(tail) - (n - k)):] if n > k else []
-    return unsolved_value((sum(keep) + min(k, n) * max_return) / n, threshold, budget, penalty)
+    return unsolved_value(mean_after(tail, budget - episode, min(window, budget), max_return),
+                          threshold, budget, penalty)
 
 
 def best_value(study: optuna.Study, startup: int = 0) -> float | None:

@@ -80,9 +80,8 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def as_complete(t: FrozenTrial) -> FrozenTrial:
-    """A pruned trial as a complete one whose value is its last reported value."""
-    value = t.intermediate_values[max(t.intermediate_values)]
+def as_complete(t: FrozenTrial, value: float) -> FrozenTrial:
+    """Trial ``t`` as a complete one with ``value``."""
     return FrozenTrial(number=t.number, state=TrialState.COMPLETE, value=value, values=None,
                        datetime_start=t.datetime_start, datetime_complete=t.datetime_complete, params=t.params,
                        distributions=t.distributions, user_attrs=t.user_attrs, system_attrs=t.system_attrs,
@@ -99,22 +98,21 @@ class PrunedAsComplete:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        wanted = None if states is None else set(states)
-        asked = None if wanted is None else tuple(wanted | {TrialState.PRUNED})
-        return self._convert(self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache), wanted)
+        return self._view(lambda asked: self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache),
+                          states)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        wanted = None if states is None else set(states)
-        asked = None if wanted is None else tuple(wanted | {TrialState.PRUNED})
-        return self._convert(self._study.get_trials(deepcopy=deepcopy, states=asked), wanted)
+        return self._view(lambda asked: self._study.get_trials(deepcopy=deepcopy, states=asked), states)
 
     @staticmethod
-    def _convert(trials: list[FrozenTrial], wanted: set[TrialState] | None) -> list[FrozenTrial]:
+    def _view(get: Any, states: Any) -> list[FrozenTrial]:
+        """The trials ``get(states)`` returns, pruned ones asked for too and shown complete."""
+        wanted = None if states is None else set(states)
         out = []
-        for t in trials:
-            if (t.state == TrialState.PRUNED and t.intermediate_values
-                    and not math.isnan(t.intermediate_values[max(t.intermediate_values)])):
-                t = as_complete(t)
+        for t in get(None if wanted is None else tuple(wanted | {TrialState.PRUNED})):
+            last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan
+            if t.state == TrialState.PRUNED and not math.isnan(last):
+                t = as_complete(t, last)
             if wanted is None or t.state in wanted:
                 out.append(t)
         return out
