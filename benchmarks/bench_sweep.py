@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     default_eval = None
 
     def write() -> None:  # after every stage, so a run stopped half-way still leaves its table
+        workers = "workers as each study was run" if len(taken) == 2 else f"{cfg.workers} worker(s)"
         rows = ["| run | pruner | complete | pruned | failed | env steps | wall time | best value (trial) | "
                 f"re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -108,16 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{table}\n\n{summary}")
         text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
                 f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
-                f"{cfg.workers} worker(s), sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base "
+                f"{workers}, sampler {cfg.sampler.name} seed {cfg.sampler.seed} (consider_pruned "
+                f"{str(cfg.sampler.consider_pruned).lower()}), base "
                 f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
                 f"fresh seeds {fresh}; studies: "
-                + "; ".join(f"{label} {r.study_name} in {r.storage}" for label, r in results.items()) + "\n\n"
+                + "; ".join(f"{label} {r.study_name} in {r.storage}{_as_run(r, label in taken)}"
+                            for label, r in results.items()) + "\n\n"
                 f"{table}\n\n{summary}\n")
         RESULTS.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"\nbench_sweep: written {out}", file=sys.stderr)
 
     pruner_names: dict[str, str] = {}  # of the halves taken from studies: what they were run with
+    taken = [h for h, spec in (("pruner", pruned), ("no pruner", baseline)) if spec is not None]
     for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
         if spec is not None:  # checked before any work: a wrong study is refused at once
             try:
@@ -152,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _as_run(r: Any, taken: bool) -> str:
+    """What the header says of a half beyond its study: trials lost to a stopped worker (not
+    counted; a trial records its env steps when it ends, so theirs are in no sum), and for a study
+    taken, whether it recorded its sampler."""
+    notes = [f"{r.tally['lost']} lost trial(s), not counted, env steps unrecorded"] if r.tally.get("lost") else []
+    if taken and r.sampler is None:
+        notes.append("sampler not recorded (studies before session 7)")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def open_study(spec: str) -> Any:
     """The Optuna study ``DB:STUDY`` (an SQLite file); ValueError naming what is wrong."""
     import optuna
@@ -182,7 +196,7 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
 
     import optuna
 
-    from rlexp.sweep.runner import COMPARABLE, definition, summarize
+    from rlexp.sweep.runner import COMPARABLE, definition, sampler_record, summarize
     from rlexp.sweep.study import done
 
     study = open_study(spec)
@@ -192,6 +206,13 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     have, want = study.user_attrs.get("definition", {}), definition(sweep)
     if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
         raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
+    recorded, want_sampler = study.user_attrs.get("sampler"), sampler_record(sweep)
+    if not pruned and recorded is not None:  # without pruned trials, consider_pruned changes nothing
+        recorded = {**recorded, "consider_pruned": want_sampler["consider_pruned"]}
+    if recorded is not None and recorded != want_sampler:  # recorded since session 7
+        key = next(k for k in want_sampler if recorded.get(k) != want_sampler[k])
+        raise ValueError(f"its sampler.{key} {recorded.get(key)!r} is not this sweep's {want_sampler[key]!r}: "
+                         "not the same search (set it on the command line)")
     trials = study.get_trials(deepcopy=False)
     if done(trials) < sweep.cfg.n_trials:
         raise ValueError(f"it has {done(trials)} finished trials of n_trials={sweep.cfg.n_trials}: resume it first")

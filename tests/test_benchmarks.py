@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from benchmarks import bench_algos
@@ -67,9 +69,31 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     assert "| pruner | median |" in out3.read_text()  # as the study recorded it
     rows3 = [line.split("|")[3:7] for line in out3.read_text().splitlines() if line.startswith(("| pruner", "| no pruner"))]
     assert rows3 == [line.split("|")[3:7] for line in text.splitlines() if line.startswith(("| pruner", "| no pruner"))]
+    assert "workers as each study was run" in out3.read_text() and "not recorded" not in out3.read_text()
+    # the same search: a study drawn from another sampler seed is refused, for either half; the
+    # no-pruner half has no pruned trial, so consider_pruned does not matter there
+    assert bench_sweep.main([*tiny, "sampler.seed=1", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert "baseline=" in (err := capsys.readouterr().err) and "its sampler.seed 0 is not this sweep's 1" in err
+    assert bench_sweep.main([*tiny, "sampler.consider_pruned=false", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert "pruned=" in (err := capsys.readouterr().err)
+    assert "its sampler.consider_pruned True is not this sweep's False" in err
+    assert bench_sweep.main([*tiny, "sampler.consider_pruned=false", f"baseline={unpruned}", "n_trials=2",
+                             "eval_seeds=0"]) == 0
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=3", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "finished trials of n_trials=3: resume it first" in capsys.readouterr().err
+
+
+def test_bench_sweep_header_names_lost_trials_and_unrecorded_samplers():
+    from benchmarks.bench_sweep import _as_run
+    from rlexp.sweep.runner import SweepResult
+
+    tally = {"complete": 30, "pruned": 0, "failed": 0, "lost": 2, "running": 0}
+    r = SweepResult("s", "sqlite:///x.db", 30, tally, 100, 1.0)
+    assert _as_run(r, taken=True) == (" (2 lost trial(s), not counted, env steps unrecorded; "
+                                      "sampler not recorded (studies before session 7))")
+    r.sampler, r.tally = {"name": "tpe"}, {**tally, "lost": 0}
+    assert _as_run(r, taken=True) == "" and _as_run(dataclasses.replace(r, sampler=None), taken=False) == ""
 
 
 def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):

@@ -85,7 +85,7 @@ class SweepResult:
     storage: str  # redacted
     n_trials: int
     tally: dict[str, int]
-    env_steps: int  # summed over every trial of the study (lost ones included)
+    env_steps: int  # summed over the study's trials (each records its own when it ends: lost ones none)
     wall_time_s: float  # of this command
     best_number: int | None = None
     best_value: float | None = None
@@ -94,6 +94,7 @@ class SweepResult:
     preset: Path | None = None
     parent_run_id: str | None = None
     pruner: str | None = None  # the pruner the study was started with (recorded since session 6)
+    sampler: dict[str, Any] | None = None  # the sampler it was started with (:func:`sampler_record`)
 
     @property
     def finished(self) -> bool:
@@ -183,12 +184,21 @@ def definition(sweep: Sweep) -> dict[str, Any]:
             "groups": c.groups}
 
 
+def sampler_record(sweep: Sweep) -> dict[str, Any]:
+    """The sampler settings that decide which trials a study draws: recorded when it is created, so
+    that two studies compared as "the same sweep with and without a pruner" can be checked to
+    have drawn from the same sampler seed."""
+    s = sweep.cfg.sampler
+    return {"name": s.name, "seed": s.seed, "args": dict(s.args), "consider_pruned": s.consider_pruned}
+
+
 def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
     have = study.user_attrs.get("definition")
     want = definition(sweep)
     if have is None:
         study.set_user_attr("definition", want)
         study.set_user_attr("pruner", sweep.cfg.pruner.name)  # what the study was started with
+        study.set_user_attr("sampler", sampler_record(sweep))
         return
     for key in COMPARABLE:
         if have.get(key) != want[key]:
@@ -289,7 +299,7 @@ def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepRes
                        st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials),
                        wall_time_s, b.number if b else None, b.value if b else None,
                        list(b.user_attrs.get("overrides", [])) if b else [],
-                       pruner=study.user_attrs.get("pruner"))
+                       pruner=study.user_attrs.get("pruner"), sampler=study.user_attrs.get("sampler"))
 
 
 def _parent_metrics(r: SweepResult) -> dict[str, float]:
