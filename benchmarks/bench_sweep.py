@@ -179,13 +179,17 @@ def open_study(spec: str) -> Any:
         raise ValueError(f"no study {study_name!r} in {db}") from None
 
 
+def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any, Any] | None:
+    """The first of ``keys`` on which a study's record ``have`` and the sweep's ``want`` differ:
+    (key, the study's, the sweep's); None if they agree on all."""
+    return next(((k, have.get(k), want[k]) for k in keys if have.get(k) != want[k]), None)
+
+
 def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
-    """The first of the definition's ``keys`` on which ``study`` and ``sweep`` differ: (key, the
-    study's, the sweep's); None if they agree on all."""
+    """:func:`differing` on the definition ``study`` was created with and ``sweep``'s."""
     from rlexp.sweep.runner import definition
 
-    have, want = study.user_attrs.get("definition", {}), definition(sweep)
-    return next(((k, have.get(k), want[k]) for k in keys if have.get(k) != want[k]), None)
+    return differing(study.user_attrs.get("definition", {}), definition(sweep), keys)
 
 
 def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
@@ -200,19 +204,19 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     from rlexp.sweep.study import done
 
     study = open_study(spec)
-    diff = first_difference(study, sweep, (*COMPARABLE, "space"))
+    have, want = study.user_attrs.get("definition", {}), definition(sweep)
+    diff = differing(have, want, (*COMPARABLE, "space"))
     if diff:
         raise ValueError(f"its {diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}")
-    have, want = study.user_attrs.get("definition", {}), definition(sweep)
     if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
         raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
-    recorded, want_sampler = study.user_attrs.get("sampler"), sampler_record(sweep)
-    if not pruned and recorded is not None:  # without pruned trials, consider_pruned changes nothing
-        recorded = {**recorded, "consider_pruned": want_sampler["consider_pruned"]}
-    if recorded is not None and recorded != want_sampler:  # recorded since session 7
-        key = next(k for k in want_sampler if recorded.get(k) != want_sampler[k])
-        raise ValueError(f"its sampler.{key} {recorded.get(key)!r} is not this sweep's {want_sampler[key]!r}: "
-                         "not the same search (set it on the command line)")
+    recorded = study.user_attrs.get("sampler")  # recorded since session 7
+    if recorded is not None:
+        want_sampler = sampler_record(sweep)  # without pruned trials, consider_pruned changes nothing
+        diff = differing(recorded, want_sampler, [k for k in want_sampler if pruned or k != "consider_pruned"])
+        if diff:
+            raise ValueError(f"its sampler.{diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}: "
+                             "not the same search (set it on the command line)")
     trials = study.get_trials(deepcopy=False)
     if done(trials) < sweep.cfg.n_trials:
         raise ValueError(f"it has {done(trials)} finished trials of n_trials={sweep.cfg.n_trials}: resume it first")
