@@ -162,7 +162,7 @@ def _as_run(r: Any, taken: bool) -> str:
     taken, whether it recorded its sampler."""
     notes = [f"{r.tally['lost']} lost trial(s), not counted, env steps unrecorded"] if r.tally.get("lost") else []
     if taken and r.sampler is None:
-        notes.append("sampler not recorded (studies before session 7)")
+        notes.append("sampler not recorded (a study created before rlexp recorded it)")
     return f" ({'; '.join(notes)})" if notes else ""
 
 

@@ -74,10 +74,10 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     # no-pruner half has no pruned trial, so consider_pruned does not matter there
     assert bench_sweep.main([*tiny, "sampler.seed=1", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "baseline=" in (err := capsys.readouterr().err) and "its sampler.seed 0 is not this sweep's 1" in err
-    assert bench_sweep.main([*tiny, "sampler.consider_pruned=false", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "pruned=" in (err := capsys.readouterr().err)
-    assert "its sampler.consider_pruned True is not this sweep's False" in err
-    assert bench_sweep.main([*tiny, "sampler.consider_pruned=false", f"baseline={unpruned}", "n_trials=2",
+    assert "its sampler.consider_pruned False is not this sweep's True" in err
+    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"baseline={unpruned}", "n_trials=2",
                              "eval_seeds=0"]) == 0
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=3", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
@@ -91,7 +91,7 @@ def test_bench_sweep_header_names_lost_trials_and_unrecorded_samplers():
     tally = {"complete": 30, "pruned": 0, "failed": 0, "lost": 2, "running": 0}
     r = SweepResult("s", "sqlite:///x.db", 30, tally, 100, 1.0)
     assert _as_run(r, taken=True) == (" (2 lost trial(s), not counted, env steps unrecorded; "
-                                      "sampler not recorded (studies before session 7))")
+                                      "sampler not recorded (a study created before rlexp recorded it))")
     r.sampler, r.tally = {"name": "tpe"}, {**tally, "lost": 0}
     assert _as_run(r, taken=True) == "" and _as_run(dataclasses.replace(r, sampler=None), taken=False) == ""
 

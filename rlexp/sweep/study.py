@@ -128,12 +128,14 @@ class SweepSampler(optuna.samplers.BaseSampler):
     random start-up trials are the same whatever the workers, hosts and restarts, and a sweep run
     again with another pruner starts from the same trials. Distinct trials get distinct seeds.
 
-    Pruned trials (``consider_pruned``): Optuna's TPE ranks every pruned trial below every complete
-    one, so when the pruner stops most trials its "good" group is whatever few trials completed
-    (in this project's sweeps, the default and a few flops), and it keeps proposing trials near
-    those. Here the sampler sees a pruned trial as complete with its last reported value, as
-    ``CmaEsSampler(consider_pruned_trials=True)`` does: a pessimistic value (rlexp's objective
+    Pruned trials (``consider_pruned``, off by default): Optuna's TPE ranks every pruned trial
+    below every complete one, so its "good" group is made of complete trials only. With
+    ``consider_pruned`` the sampler sees a pruned trial as complete with its last reported value,
+    as ``CmaEsSampler(consider_pruned_trials=True)`` does: a pessimistic value (rlexp's objective
     counts the seeds a trial did not run as unsolved), so a pruned trial ranks by how far it got.
+    Measured on the ``dqn_cartpole`` sweep (two sampler seeds, each against a no-pruner sweep),
+    Optuna's own handling saved more env steps and found better trials: pruned trials that got
+    far were mediocre ones the pruner stopped late, and ranking them drew TPE towards them.
     """
 
     def __init__(self, make: Any, seed: int | None, consider_pruned: bool) -> None:
