@@ -10,7 +10,8 @@ Both runs use the same definition and sampler seed, each in a fresh study (stora
 ``pruner.name=none``. ``baseline=DB:STUDY`` takes the no-pruner half from an earlier run's study
 instead of running it again, and ``pruned=DB:STUDY`` the pruned half (both: the table alone, from two
 studies run with ``python -m rlexp.sweep``). A study taken must have this sweep's definition (what
-makes trial values comparable) and ``n_trials`` finished trials, and a baseline no pruned trial;
+makes trial values comparable), its sampler, the same random start as the other half (its first
+drawn trial's parameters: :func:`different_start`) and ``n_trials`` finished trials, and a baseline no pruned trial;
 its re-evaluation is not repeated. Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
 seeds, and so is the default configuration (the base overrides alone). The Markdown table
 (trials complete/pruned/failed, total env steps, wall time, best value, env-steps saving,
@@ -130,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
                 return 2
+    if taken and cfg.sampler.seed is not None:  # the same sampler seed, as drawn: checked before any work
+        specs = {"pruned": pruned, "baseline": baseline}
+        studies = {key: open_study(spec) for key, spec in specs.items() if spec is not None}
+        key, study = next(iter(studies.items()))
+        other = next((o for k, o in studies.items() if k != key), None)
+        why = different_start(study, other, runs["pruner"])
+        if why:
+            print(f"bench_sweep: error: {key}={specs[key]}: {why}", file=sys.stderr)
+            return 2
     if pruned is not None:
         results = {"pruner": results.pop("pruner"), **results}
         write()
@@ -190,6 +200,59 @@ def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, 
     from rlexp.sweep.runner import definition
 
     return differing(study.user_attrs.get("definition", {}), definition(sweep), keys)
+
+
+def first_drawn(study: Any) -> Any | None:
+    """The first trial of ``study`` whose parameters its sampler drew (not enqueued, as a sweep's
+    default-configuration trial 0 is); None if it has none."""
+    return next((t for t in study.get_trials(deepcopy=False) if t.params and "fixed_params" not in t.system_attrs),
+                None)
+
+
+def draw(sweep: Any, before: Sequence[Any]) -> dict[str, Any]:
+    """The parameters ``sweep``'s sampler draws for the trial after the trials ``before`` (numbered
+    0 on), suggested in the objective's order, in a throw-away in-memory study."""
+    import optuna
+
+    from rlexp.sweep.objective import suggest
+    from rlexp.sweep.study import make_sampler
+
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    try:
+        probe = optuna.create_study(direction="minimize", sampler=make_sampler(sweep.cfg))
+    finally:
+        optuna.logging.set_verbosity(quiet)
+    for t in before:
+        probe.add_trial(t)
+    trial = probe.ask()
+    return {p.key: suggest(trial, p) for p in sweep.params}
+
+
+def different_start(study: Any, other: Any | None, sweep: Any) -> str | None:
+    """Why ``study`` and ``other`` (or, when None, ``sweep`` run now) do not start from the same
+    random draws, or None if they do. With the same sampler, seed and trial seeding, the first
+    trial the sampler draws is the same in both: what a study records of its sampler (or not, in
+    studies from before rlexp recorded it) cannot tell how an older rlexp seeded its trials.
+    This compares the first drawn trial's parameters (a random start-up trial with every
+    shipped sampler) with ``other``'s trial of that number, or with what ``sweep``'s sampler
+    draws after the same earlier trials."""
+    from rlexp.sweep.objective import describe_trial
+
+    first = first_drawn(study)
+    if first is None:
+        return None
+    if other is not None:
+        theirs = other.get_trials(deepcopy=False)
+        want = theirs[first.number].params if len(theirs) > first.number else {}
+        whose = "the other study's"
+    else:
+        want, whose = draw(sweep, study.get_trials(deepcopy=False)[:first.number]), "this sweep's sampler's"
+    if first.params == want:
+        return None
+    return (f"its first drawn trial ({first.number}: {describe_trial(first.params)}) is not {whose} "
+            f"({describe_trial(want) or 'none'}): not the same random start (another sampler seed, or "
+            "a study from an rlexp that seeded its trials differently)")
 
 
 def from_study(spec: str, sweep: Any, pruned: bool) -> Any:

@@ -82,6 +82,50 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=3", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "finished trials of n_trials=3: resume it first" in capsys.readouterr().err
+    # a study that recorded no sampler (as before rlexp recorded it) is checked by what it drew
+    import optuna
+
+    db, name = unpruned.rsplit(":", 1)
+    optuna.load_study(study_name=name, storage=f"sqlite:///{db}").set_user_attr("sampler", None)
+    assert bench_sweep.main([*tiny, "sampler.seed=1", f"baseline={unpruned}"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline=" in err and "its first drawn trial (1: algo=" in err and "not the same random start" in err
+    assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
+
+
+def _drawn_study(seed: int):
+    """A study as a sweep of ``dqn_cartpole`` with ``sampler.seed=seed`` starts it: trial 0 the
+    default configuration (enqueued), trial 1 drawn by the sweep's sampler."""
+    import optuna
+
+    from rlexp.sweep import load
+    from rlexp.sweep.load import default_params
+    from rlexp.sweep.objective import suggest
+    from rlexp.sweep.study import make_sampler
+
+    sweep = load("dqn_cartpole", [f"sampler.seed={seed}"])
+    study = optuna.create_study(direction="minimize", sampler=make_sampler(sweep.cfg))
+    study.enqueue_trial(default_params(sweep))
+    for value in (500.0, 600.0):
+        trial = study.ask()
+        for p in sweep.params:
+            suggest(trial, p)
+        study.tell(trial, value)
+    return sweep, study
+
+
+def test_bench_sweep_tells_studies_that_did_not_start_from_the_same_draws():
+    from benchmarks.bench_sweep import different_start, first_drawn
+
+    sweep0, zero = _drawn_study(0)
+    sweep1, one = _drawn_study(1)
+    assert first_drawn(zero).number == 1  # trial 0 was enqueued, not drawn
+    assert different_start(zero, None, sweep0) is None and different_start(one, None, sweep1) is None
+    assert "the other study's (algo=" in different_start(zero, one, sweep0)
+    assert "the other study's (algo=" in different_start(one, zero, sweep1)
+    why = different_start(zero, None, sweep1)
+    assert why.startswith("its first drawn trial (1: algo=") and "this sweep's sampler's (algo=" in why
+    assert different_start(one, one, sweep0) is None  # two halves alike: the sweep's own seed is not asked
 
 
 def test_bench_sweep_header_names_lost_trials_and_unrecorded_samplers():
