@@ -26,9 +26,9 @@ could, if every later episode returned ``pruner.max_return``, or at the next epi
 is unknown, and each seed not yet run solving at episode ``solve.window``) is above the best
 complete trial's value. That stop is safe: the trial's final value could not have beaten the best.
 Like the pruner, it waits for ``pruner.args.n_startup_trials`` complete trials: a sampler learns
-most from complete trials (Optuna's TPE ranks every pruned one below them; rlexp's sampler shows it
-pruned trials by their last reported value, :class:`~rlexp.sweep.study.SweepSampler`), so pruning
-the first trials starves it.
+most from complete trials (Optuna's TPE ranks every pruned one below them; with
+``sampler.consider_pruned`` rlexp's sampler sees pruned trials by their last reported value,
+:class:`~rlexp.sweep.study.SweepSampler`), so pruning the first trials starves it.
 A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
 crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
 """
