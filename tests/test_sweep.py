@@ -3,6 +3,7 @@ resume after a SIGKILL, and the preset round trip. Tiny budgets; tests write pre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -501,3 +502,50 @@ def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_o
     assert run.info.status == "FAILED" and run.data.tags["state"] == "lost"
     parents = client.search_runs([run.info.experiment_id], "tags.sweep_role = 'study'")
     assert len(parents) == 1  # reused on resume
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to see child processes")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_killed(tmp_path, sig):
+    # the re-evaluation (the end of a sweep, and bench_sweep's default config) trains seeds in a
+    # pool of processes: a signal must not leave them training as orphans, nor wait for queued seeds
+    script = ("from rlexp.sweep.runner import evaluate\n"
+              "evaluate(['algo=dqn_target', 'algo.hidden=[16]', 'algo.learning_starts=50', 'train.max_episodes=100000',"
+              " 'train.save_model=false'], [1, 2, 3], workers=2, tags={'sweep': 'x', 'sweep_role': 'eval'})\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = subprocess.Popen([PYTHON, "-c", script], cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=uri),
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, workers = time.monotonic() + 180, set()
+        while time.monotonic() < deadline and p.poll() is None:  # until both seeds are training
+            time.sleep(0.5)
+            try:
+                client = MlflowClient(uri)
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            except Exception:  # the store is not created yet
+                continue
+            if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
+                workers = {w for w in _children(p.pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text()}
+                break
+        assert workers, "the two seeds never started training"
+        p.send_signal(sig)  # to this process alone, as `kill` does
+        p.wait(timeout=60)
+        time.sleep(0.5)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "zombie" not in Path(f"/proc/{w}/status").read_text()]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what is left of its group, orphans included
+            os.killpg(p.pid, signal.SIGKILL)
+        err = p.communicate()[1]
+    assert p.returncode != 0, err[-2000:]
+    assert not alive, f"worker processes {alive} outlived the interrupted re-evaluation"
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]  # seed 3 never started
+    assert {r.info.status for r in runs} == {"KILLED"}

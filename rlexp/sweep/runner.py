@@ -14,10 +14,10 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -137,6 +137,10 @@ def _spawned(sweep: Sweep, parent_run_id: str | None, experiment: str | None, wo
 
 @contextmanager
 def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("terminated by SIGTERM")
 
@@ -284,7 +288,15 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         print(f"[{sweep.study_name}] {result.tally['running']} trial(s) still running elsewhere; the "
               "finalizing command re-evaluates and writes the preset", file=sys.stderr)
     elif cfg.finalize:
-        finalize(study, sweep, result)
+        try:
+            with _sigterm_as_keyboard_interrupt():
+                finalize(study, sweep, result)
+        except KeyboardInterrupt:  # the trials are all recorded: the same command finalizes again
+            if parent:
+                from rlexp.sweep.tracking import finish_parent
+
+                finish_parent(parent, "KILLED")
+            raise
     if parent and cfg.finalize:  # helpers (finalize=false) leave the parent run to the finalizing command
         from rlexp.sweep.tracking import finish_parent
 
@@ -364,12 +376,14 @@ def plots(study: optuna.Study, out: Path) -> list[Path]:
 
 def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id: str | None,
               tags: dict[str, Any]) -> EvalRun:
-    from rlexp.train import run
+    from rlexp.train import RunInterrupted, run
 
     cfg = compose_config([*overrides, f"seed={seed}"])
     try:
         group = f"{tags['sweep']}/eval" if "sweep" in tags else None
         r = run(cfg, label=label, group=group, tags=tags, parent_run_id=parent_run_id)
+    except RunInterrupted:  # SIGTERM (the run ended KILLED): stop, in a pool's worker the process too
+        raise SystemExit(143) from None
     except Exception as e:  # a diverged seed is a result
         return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
     return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
@@ -380,8 +394,12 @@ def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *
     """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
     args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
     if workers > 1 and len(seeds) > 1:
-        with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
-            runs = list(pool.map(_eval_one, *zip(*args, strict=True)))
+        # On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends
+        # KILLED, and no seed still queued starts (a ProcessPoolExecutor would run every queued
+        # seed to the end before the interrupt got through, and a SIGTERM that killed this
+        # process would leave its workers training as orphans).
+        with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, len(seeds))) as pool:
+            runs = pool.starmap(_eval_one, args)
     else:
         runs = [_eval_one(*a) for a in args]
     return EvalSummary(list(seeds), runs)
