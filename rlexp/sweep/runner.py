@@ -151,6 +151,21 @@ def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _interruptible(parent: str | None) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it)
+    then ends KILLED."""
+    try:
+        with _sigterm_as_keyboard_interrupt():
+            yield
+    except KeyboardInterrupt:
+        if parent:
+            from rlexp.sweep.tracking import finish_parent
+
+            finish_parent(parent, "KILLED")
+        raise
+
+
 def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: str | None) -> None:
     if n == 1:
         work(sweep, parent_run_id, experiment)
@@ -269,16 +284,10 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     print(f"[{sweep.study_name}] study in {url}: {st.done(trials)}/{cfg.n_trials} trials done; "
           f"{cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}",
           file=sys.stderr, flush=True)
-    try:
-        with _sigterm_as_keyboard_interrupt():
-            st.wait_for_stale(study, cfg.heartbeat_interval)
-            _drive(study, sweep, parent, experiment)
-    except KeyboardInterrupt:
-        if parent and cfg.finalize:
-            from rlexp.sweep.tracking import finish_parent
-
-            finish_parent(parent, "KILLED")
-        raise
+    owned = parent if cfg.finalize else None  # helpers (finalize=false) leave the parent run alone
+    with _interruptible(owned):
+        st.wait_for_stale(study, cfg.heartbeat_interval)
+        _drive(study, sweep, parent, experiment)
     result = summarize(study, sweep, time.perf_counter() - t0)
     result.parent_run_id = parent
     if not result.finished and not result.all_started:
@@ -288,15 +297,8 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         print(f"[{sweep.study_name}] {result.tally['running']} trial(s) still running elsewhere; the "
               "finalizing command re-evaluates and writes the preset", file=sys.stderr)
     elif cfg.finalize:
-        try:
-            with _sigterm_as_keyboard_interrupt():
-                finalize(study, sweep, result)
-        except KeyboardInterrupt:  # the trials are all recorded: the same command finalizes again
-            if parent:
-                from rlexp.sweep.tracking import finish_parent
-
-                finish_parent(parent, "KILLED")
-            raise
+        with _interruptible(owned):  # the trials are all recorded: the same command finalizes again
+            finalize(study, sweep, result)
     if parent and cfg.finalize:  # helpers (finalize=false) leave the parent run to the finalizing command
         from rlexp.sweep.tracking import finish_parent
 
