@@ -123,22 +123,21 @@ def main(argv: list[str] | None = None) -> int:
 
     pruner_names: dict[str, str] = {}  # of the halves taken from studies: what they were run with
     taken = [h for h, spec in (("pruner", pruned), ("no pruner", baseline)) if spec is not None]
+    opened: dict[str, tuple[str, Any]] = {}  # key=: (its spec, its study)
     for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
         if spec is not None:  # checked before any work: a wrong study is refused at once
             try:
-                results[half] = from_study(spec, runs[half], pruned=half == "pruner")
+                opened[key] = (spec, open_study(spec))
+                results[half] = from_study(opened[key][1], spec, runs[half], pruned=half == "pruner")
                 pruner_names[half] = results[half].pruner or "(not recorded)"
             except ValueError as e:
                 print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
                 return 2
-    if taken and cfg.sampler.seed is not None:  # the same sampler seed, as drawn: checked before any work
-        specs = {"pruned": pruned, "baseline": baseline}
-        studies = {key: open_study(spec) for key, spec in specs.items() if spec is not None}
-        key, study = next(iter(studies.items()))
-        other = next((o for k, o in studies.items() if k != key), None)
-        why = different_start(study, other, runs["pruner"])
+    if opened and cfg.sampler.seed is not None:  # the same sampler seed, as drawn: checked before any work
+        key, *rest = [k for k in ("pruned", "baseline") if k in opened]  # the pruned half first
+        why = different_start(opened[key][1], opened[rest[0]][1] if rest else None, runs["pruner"])
         if why:
-            print(f"bench_sweep: error: {key}={specs[key]}: {why}", file=sys.stderr)
+            print(f"bench_sweep: error: {key}={opened[key][0]}: {why}", file=sys.stderr)
             return 2
     if pruned is not None:
         results = {"pruner": results.pop("pruner"), **results}
@@ -255,10 +254,10 @@ def different_start(study: Any, other: Any | None, sweep: Any) -> str | None:
             "a study from an rlexp that seeded its trials differently)")
 
 
-def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
-    """A half from an earlier study ``DB:STUDY``: its tally, env steps, wall time (first trial
-    start to last trial end) and best trial; checked against ``sweep``'s definition, finished,
-    and (``pruned``) run with a pruner or (not) without."""
+def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
+    """A half from an earlier ``study`` (opened from ``spec``, ``DB:STUDY``): its tally, env steps,
+    wall time (first trial start to last trial end) and best trial; checked against ``sweep``'s
+    definition and sampler, finished, and (``pruned``) run with a pruner or (not) without."""
     import dataclasses
 
     import optuna
@@ -266,7 +265,6 @@ def from_study(spec: str, sweep: Any, pruned: bool) -> Any:
     from rlexp.sweep.runner import COMPARABLE, definition, sampler_record, summarize
     from rlexp.sweep.study import done
 
-    study = open_study(spec)
     have, want = study.user_attrs.get("definition", {}), definition(sweep)
     diff = differing(have, want, (*COMPARABLE, "space"))
     if diff:

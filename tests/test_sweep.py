@@ -546,6 +546,7 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
         err = p.communicate()[1]
     assert p.returncode != 0, err[-2000:]
     assert not alive, f"worker processes {alive} outlived the interrupted re-evaluation"
-    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]  # seed 3 never started
     assert {r.info.status for r in runs} == {"KILLED"}
