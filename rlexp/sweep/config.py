@@ -192,6 +192,29 @@ class ObjectiveConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Before the pick: the best complete trials run again on held-out seeds, and the one best over
+    its own seeds and these wins (see rlexp.sweep.runner.pick). Three seeds per trial cannot tell
+    a configuration that fails one seed in five from a reliable one; the validation seeds can."""
+
+    top: int = 3  # complete trials validated, best first (0: the best trial is picked as it is)
+    seeds: int = 3  # held-out seeds each runs, seed_base + j: with the trials' budget and objective
+    seed_base: int = 500_000  # checked unused by trials and apart from the re-evaluation's fresh seeds
+
+    def __post_init__(self) -> None:
+        _check(self.top >= 0, "validation.top", self.top, "must be >= 0")
+        _check(self.seeds >= 0, "validation.seeds", self.seeds, "must be >= 0")
+        _check(self.seed_base >= 0, "validation.seed_base", self.seed_base, "must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.top >= 1 and self.seeds >= 1
+
+    def seed_list(self) -> list[int]:
+        return [self.seed_base + j for j in range(self.seeds)] if self.enabled else []
+
+
+@dataclass
 class SweepConfig:
     """A whole sweep: what every trial starts from, what it searches, how trials are run and stored."""
 
@@ -206,12 +229,14 @@ class SweepConfig:
     seed_stride: int = 1000  # trial k runs seeds[i] + k * seed_stride (0: every trial the same seeds)
     eval_seeds: int = 5  # fresh seeds the best config is re-evaluated on at the end (0: skip)
     # the first trial of a new study runs the base config's own values of the searched keys (those
-    # inside the space), so the search starts from the default and the sampler has it as an anchor
+    # inside the space), so the search starts from the default and the sampler has it as an anchor;
+    # with groups, the next trials run each other option at its own defaults (load.start_points)
     start_from_default: bool = True
     eval_seed_base: int = 1_000_000  # the fresh seeds are eval_seed_base + j; checked unused by trials
     # overrides added to the re-evaluation and the preset only, after base and the best params: e.g.
     # train.max_episodes=1000 to judge the winner on the full budget when trials use a short one
     eval_overrides: list[str] = field(default_factory=list)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # the top trials on held-out seeds
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     storage: str = "sqlite:///optuna.db"  # any Optuna RDB URL; relative SQLite paths are from the cwd
@@ -244,6 +269,10 @@ class SweepConfig:
                    f"must exceed the spread of seeds ({self.seeds}) so trials never share a seed")
         _check(self.eval_seeds >= 0, "eval_seeds", self.eval_seeds, "must be >= 0")
         _check(self.eval_seed_base >= 0, "eval_seed_base", self.eval_seed_base, "must be >= 0")
+        clash = sorted(set(self.validation.seed_list()) & set(self.fresh_seeds()))
+        _check(not clash, "validation.seed_base", self.validation.seed_base,
+               f"gives seeds {clash} that the re-evaluation uses (eval_seed_base={self.eval_seed_base}); "
+               "the pick must not see the seeds it is judged on")
         _check(bool(self.storage), "storage", self.storage, "must be an Optuna storage URL")
         _check("://" in self.storage, "storage", self.storage,
                "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")

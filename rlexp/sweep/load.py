@@ -222,10 +222,12 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
     return Sweep(name, cfg, tuple(params))
 
 
-def default_params(sweep: Sweep) -> dict[str, Any]:
-    """The base config's values of the searched keys, for those inside their range (Optuna's form)."""
-    dbase = compose_dict(list(sweep.cfg.base))
-    choices = group_choices(list(sweep.cfg.base)) if any(is_group(p.key) for p in sweep.params) else {}
+def default_params(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The base config's values of the searched keys (with ``extra`` overrides after the base, e.g.
+    another group option), for those inside their range (Optuna's form)."""
+    overrides = [*sweep.cfg.base, *extra]
+    dbase = compose_dict(overrides)
+    choices = group_choices(overrides) if any(is_group(p.key) for p in sweep.params) else {}
     out: dict[str, Any] = {}
     for p in sweep.params:
         v = choices.get(p.key) if is_group(p.key) else OmegaConf.select(dbase, p.key, default=None)
@@ -233,6 +235,29 @@ def default_params(sweep: Sweep) -> dict[str, Any]:
             v = format_value(OmegaConf.to_container(v))
         if v is not None and p.contains(v):
             out[p.key] = v
+    return out
+
+
+def start_points(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
+    """The trials a new study starts from (``start_from_default``), as (label, params): the base
+    config's values of the searched keys, then for each searched group (``groups``) each other
+    option at its own defaults, e.g. ``algo=clipped_double_dqn`` with clipped double DQN's lr,
+    batch and tau. Keys whose default lies outside the space are left to the sampler; a point
+    equal to one before it is left out."""
+    points = [("default", default_params(sweep))]
+    for p in sweep.params:
+        if not (p.key in sweep.cfg.groups and is_group(p.key)):
+            continue
+        for option in p.choices:
+            if points[0][1].get(p.key) == option:
+                continue
+            params = default_params(sweep, [param_override(p, option)])
+            params[p.key] = option  # the option itself, whatever the base chose
+            points.append((f"default {p.key}={option}", params))
+    out: list[tuple[str, dict[str, Any]]] = []
+    for label, params in points:
+        if params and all(params != q for _, q in out):
+            out.append((label, params))
     return out
 
 

@@ -2,8 +2,9 @@
 
 Workers are processes (``workers=N``, spawned) each running ``study.optimize`` on the shared
 storage until ``n_trials`` trials count; other machines pointing at the same database join the
-same study. At the end the best configuration is re-evaluated on fresh seeds, the study's plots
-are logged on the parent run and the preset is written (``finalize=true``).
+same study. At the end the top trials run again on held-out validation seeds, the one best over
+its own and those seeds is re-evaluated on fresh seeds, the study's plots are logged on the
+parent run and the preset is written (``finalize=true``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rlexp.compose import compose_config
 from rlexp.config import ConfigError
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
-from rlexp.sweep.load import Sweep, default_params
+from rlexp.sweep.load import Sweep, start_points
 from rlexp.sweep.objective import Objective, algo_label, describe_trial
 from rlexp.train import experiment_name
 
@@ -48,6 +49,7 @@ class EvalRun:
     env_steps: int
     wall_time_s: float
     error: str | None = None
+    last_mean: float | None = None  # mean return of the last solve.window episodes (the censoring rule's)
 
 
 @dataclass
@@ -78,6 +80,55 @@ def median_censored(values: Sequence[int | None]) -> float:
 
 
 @dataclass
+class Validated:
+    """A top trial judged on its own seeds and the held-out validation seeds (:func:`pick`)."""
+
+    number: int
+    trial_value: float  # the trial's objective, over its own seeds
+    seed_values: list[float]  # its own seeds' values
+    validation: dict[int, float]  # validation seed -> value (the same censoring rule and budget)
+    solved: int  # seeds solved, own and validation
+    value: float  # the objective's aggregate over all of them: what the pick ranks by
+
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_values) + len(self.validation)
+
+
+def pick(candidates: Sequence[FrozenTrial], records: dict[str, Any], seeds: Sequence[int],
+         how: str) -> list[Validated]:
+    """The candidates ranked by the objective over their own seeds and the validation ``seeds``
+    (``records``: trial number -> seed -> ``{"value", "solved_at"}``, as the study stores them),
+    best first, ties to the lower trial number. A trial whose validation is not all recorded is
+    left out."""
+    from rlexp.sweep.objective import aggregate
+
+    out = []
+    for t in candidates:
+        rec = records.get(str(t.number), {})
+        if any(str(s) not in rec for s in seeds) or t.value is None:
+            continue
+        own = [float(v) for v in t.user_attrs.get("seed_values") or [t.value]]
+        solved_own = t.user_attrs.get("episodes_to_solve")
+        n_solved = (sum(e is not None for e in solved_own) if solved_own is not None else 0)
+        val = {s: float(rec[str(s)]["value"]) for s in seeds}
+        n_solved += sum(rec[str(s)].get("solved_at") is not None for s in seeds)
+        out.append(Validated(t.number, float(t.value), own, val, n_solved, aggregate([*own, *val.values()], how)))
+    return sorted(out, key=lambda v: (v.value, v.number))
+
+
+def validation_table(rows: Sequence[Validated]) -> str:
+    """Markdown table of the validated trials, the pick first."""
+    lines = ["| rank | trial | value (own + validation seeds) | solved | own seeds' value | own seeds | "
+             "validation seeds |", "|---|---|---|---|---|---|---|"]
+    for i, v in enumerate(rows, 1):
+        own = ", ".join(f"{x:g}" for x in v.seed_values)
+        val = ", ".join(f"{s}: {x:g}" for s, x in v.validation.items())
+        lines.append(f"| {i} | {v.number} | {v.value:.1f} | {v.solved}/{v.seeds} | {v.trial_value:.1f} | {own} | {val} |")
+    return "\n".join(lines)
+
+
+@dataclass
 class SweepResult:
     """What a sweep command leaves: the study's tally and best trial, the re-evaluation, the preset."""
 
@@ -95,6 +146,13 @@ class SweepResult:
     parent_run_id: str | None = None
     pruner: str | None = None  # the pruner the study was started with (recorded since session 6)
     sampler: dict[str, Any] | None = None  # the sampler it was started with (:func:`sampler_record`)
+    picked: Validated | None = None  # the trial re-evaluated and written, after validation (None: the best)
+    validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
+
+    @property
+    def picked_number(self) -> int | None:
+        """The trial re-evaluated and written: the validation's pick, or the best trial."""
+        return self.picked.number if self.picked is not None else self.best_number
 
     @property
     def finished(self) -> bool:
@@ -266,11 +324,11 @@ def run_sweep(sweep: Sweep) -> SweepResult:
                                 load_if_exists=True)
     _check_definition(study, sweep)
     if cfg.start_from_default and cfg.finalize and not study.get_trials(deepcopy=False):
-        start = default_params(sweep)  # a new study: its first trial is the default configuration
-        if start:
-            study.enqueue_trial(start, user_attrs={"start": "default"})
-            print(f"[{sweep.study_name}] trial 0 runs the base config's values: "
-                  + " ".join(f"{k}={v}" for k, v in start.items()), file=sys.stderr, flush=True)
+        # a new study: its first trials are the default configuration (and each group option's)
+        for k, (label, start) in enumerate(start_points(sweep)[:cfg.n_trials]):
+            study.enqueue_trial(start, user_attrs={"start": label})
+            print(f"[{sweep.study_name}] trial {k} runs the {label} values: {describe_trial(start)}",
+                  file=sys.stderr, flush=True)
     url = st.redact(st.storage_url(cfg.storage))
     parent = None
     if experiment is not None:
@@ -321,6 +379,9 @@ def _parent_metrics(r: SweepResult) -> dict[str, float]:
     m["env_steps"] = float(r.env_steps)
     if r.best_value is not None:
         m["best_value"] = r.best_value
+    if r.picked is not None:
+        m["picked_trial"] = float(r.picked.number)
+        m["picked_value"] = r.picked.value
     if r.evaluation is not None:
         m["eval_solved"] = float(r.evaluation.solved)
         med = r.evaluation.median_episodes_to_solve
@@ -388,23 +449,91 @@ def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id:
         raise SystemExit(143) from None
     except Exception as e:  # a diverged seed is a result
         return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
-    return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
+    tail = r.returns[-cfg.solve.window:]
+    return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s,
+                   last_mean=sum(tail) / len(tail) if tail else None)
+
+
+def _eval_indexed(job: tuple[int, tuple[Any, ...]]) -> tuple[int, EvalRun]:
+    return job[0], _eval_one(*job[1])
+
+
+@contextmanager
+def _eval_runs(args: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Iterator[tuple[int, EvalRun]]]:
+    """:func:`_eval_one` over ``args`` in ``workers`` processes: (index, run) pairs as each ends.
+
+    On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends KILLED,
+    and no job still queued starts (a ProcessPoolExecutor would run every queued job to the end
+    before the interrupt got through, and a SIGTERM that killed this process would leave its
+    workers training as orphans).
+    """
+    if workers > 1 and len(args) > 1:
+        with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, len(args))) as pool:
+            yield pool.imap_unordered(_eval_indexed, list(enumerate(args)))
+    else:
+        yield (_eval_indexed(job) for job in enumerate(args))
 
 
 def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *, label: str | None = None,
              parent_run_id: str | None = None, tags: dict[str, Any] | None = None) -> EvalSummary:
     """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
     args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
-    if workers > 1 and len(seeds) > 1:
-        # On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends
-        # KILLED, and no seed still queued starts (a ProcessPoolExecutor would run every queued
-        # seed to the end before the interrupt got through, and a SIGTERM that killed this
-        # process would leave its workers training as orphans).
-        with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, len(seeds))) as pool:
-            runs = pool.starmap(_eval_one, args)
-    else:
-        runs = [_eval_one(*a) for a in args]
-    return EvalSummary(list(seeds), runs)
+    with _eval_runs(args, workers) as done:
+        runs = dict(done)
+    return EvalSummary(list(seeds), [runs[i] for i in range(len(args))])
+
+
+def _check_unused(trials: Sequence[FrozenTrial], seeds: Sequence[int], key: str, value: int) -> None:
+    used = {s for t in trials for s in t.user_attrs.get("seeds", [])}
+    clash = sorted(used.intersection(seeds))
+    if clash:
+        raise ConfigError(f"{key}={value} gives seeds {clash} that trials used; raise {key}")
+
+
+def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -> list[Validated]:
+    """Run the ``validation.top`` best complete trials on the validation seeds (the trials' budget
+    and censoring rule), recording each seed's value on the study as it ends, so a stopped
+    validation resumes with what is left; then rank them (:func:`pick`). Empty when validation
+    is off or fewer than 2 trials are complete (nothing to choose between)."""
+    from rlexp.envs import check_compatible, solve_threshold
+    from rlexp.sweep.objective import seed_value, shortfall
+
+    cfg, v = sweep.cfg, sweep.cfg.validation
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
+                      key=lambda t: (t.value, t.number))
+    if not v.enabled or len(complete) < 2:
+        return []
+    seeds = v.seed_list()
+    _check_unused(trials, seeds, "validation.seed_base", v.seed_base)
+    candidates = complete[:v.top]
+    records: dict[str, Any] = {k: dict(r) for k, r in study.user_attrs.get("validation", {}).items()}
+    jobs, rules = [], {}
+    for t in candidates:
+        overrides = [*cfg.base, *t.user_attrs.get("overrides", [])]
+        rcfg = compose_config(overrides)
+        budget = rcfg.train.max_episodes
+        penalty = float(cfg.objective.penalty if cfg.objective.penalty is not None else budget)
+        rules[t.number] = (budget, penalty, solve_threshold(rcfg, check_compatible(rcfg)))
+        tags = {"sweep": sweep.study_name, "sweep_role": "validate", "trial": t.number}
+        jobs += [(t.number, (overrides, s, algo_label(overrides), parent_run_id, tags))
+                 for s in seeds if str(s) not in records.get(str(t.number), {})]
+    if jobs:
+        print(f"[{sweep.study_name}] validating trials {[t.number for t in candidates]} on held-out seeds {seeds} "
+              f"({len(jobs)} runs)", file=sys.stderr, flush=True)
+    with _eval_runs([a for _, a in jobs], cfg.workers) as done:
+        for i, r in done:
+            number = jobs[i][0]
+            budget, penalty, threshold = rules[number]
+            miss = shortfall(r.last_mean, threshold) if r.last_mean is not None else 1.0
+            value = seed_value(r.solved_at, budget, penalty, miss)
+            records.setdefault(str(number), {})[str(r.seed)] = {
+                "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps, "error": r.error}
+            study.set_user_attr("validation", records)
+            print(f"[{sweep.study_name}] validation: trial {number} seed {r.seed}: "
+                  f"{'solved at ' + str(r.solved_at) if r.solved_at is not None else 'unsolved'} "
+                  f"(value {value:g})" + (f" {r.error}" if r.error else ""), file=sys.stderr, flush=True)
+    return pick(candidates, records, seeds, cfg.objective.aggregate)
 
 
 def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
@@ -422,26 +551,36 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
         print(f"[{sweep.study_name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
         _log_artifacts(result.parent_run_id, artifacts)
         return
+    if cfg.eval_seeds:  # before any work: the fresh seeds must be unused
+        _check_unused(trials, cfg.fresh_seeds(), "eval_seed_base", cfg.eval_seed_base)
+    result.validated = validate_top(study, sweep, result.parent_run_id)
+    chosen = ""
+    if result.validated:
+        result.picked = result.validated[0]
+        b = next(t for t in trials if t.number == result.picked.number)
+        vtable = validation_table(result.validated)
+        print(f"\n[{sweep.study_name}] validated on held-out seeds {cfg.validation.seed_list()}; the pick is "
+              f"trial {b.number}:\n{vtable}\n", file=sys.stderr)
+        (out / "validation.md").write_text(vtable + "\n")
+        artifacts.append(out / "validation.md")
+        chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds "
+                  f"{cfg.validation.seed_list()}: {result.picked.value:.2f} over {result.picked.seeds} seeds, "
+                  f"{result.picked.solved} solved; ")
     overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *cfg.eval_overrides]
     label = algo_label(overrides)
     if cfg.eval_seeds:
         fresh = cfg.fresh_seeds()
-        used = {s for t in trials for s in t.user_attrs.get("seeds", [])}
-        clash = sorted(used.intersection(fresh))
-        if clash:
-            raise ConfigError(f"eval_seed_base={cfg.eval_seed_base} gives seeds {clash} that trials used; "
-                              "raise eval_seed_base")
         print(f"[{sweep.study_name}] re-evaluating trial {b.number} on fresh seeds {fresh}", file=sys.stderr)
         result.evaluation = evaluate(overrides, fresh, cfg.workers, label=label, parent_run_id=result.parent_run_id,
                                      tags={"sweep": sweep.study_name, "sweep_role": "eval", "trial": b.number})
-        print(f"[{sweep.study_name}] best trial {b.number} re-evaluated: {result.evaluation.line()}",
+        print(f"[{sweep.study_name}] trial {b.number} re-evaluated: {result.evaluation.line()}",
               file=sys.stderr)
     path = preset.preset_path(sweep.study_name, cfg.preset_dir)
     ev = f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated."
     comment = [
         f"Best configuration of Optuna study '{sweep.study_name}' (storage {result.storage}),",
-        f"trial {b.number} (best of {len(trials)} trials), objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
-        f"seeds {b.user_attrs.get('seeds')}),",
+        f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
+        f"seeds {b.user_attrs.get('seeds')}); {chosen or 'the best trial'},",
         f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} ...`.",
         ev,
         f"Reproduce: python -m rlexp +experiment={path.stem} seed=1,2,3 -m",
