@@ -42,6 +42,15 @@ def _eval_cells(ev: object | None) -> str:
     return f"{ev.solved}/{len(ev.runs)} | {'unsolved' if math.isinf(med) else f'{med:g}'}"
 
 
+def _picked(r: Any) -> str:
+    """The trial re-evaluated: the validation's pick with its value over own and validation seeds."""
+    if r.evaluation is None:
+        return "–"
+    if r.picked is None:
+        return f"{r.best_number} (not validated)"
+    return f"{r.picked.number} ({r.picked.value:.1f} over {r.picked.seeds} seeds, {r.picked.solved} solved)"
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
@@ -88,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     def write() -> None:  # after every stage, so a run stopped half-way still leaves its table
         workers = "workers as each study was run" if len(taken) == 2 else f"{cfg.workers} worker(s)"
         rows = ["| run | pruner | complete | pruned | failed | env steps | wall time | best value (trial) | "
-                f"re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                f"re-evaluated trial (validated) | re-eval solved/{len(fresh)} | re-eval median episodes-to-solve |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, r in results.items():
             best = f"{r.best_value:.1f} ({r.best_number})" if r.best_value is not None else "–"
             t = r.tally
             rows.append(f"| {label} | {pruner_names.get(label, runs[label].cfg.pruner.name)} | {t['complete']} | {t['pruned']} | "
-                        f"{t['failed']} | {r.env_steps} | {r.wall_time_s / 60:.1f} min | {best} | "
+                        f"{t['failed']} | {r.env_steps} | {r.wall_time_s / 60:.1f} min | {best} | {_picked(r)} | "
                         f"{_eval_cells(r.evaluation)} |")
-        rows.append(f"| default config | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
+        rows.append(f"| default config | – | – | – | – | – | – | – | – | {_eval_cells(default_eval)} |")
         table = "\n".join(rows)
         if len(results) == 2:
             pruned, full = results["pruner"], results["no pruner"]

@@ -35,7 +35,7 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench_sweep, "RESULTS", tmp_path / "results")
-    assert bench_sweep.main(["sweep=dqn_cartpole", "n_trials=2", "seeds=[1]", "eval_seeds=1",
+    assert bench_sweep.main(["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=1",
                              "train.max_episodes=3", "algo.hidden=[8]", "algo.learning_starts=10"]) == 0
     (out,) = (tmp_path / "results").glob("sweep-*.md")
     text = out.read_text()
@@ -45,7 +45,7 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     (work,) = (tmp_path / "outputs" / "bench_sweep").iterdir()
     unpruned = f"{work / 'optuna.db'}:bench-dqn_cartpole-unpruned-{work.name}"
     out.unlink()
-    tiny = ["sweep=dqn_cartpole", "n_trials=2", "seeds=[1]", "eval_seeds=0", "train.max_episodes=3",
+    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=0", "train.max_episodes=3",
             "algo.hidden=[8]", "algo.learning_starts=10"]
     assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
     (out2,) = (tmp_path / "results").glob("sweep-*.md")
@@ -77,19 +77,20 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "pruned=" in (err := capsys.readouterr().err)
     assert "its sampler.consider_pruned False is not this sweep's True" in err
-    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"baseline={unpruned}", "n_trials=2",
+    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"baseline={unpruned}", "n_trials=4",
                              "eval_seeds=0"]) == 0
     # a study short of n_trials is refused
-    assert bench_sweep.main([*tiny, "n_trials=3", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
-    assert "finished trials of n_trials=3: resume it first" in capsys.readouterr().err
-    # a study that recorded no sampler (as before rlexp recorded it) is checked by what it drew
+    assert bench_sweep.main([*tiny, "n_trials=5", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert "finished trials of n_trials=5: resume it first" in capsys.readouterr().err
+    # a study that recorded no sampler (as before rlexp recorded it) is checked by what it drew:
+    # trials 0-2 run the algo options' defaults (enqueued), trial 3 is the first the sampler drew
     import optuna
 
     db, name = unpruned.rsplit(":", 1)
     optuna.load_study(study_name=name, storage=f"sqlite:///{db}").set_user_attr("sampler", None)
     assert bench_sweep.main([*tiny, "sampler.seed=1", f"baseline={unpruned}"]) == 2
     err = capsys.readouterr().err
-    assert "baseline=" in err and "its first drawn trial (1: algo=" in err and "not the same random start" in err
+    assert "baseline=" in err and "its first drawn trial (3: algo=" in err and "not the same random start" in err
     assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
 
 

@@ -26,7 +26,7 @@ from rlexp.sweep import load, preset, run_sweep
 from rlexp.sweep import study as st
 from rlexp.sweep.__main__ import main
 from rlexp.sweep.config import ParamSpec, format_value
-from rlexp.sweep.load import SWEEPS_DIR, default_params, param_override, sweep_names
+from rlexp.sweep.load import SWEEPS_DIR, default_params, param_override, start_points, sweep_names
 from rlexp.sweep.objective import (
     Objective,
     Pruned,
@@ -39,6 +39,7 @@ from rlexp.sweep.objective import (
     seed_value,
     shortfall,
 )
+from rlexp.sweep.runner import pick, validation_table
 from rlexp.train import RunInterrupted, TrainResult, config_dict
 
 from .conftest import PYTHON, cli_env
@@ -47,9 +48,10 @@ TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
 
 def tiny(tmp_path: Path, *extra: str) -> list[str]:
-    """Overrides shrinking dqn_cartpole to seconds, storage and preset in tmp_path."""
+    """Overrides shrinking dqn_cartpole to seconds, storage and preset in tmp_path; no validation
+    stage unless ``extra`` asks for one."""
     return [*TINY, f"storage=sqlite:///{tmp_path / 'optuna.db'}", f"preset_dir={tmp_path / 'presets'}",
-            "seeds=[0]", "eval_seeds=0", "pruner.report_every=4", *extra]
+            "seeds=[0]", "eval_seeds=0", "pruner.report_every=4", "validation.top=0", *extra]
 
 
 def trials_of(tmp_path: Path, name: str = "dqn_cartpole") -> list[optuna.trial.FrozenTrial]:
@@ -346,20 +348,41 @@ def test_a_trial_beyond_n_trials_runs_nothing(tmp_path):
 
 
 # --------------------------------------------------------------------------- whole sweeps (in-process)
-def test_a_new_study_starts_from_the_default_config(tmp_path):
-    """Trial 0 runs the base's values of the searched keys that lie in the space; the rest is sampled."""
+def test_a_new_study_starts_from_the_default_config_and_each_group_options(tmp_path):
+    """Trial 0 runs the base's values of the searched keys that lie in the space, trial 1 the next
+    algo option's own defaults (as many as n_trials allows); the rest is sampled."""
     s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "tracking.enabled=false", "eval_seeds=0",
                                   "train.max_episodes=4"))
     assert s.cfg.start_from_default
     run_sweep(s)
     t0, t1 = trials_of(tmp_path)
-    assert t0.user_attrs["start"] == "default" and "start" not in t1.user_attrs
-    assert t0.params["algo.lr"] == 3e-4 and t0.params["algo.tau"] == 0.005 and t0.params["algo.batch_size"] == 128
-    # tiny() sets learning_starts=50, outside the space's [100, 2000]: sampled, not forced
-    assert 100 <= t0.params["algo.learning_starts"] <= 2000
+    assert t0.user_attrs["start"] == "default" and t1.user_attrs["start"] == "default algo=clipped_double_dqn"
+    assert t0.params["algo"] == "double_dqn" and t0.params["algo.lr"] == 3e-4 and t0.params["algo.tau"] == 0.005
+    assert t0.params["algo.batch_size"] == 128
+    assert t1.params["algo"] == "clipped_double_dqn" and t1.params["algo.lr"] == 2.5e-4
+    assert t1.params["algo.tau"] == 0.012 and t1.params["algo.batch_size"] == 256
+    # tiny() sets learning_starts=50, outside the space's [200, 2000]: sampled, not forced
+    assert 200 <= t0.params["algo.learning_starts"] <= 2000
     run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "tracking.enabled=false", "eval_seeds=0",
                                         "train.max_episodes=4")))  # adding trials enqueues nothing
-    assert [t.user_attrs.get("start") for t in trials_of(tmp_path)] == ["default", None, None]
+    starts = [t.user_attrs.get("start") for t in trials_of(tmp_path)]
+    assert starts == ["default", "default algo=clipped_double_dqn", None]
+
+
+def test_start_points_are_the_default_then_each_other_group_option_without_repeats():
+    s = load("dqn_cartpole")
+    points = start_points(s)
+    assert [label for label, _ in points] == ["default", "default algo=clipped_double_dqn",
+                                              "default algo=dueling_dqn"]
+    assert points[0][1] == default_params(s) and points[2][1]["algo"] == "dueling_dqn"
+    assert all(k == "algo" or s.params[[p.key for p in s.params].index(k)].contains(v)
+               for _, params in points for k, v in params.items())
+    # one option: only the default; no groups: only the default
+    assert [label for label, _ in start_points(load("dqn_cartpole", ["groups.algo=[double_dqn]"]))] == ["default"]
+    assert [label for label, _ in start_points(load("ppo_cartpole"))] == ["default"]
+    # the base's own option is the default point, not repeated
+    assert [label for label, _ in start_points(load("dqn_cartpole", ["algo=dueling_dqn"]))
+            ] == ["default", "default algo=double_dqn", "default algo=clipped_double_dqn"]
 
 
 def test_the_bound_prunes_a_real_trial_that_can_no_longer_beat_the_best(tmp_path, monkeypatch):
@@ -550,3 +573,87 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]  # seed 3 never started
     assert {r.info.status for r in runs} == {"KILLED"}
+
+
+# --------------------------------------------------------------------------- validation before the pick
+def _complete(number: int, seed_values: list[float], solved: list[int | None]) -> optuna.trial.FrozenTrial:
+    t = create_trial(state=TrialState.COMPLETE, value=float(np.mean(seed_values)),
+                     user_attrs={"seed_values": seed_values, "episodes_to_solve": solved})
+    t.number = number
+    return t
+
+
+def test_the_pick_prefers_the_trial_that_holds_on_the_validation_seeds():
+    fast_but_fragile = _complete(3, [140.0, 150.0, 160.0], [140, 150, 160])
+    steady = _complete(7, [190.0, 200.0, 210.0], [190, 200, 210])
+    unfinished = _complete(9, [100.0, 100.0, 100.0], [100, 100, 100])
+    records = {"3": {"5": {"value": 150.0, "solved_at": 150}, "6": {"value": 700.0, "solved_at": None}},
+               "7": {"5": {"value": 210.0, "solved_at": 210}, "6": {"value": 190.0, "solved_at": 190}},
+               "9": {"5": {"value": 100.0, "solved_at": 100}}}  # seed 6 not recorded: left out
+    ranked = pick([fast_but_fragile, steady, unfinished], records, [5, 6], "mean")
+    assert [v.number for v in ranked] == [7, 3]
+    assert ranked[0].value == 200.0 and ranked[0].solved == 5 and ranked[0].seeds == 5
+    assert ranked[1].value == pytest.approx((140 + 150 + 160 + 150 + 700) / 5) and ranked[1].solved == 4
+    assert ranked[1].trial_value == 150.0 and ranked[1].validation == {5: 150.0, 6: 700.0}
+    assert [v.number for v in pick([fast_but_fragile, steady], records, [5, 6], "median")] == [3, 7]  # 150 < 200
+    tie = pick([_complete(2, [10.0], [10]), _complete(1, [10.0], [10])],
+               {"1": {"5": {"value": 10.0, "solved_at": 10}}, "2": {"5": {"value": 10.0, "solved_at": 10}}}, [5], "mean")
+    assert [v.number for v in tie] == [1, 2]
+    assert "| 1 | 7 | 200.0 | 5/5 | 200.0 | 190, 200, 210 | 5: 210, 6: 190 |" in validation_table(ranked)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("validation.seed_base=1000003", r"validation.seed_base=1000003 gives seeds \[1000003, 1000004\] that the "
+                                     r"re-evaluation uses"),
+    ("validation.seed_base=1", r"validation.seed_base=1 gives seeds \[1, 2\] that trials run \(seeds=\[0, 1, 2\], "
+                               r"seed_stride=0, n_trials=30\)"),
+    ("eval_seed_base=2", r"eval_seed_base=2 gives seeds \[2\] that trials run"),
+    ("validation.top=-1", r"validation.top=-1 must be >= 0"),
+    ("validation.seeds=-2", r"validation.seeds=-2 must be >= 0"),
+])
+def test_held_out_seeds_that_trials_or_the_re_evaluation_use_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load("dqn_cartpole", [override])
+
+
+def test_the_top_trials_are_validated_and_a_stopped_validation_resumes_with_what_is_left(
+        tmp_path, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    args = tiny(tmp_path, "n_trials=3", "pruner.name=none", "train.max_episodes=8", "validation.top=2",
+                "validation.seeds=2", "eval_seeds=1")
+    result = run_sweep(load("dqn_cartpole", args))
+    trials = trials_of(tmp_path)
+    top2 = [t.number for t in sorted(trials, key=lambda t: (t.value, t.number))[:2]]
+    study = optuna.load_study(study_name="dqn_cartpole", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    records = study.user_attrs["validation"]
+    assert sorted(records) == sorted(str(n) for n in top2)
+    for rec in records.values():  # 8 episodes never solve CartPole: censored by the trials' rule
+        assert sorted(rec) == ["500000", "500001"]
+        assert all(r["solved_at"] is None and 8 + 8 < r["value"] <= 8 + 2 * 8 for r in rec.values())
+    assert sorted(v.number for v in result.validated) == sorted(top2) and result.picked == result.validated[0]
+    assert result.picked.value == pytest.approx(np.mean(
+        [*trials[result.picked.number].user_attrs["seed_values"], *(r["value"] for r in records[str(result.picked.number)].values())]))
+    # the pick, not the best trial, is re-evaluated and written
+    assert result.evaluation is not None and result.preset is not None
+    text = result.preset.read_text()
+    assert f"trial {result.picked.number} of 3" in text and "validation on held-out seeds [500000, 500001]" in text
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("CartPole-v1").experiment_id
+
+    def runs(role: str) -> list:
+        return client.search_runs([exp], filter_string=f"tags.sweep_role = '{role}'")
+
+    (parent,) = runs("study")
+    validation_runs = runs("validate")
+    assert sorted((int(r.data.tags["trial"]), int(r.data.params["seed"])) for r in validation_runs) == \
+        sorted((n, s) for n in top2 for s in (500000, 500001))
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in validation_runs)
+    assert int(runs("eval")[0].data.tags["trial"]) == result.picked.number
+    assert parent.data.metrics["picked_trial"] == result.picked.number
+    assert "validation.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # a validation stopped after 3 of its 4 runs: the same command runs the one left, nothing else
+    records[str(top2[1])].pop("500001")
+    study.set_user_attr("validation", records)
+    again = run_sweep(load("dqn_cartpole", args))
+    assert len(runs("validate")) == 5 and again.picked is not None
+    assert sorted(study.user_attrs["validation"][str(top2[1])]) == ["500000", "500001"]

@@ -273,6 +273,12 @@ class SweepConfig:
         _check(not clash, "validation.seed_base", self.validation.seed_base,
                f"gives seeds {clash} that the re-evaluation uses (eval_seed_base={self.eval_seed_base}); "
                "the pick must not see the seeds it is judged on")
+        used = {s for k in range(self.n_trials) for s in self.trial_seeds(k)}
+        for key, value, held_out in (("eval_seed_base", self.eval_seed_base, self.fresh_seeds()),
+                                     ("validation.seed_base", self.validation.seed_base, self.validation.seed_list())):
+            clash = sorted(used.intersection(held_out))
+            _check(not clash, key, value, f"gives seeds {clash} that trials run (seeds={self.seeds}, "
+                   f"seed_stride={self.seed_stride}, n_trials={self.n_trials}); they must be held out")
         _check(bool(self.storage), "storage", self.storage, "must be an Optuna storage URL")
         _check("://" in self.storage, "storage", self.storage,
                "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")

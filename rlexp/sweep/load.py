@@ -242,8 +242,7 @@ def start_points(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
     """The trials a new study starts from (``start_from_default``), as (label, params): the base
     config's values of the searched keys, then for each searched group (``groups``) each other
     option at its own defaults, e.g. ``algo=clipped_double_dqn`` with clipped double DQN's lr,
-    batch and tau. Keys whose default lies outside the space are left to the sampler; a point
-    equal to one before it is left out."""
+    batch and tau. Keys whose default lies outside the space are left to the sampler."""
     points = [("default", default_params(sweep))]
     for p in sweep.params:
         if not (p.key in sweep.cfg.groups and is_group(p.key)):
@@ -254,11 +253,7 @@ def start_points(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
             params = default_params(sweep, [param_override(p, option)])
             params[p.key] = option  # the option itself, whatever the base chose
             points.append((f"default {p.key}={option}", params))
-    out: list[tuple[str, dict[str, Any]]] = []
-    for label, params in points:
-        if params and all(params != q for _, q in out):
-            out.append((label, params))
-    return out
+    return [(label, params) for label, params in points if params]
 
 
 def load(sweep: str, overrides: Sequence[str] = ()) -> Sweep:
