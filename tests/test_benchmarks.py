@@ -169,3 +169,60 @@ def test_bench_variants_refuses_bad_specs_before_running(tmp_path):
     with pytest.raises(ConfigError, match="algo.lr"):
         bench_variants.main(["--variant", "a: algo=dqn algo.lr=-1", "--out", str(tmp_path)])
     assert not list(tmp_path.glob("*.md"))
+
+
+def _summary(solved_at):
+    from rlexp.sweep.runner import EvalRun, EvalSummary
+
+    return EvalSummary(list(range(len(solved_at))), [EvalRun(i, s, 0, 0, 0.0) for i, s in enumerate(solved_at)])
+
+
+def test_a_pick_holds_when_it_solves_every_fresh_seed_25_percent_faster_than_the_default():
+    from benchmarks.bench_sweep_seeds import holds
+
+    default = _summary([None, 318, 259, None, None])  # censored median: any 5/5 holds
+    assert holds(_summary([481, 240, 301, 193, 226]), default)
+    assert not holds(_summary([264, None, 251, 244, 204]), default)  # 4/5
+    solved_default = _summary([300, 300, 300, 300, 300])
+    assert holds(_summary([225, 225, 225, 300, 100]), solved_default)  # 225 <= 0.75 * 300
+    assert not holds(_summary([226, 226, 226, 300, 100]), solved_default)
+    assert not holds(None, default) and not holds(_summary([1, 1]), None)
+
+
+def test_bench_sweep_seeds_runs_each_sampler_seed_and_reads_the_finished_sweeps_back(tmp_path, monkeypatch, capsys):
+    from benchmarks import bench_sweep_seeds
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench_sweep_seeds, "RESULTS", tmp_path / "results")
+    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=1", "train.max_episodes=3",
+            "algo.hidden=[8]", "algo.learning_starts=10", "validation.top=2", "validation.seeds=1"]
+    assert bench_sweep_seeds.main([*tiny, "sampler_seeds=[0,1]"]) == 0
+    (out,) = (tmp_path / "results").glob("sweep-seeds-*.md")
+    text = out.read_text()
+
+    def rows(t: str) -> list[list[str]]:  # every cell but the wall times
+        return [[c.strip() for i, c in enumerate(line.split("|")) if i != 4]
+                for line in t.splitlines() if line.startswith(("| 0 |", "| 1 |", "| default config |"))]
+
+    ran = rows(text)
+    assert [r[1] for r in ran] == ["0", "1", "default config"]
+    # 3 episodes never solve: the picks were validated (1 own + 1 validation seed) and do not hold
+    assert all("over 2 seeds, 0 solved" in r[5] and r[6:10] == ["unsolved", "0/1", "censored", "no"] for r in ran[:2])
+    assert "The pick holds on fresh seeds in **0 of 2** sweeps." in text
+    # the same sweeps taken back from their studies and MLflow: the same rows, nothing run again
+    (work,) = (tmp_path / "outputs" / "bench_sweep_seeds").iterdir()
+    takes = [f"take={work / 'optuna.db'}:bench-dqn_cartpole-s{k}-{work.name}" for k in (0, 1)]
+    default = f"default=bench-dqn_cartpole-default-{work.name}"
+    out.unlink()
+    assert bench_sweep_seeds.main([*tiny, *takes, default]) == 0
+    (out2,) = (tmp_path / "results").glob("sweep-seeds-*.md")
+    assert rows(out2.read_text()) == ran
+    assert not list((tmp_path / "outputs" / "bench_sweep_seeds").glob("*/optuna.db"))[1:]  # no new study
+    # refused before any work, naming what: another definition, a default with no runs
+    assert bench_sweep_seeds.main([*tiny, "train.max_episodes=4", takes[0]]) == 2
+    assert f"error: {takes[0]}: its base" in capsys.readouterr().err
+    assert bench_sweep_seeds.main([*tiny, takes[0], "default=nope"]) == 2
+    assert "error: default=nope: no finished re-evaluation run tagged sweep=nope for seeds [1000000]" in \
+        capsys.readouterr().err
+    assert bench_sweep_seeds.main([*tiny]) == 2 and "sampler_seeds=[...]" in capsys.readouterr().err

@@ -150,11 +150,6 @@ class SweepResult:
     validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
 
     @property
-    def picked_number(self) -> int | None:
-        """The trial re-evaluated and written: the validation's pick, or the best trial."""
-        return self.picked.number if self.picked is not None else self.best_number
-
-    @property
     def finished(self) -> bool:
         """``n_trials`` trials count."""
         return self.tally["complete"] + self.tally["pruned"] + self.tally["failed"] >= self.n_trials
@@ -565,7 +560,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
         artifacts.append(out / "validation.md")
         chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds "
                   f"{cfg.validation.seed_list()}: {result.picked.value:.2f} over {result.picked.seeds} seeds, "
-                  f"{result.picked.solved} solved; ")
+                  f"{result.picked.solved} solved")
     overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *cfg.eval_overrides]
     label = algo_label(overrides)
     if cfg.eval_seeds:
