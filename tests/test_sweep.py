@@ -40,6 +40,7 @@ from rlexp.sweep.objective import (
     shortfall,
 )
 from rlexp.sweep.runner import pick, validation_table
+from rlexp.tracking import store_lock
 from rlexp.train import RunInterrupted, TrainResult, config_dict
 
 from .conftest import PYTHON, cli_env
@@ -543,6 +544,8 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
               "evaluate(['algo=dqn_target', 'algo.hidden=[16]', 'algo.learning_starts=50', 'train.max_episodes=100000',"
               " 'train.save_model=false'], [1, 2, 3], workers=2, tags={'sweep': 'x', 'sweep_role': 'eval'})\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with store_lock(uri):  # the store made before this test polls it: a poll must not race the workers'
+        MlflowClient(uri).search_experiments()  # first use, which creates and migrates the schema
     p = subprocess.Popen([PYTHON, "-c", script], cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=uri),
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -557,22 +560,24 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
             if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
                 workers = {w for w in _children(p.pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text()}
                 break
-        assert workers, "the two seeds never started training"
-        p.send_signal(sig)  # to this process alone, as `kill` does
-        p.wait(timeout=60)
-        time.sleep(0.5)
-        alive = [w for w in workers if Path(f"/proc/{w}").exists()
-                 and "zombie" not in Path(f"/proc/{w}/status").read_text()]
+        alive: list[int] = []
+        if workers:
+            p.send_signal(sig)  # to this process alone, as `kill` does
+            p.wait(timeout=60)
+            time.sleep(0.5)
+            alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                     and "zombie" not in Path(f"/proc/{w}/status").read_text()]
     finally:
         with contextlib.suppress(ProcessLookupError):  # what is left of its group, orphans included
             os.killpg(p.pid, signal.SIGKILL)
         err = p.communicate()[1]
+    assert workers, f"the two seeds never started training: {err[-3000:]}"
     assert p.returncode != 0, err[-2000:]
     assert not alive, f"worker processes {alive} outlived the interrupted re-evaluation"
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]  # seed 3 never started
-    assert {r.info.status for r in runs} == {"KILLED"}
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"], err[-3000:]  # seed 3 never started
+    assert {r.info.status for r in runs} == {"KILLED"}, err[-3000:]
 
 
 # --------------------------------------------------------------------------- validation before the pick

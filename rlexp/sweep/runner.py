@@ -443,6 +443,8 @@ def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id:
     except RunInterrupted:  # SIGTERM (the run ended KILLED): stop, in a pool's worker the process too
         raise SystemExit(143) from None
     except Exception as e:  # a diverged seed is a result
+        print(f"[{tags.get('sweep', 'evaluate')}] seed {seed} failed: {type(e).__name__}: {e}", file=sys.stderr,
+              flush=True)
         return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
     tail = r.returns[-cfg.solve.window:]
     return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s,
@@ -454,16 +456,24 @@ def _eval_indexed(job: tuple[int, tuple[Any, ...]]) -> tuple[int, EvalRun]:
 
 
 @contextmanager
-def _eval_runs(args: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Iterator[tuple[int, EvalRun]]]:
-    """:func:`_eval_one` over ``args`` in ``workers`` processes: (index, run) pairs as each ends.
+def _pool(jobs: int, workers: int) -> Iterator[Any]:
+    """A spawn pool of ``min(workers, jobs)`` processes for :func:`_eval_one`.
 
     On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends KILLED,
     and no job still queued starts (a ProcessPoolExecutor would run every queued job to the end
     before the interrupt got through, and a SIGTERM that killed this process would leave its
     workers training as orphans).
     """
+    with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
+        yield pool
+
+
+@contextmanager
+def _eval_runs(args: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Iterator[tuple[int, EvalRun]]]:
+    """:func:`_eval_one` over ``args`` in ``workers`` processes (:func:`_pool`): (index, run)
+    pairs as each ends."""
     if workers > 1 and len(args) > 1:
-        with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, len(args))) as pool:
+        with _pool(len(args), workers) as pool:
             yield pool.imap_unordered(_eval_indexed, list(enumerate(args)))
     else:
         yield (_eval_indexed(job) for job in enumerate(args))
@@ -473,9 +483,12 @@ def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *
              parent_run_id: str | None = None, tags: dict[str, Any] | None = None) -> EvalSummary:
     """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
     args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
-    with _eval_runs(args, workers) as done:
-        runs = dict(done)
-    return EvalSummary(list(seeds), [runs[i] for i in range(len(args))])
+    if workers > 1 and len(seeds) > 1:
+        with _pool(len(args), workers) as pool:
+            runs = pool.starmap(_eval_one, args)
+    else:
+        runs = [_eval_one(*a) for a in args]
+    return EvalSummary(list(seeds), runs)
 
 
 def _check_unused(trials: Sequence[FrozenTrial], seeds: Sequence[int], key: str, value: int) -> None:
