@@ -86,6 +86,21 @@ def unsolved_value(mean_return: float, threshold: float, budget: int, penalty: f
     return seed_value(None, budget, penalty, shortfall(mean_return, threshold))
 
 
+def tail_mean(returns: Sequence[float], window: int) -> float | None:
+    """The mean return of the last ``window`` episodes (None: no episode)."""
+    tail = returns[-window:]
+    return sum(tail) / len(tail) if tail else None
+
+
+def final_value(solved_at: int | None, last_mean: float | None, threshold: float, budget: int,
+                penalty: float) -> float:
+    """A finished seed's value: its episodes-to-solve, or the censoring rule on its last mean
+    (:func:`tail_mean`; None, e.g. a run that failed before any episode, counts as the worst)."""
+    if solved_at is not None:
+        return float(solved_at)
+    return unsolved_value(float("-inf") if last_mean is None else last_mean, threshold, budget, penalty)
+
+
 def mean_after(tail: Sequence[float], k: int, n: int, max_return: float) -> float:
     """The mean of the last ``n`` returns once ``k`` more episodes have returned ``max_return``."""
     keep = tail[max(0, len(tail) - (n - k)):] if n > k else []
@@ -330,11 +345,7 @@ class Objective:
     @staticmethod
     def seed_result(result: TrainResult, window: int, threshold: float, budget: int, penalty: float) -> float:
         """A finished seed's value (the censoring rule on the run's returns)."""
-        if result.episodes_to_solve is not None:
-            return float(result.episodes_to_solve)
-        tail = result.returns[-window:]
-        mean = sum(tail) / len(tail) if tail else float("-inf")
-        return unsolved_value(mean, threshold, budget, penalty)
+        return final_value(result.episodes_to_solve, tail_mean(result.returns, window), threshold, budget, penalty)
 
     @staticmethod
     def _end(trial: optuna.Trial, state: _TrialState, what: str, value: float | None,

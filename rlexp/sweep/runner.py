@@ -33,7 +33,7 @@ from rlexp.config import ConfigError
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
-from rlexp.sweep.objective import Objective, algo_label, describe_trial
+from rlexp.sweep.objective import Objective, algo_label, describe_trial, tail_mean
 from rlexp.train import experiment_name
 
 OUTPUTS = Path("outputs") / "sweeps"
@@ -446,9 +446,8 @@ def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id:
         print(f"[{tags.get('sweep', 'evaluate')}] seed {seed} failed: {type(e).__name__}: {e}", file=sys.stderr,
               flush=True)
         return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
-    tail = r.returns[-cfg.solve.window:]
     return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s,
-                   last_mean=sum(tail) / len(tail) if tail else None)
+                   last_mean=tail_mean(r.returns, cfg.solve.window))
 
 
 def _eval_indexed(job: tuple[int, tuple[Any, ...]]) -> tuple[int, EvalRun]:
@@ -504,7 +503,7 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
     validation resumes with what is left; then rank them (:func:`pick`). Empty when validation
     is off or fewer than 2 trials are complete (nothing to choose between)."""
     from rlexp.envs import check_compatible, solve_threshold
-    from rlexp.sweep.objective import seed_value, shortfall
+    from rlexp.sweep.objective import final_value
 
     cfg, v = sweep.cfg, sweep.cfg.validation
     trials = study.get_trials(deepcopy=False)
@@ -533,8 +532,7 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
         for i, r in done:
             number = jobs[i][0]
             budget, penalty, threshold = rules[number]
-            miss = shortfall(r.last_mean, threshold) if r.last_mean is not None else 1.0
-            value = seed_value(r.solved_at, budget, penalty, miss)
+            value = final_value(r.solved_at, r.last_mean, threshold, budget, penalty)
             records.setdefault(str(number), {})[str(r.seed)] = {
                 "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps, "error": r.error}
             study.set_user_attr("validation", records)
