@@ -226,3 +226,71 @@ def test_bench_sweep_seeds_runs_each_sampler_seed_and_reads_the_finished_sweeps_
     assert "error: default=nope: no finished re-evaluation run tagged sweep=nope for seeds [1000000]" in \
         capsys.readouterr().err
     assert bench_sweep_seeds.main([*tiny]) == 2 and "sampler_seeds=[...]" in capsys.readouterr().err
+
+
+def _timed_study(path):
+    """An SQLite study of hand-made finished trials: (algo, batch, state, env steps, seconds), and
+    one lost and one running trial that no row may count."""
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{path}", direction="minimize")
+    dists = {"algo": CategoricalDistribution(["double_dqn", "clipped_double_dqn"]),
+             "algo.batch_size": CategoricalDistribution([64, 256])}
+    t0 = datetime(2026, 12, 1, 3, 0, 0)
+    rows = [("double_dqn", 64, TrialState.COMPLETE, 60_000, 120), ("double_dqn", 64, TrialState.PRUNED, 30_000, 60),
+            ("clipped_double_dqn", 256, TrialState.COMPLETE, 40_000, 240),
+            ("clipped_double_dqn", 64, TrialState.FAIL, 1_000, 30)]
+    for i, (algo, batch, state, steps, secs) in enumerate(rows):
+        attrs = {"env_steps": steps, **({"fail_reason": "diverged"} if state == TrialState.FAIL else {})}
+        study.add_trial(FrozenTrial(
+            number=i, trial_id=i, state=state, value=100.0 + i if state == TrialState.COMPLETE else None,
+            datetime_start=t0 + timedelta(seconds=60 * i), datetime_complete=t0 + timedelta(seconds=60 * i + secs),
+            params={"algo": algo, "algo.batch_size": batch}, distributions=dists, user_attrs=attrs,
+            system_attrs={}, intermediate_values={}))
+    study.add_trial(FrozenTrial(  # lost: failed with no reason (its worker died)
+        number=4, trial_id=4, state=TrialState.FAIL, value=None, datetime_start=t0, datetime_complete=t0 + timedelta(
+            seconds=999), params={"algo": "double_dqn", "algo.batch_size": 64}, distributions=dists, user_attrs={},
+        system_attrs={}, intermediate_values={}))
+    study.set_user_attr("validation", {"2": {"500000": {"solved_at": 200, "env_steps": 9_000, "wall_time_s": 90.0},
+                                             "500001": {"solved_at": None, "env_steps": 6_000, "wall_time_s": 30.0}}})
+    return study
+
+
+def test_sweep_cost_splits_the_trials_worker_time_by_what_they_ran(tmp_path, capsys):
+    from benchmarks import sweep_cost
+
+    study = _timed_study(tmp_path / "o.db")
+    trials = study.get_trials(deepcopy=False)
+    assert sweep_cost.default_by(trials) == ["algo"]
+    by_algo = {c.label: c for c in sweep_cost.trial_costs(trials, ["algo"])}
+    dd, cd = by_algo["algo=double_dqn"], by_algo["algo=clipped_double_dqn"]
+    assert (dd.runs, dd.complete, dd.pruned, dd.env_steps, dd.worker_s) == (2, 1, 1, 90_000, 180.0)  # lost one left out
+    assert dd.steps_per_min == 90_000 / 3
+    assert (cd.runs, cd.complete, cd.failed, cd.env_steps, cd.worker_s) == (2, 1, 1, 41_000, 270.0)
+    assert [c.label for c in sweep_cost.trial_costs(trials, ["algo"])] == ["algo=clipped_double_dqn", "algo=double_dqn"]
+    val = sweep_cost.validation_cost(study.user_attrs["validation"])
+    assert (val.runs, val.complete, val.env_steps, val.worker_s) == (2, 1, 15_000, 120.0)
+
+    assert sweep_cost.main([f"{tmp_path / 'o.db'}:s", "--by", "algo", "algo.batch_size", "--out", str(tmp_path)]) == 0
+    (out,) = tmp_path.glob("sweep-cost-*.md")
+    text = out.read_text()
+    assert "trials: 2 complete, 1 pruned, 1 failed, 1 lost, 0 running" in text
+    # phase: 03:00:00 to trial 3's end (03:03:30); worker time 450 s of trials; 570 s with the validation
+    assert "trials phase 16.6 min" in text  # the lost trial's 999 s span counts in the phase
+    assert "trial worker time 7.5 min" in text and "validation: 2 runs, 15,000 env steps, 2.0 worker min" in text
+    assert "| algo=clipped_double_dqn algo.batch_size=256 | 1 | 1 / 0 / 0 | 40,000 | 4.0 | 42% | 10,000 |" in text
+    assert "| algo=double_dqn algo.batch_size=64 | 2 | 1 / 1 / 0 | 90,000 | 3.0 | 32% | 30,000 |" in text
+    assert "| validation runs | 2 | 1 solved | 15,000 | 2.0 | 21% | 7,500 |" in text
+    assert "command: `python -m benchmarks.sweep_cost" in text and "versions: python" in text
+
+
+def test_sweep_cost_refuses_an_unknown_study_before_any_output(tmp_path, capsys):
+    from benchmarks import sweep_cost
+
+    _timed_study(tmp_path / "o.db")
+    assert sweep_cost.main([f"{tmp_path / 'o.db'}:s", f"{tmp_path / 'o.db'}:nope", "--out", str(tmp_path)]) == 2
+    assert "sweep_cost: error: " in capsys.readouterr().err and not list(tmp_path.glob("sweep-cost-*.md"))

@@ -534,7 +534,8 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
             budget, penalty, threshold = rules[number]
             value = final_value(r.solved_at, r.last_mean, threshold, budget, penalty)
             records.setdefault(str(number), {})[str(r.seed)] = {
-                "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps, "error": r.error}
+                "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps,
+                "wall_time_s": r.wall_time_s, "error": r.error}
             study.set_user_attr("validation", records)
             print(f"[{sweep.study_name}] validation: trial {number} seed {r.seed}: "
                   f"{'solved at ' + str(r.solved_at) if r.solved_at is not None else 'unsolved'} "
