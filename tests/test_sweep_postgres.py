@@ -75,3 +75,68 @@ def test_two_machines_three_workers_share_one_study(tmp_path, kind):
     seeds = [r for r in runs if r.data.tags["sweep_role"] == "seed"]
     assert Counter(r.data.tags["mlflow.parentRunId"] for r in seeds) == Counter(r.info.run_id for r in children)
     assert "preset written" in err_main and "preset written" not in err_helper
+
+
+def test_a_storage_whose_tables_another_process_is_creating_is_retried_not_refused(monkeypatch):
+    """Two workers starting on a new database both create Optuna's tables; the loser's duplicate
+    key is waited out, while any other storage error is refused at once with the storage named."""
+    import sqlalchemy.exc
+
+    from rlexp.config import ConfigError
+
+    calls = []
+    real = optuna.storages.RDBStorage
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TABLE studies", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    assert isinstance(st.make_storage("sqlite:///:memory:", 2), real) and len(calls) == 2
+
+    def broken(url, **kw):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ConfigError, match=r"storage='sqlite:///:memory:': OperationalError"):
+        st.make_storage("sqlite:///:memory:", 2)
+    assert len(calls) == 1  # not a race: no retry
+
+
+RACE = """
+import sys, threading
+from rlexp.sweep import study as st
+st.make_storage(sys.argv[1], 2)
+print("ok")
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not URL, reason='RLEXP_TEST_POSTGRES_URL is unset: run eval "$(.ci/postgres.sh)" first')
+def test_workers_starting_together_on_a_new_postgres_schema_all_get_the_storage():
+    import sqlalchemy
+
+    schema = f"race_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(st._with_driver(URL))
+    with engine.begin() as c:
+        c.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = f"{URL}?options=-csearch_path%3D{schema}"
+        procs = [subprocess.Popen([PYTHON, "-c", RACE, url], env=cli_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+        with engine.connect() as c:  # the tables went into the new schema, once
+            n = c.execute(sqlalchemy.text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s "
+                                          "AND table_name = 'studies'"), {"s": schema}).scalar()
+        assert n == 1
+    finally:
+        with engine.begin() as c:
+            c.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()

@@ -63,15 +63,34 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=heartbeat_interval,
-                                              heartbeat_stale_trial_callback=on_lost_trial)
-        except Exception as e:
-            raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval,
+                                                  heartbeat_stale_trial_callback=on_lost_trial)
+            except Exception as e:
+                if attempt + 1 < SCHEMA_ATTEMPTS and _schema_race(e):
+                    time.sleep(0.5 * (attempt + 1))  # the other process's tables exist now, or soon
+                    continue
+                raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_ATTEMPTS = 5
+
+
+def _schema_race(e: Exception) -> bool:
+    """Whether ``e`` is another process creating Optuna's tables at the same moment: on a new
+    PostgreSQL database two workers (or machines) starting together both run CREATE TABLE, and
+    the loser fails with a duplicate key (``pg_type_typname_nsp_index``) or "already exists"."""
+    import sqlalchemy.exc
+
+    text = str(e).lower()
+    return isinstance(e, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError) and (
+        "duplicate key" in text or "already exists" in text)
 
 
 def trial_seed(seed: int, number: int) -> int:
