@@ -216,3 +216,99 @@ def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
         p.grad = g
     else:
         p.grad.copy_(g)
+
+
+class StackedMLP:
+    """Several Linear/ReLU|Tanh MLPs of one shape run as one: batched matrix products over their
+    weights stacked along a first dimension (the clipped DQN's two Q-networks, and their targets).
+
+    Each Linear's weights live in one ``(k, out, in)`` tensor and its biases in one ``(k, 1, out)``
+    tensor (``params``, what the optimizer steps); every network's own ``weight`` and ``bias`` are
+    re-pointed at their slice (``param.data``), so the modules, their ``state_dict``, numpy views
+    built afterwards and in-place updates all see the same numbers. ``forward`` and ``backward``
+    call ``baddbmm``/``bmm``/``sum`` on the stacks, which on this CPU give the per-network
+    ``addmm``/``mm``/``sum`` results bit for bit (tested through whole DQN updates), with half the
+    kernel calls for two networks. ``rebind`` re-points the networks after a copy or an unpickling
+    (a copied ``Parameter`` is a copy of its slice, not a view).
+    """
+
+    def __init__(self, nets: Sequence[nn.Sequential]) -> None:
+        assert nets and all(self.supported(n) for n in nets), "StackedMLP: Linear, ReLU and Tanh layers only"
+        shapes = {tuple((type(m), getattr(m, "weight", torch.empty(0)).shape) for m in n) for n in nets}
+        assert len(shapes) == 1, "StackedMLP: the networks must have the same layers and widths"
+        self.nets = list(nets)
+        self.blocks: list[tuple[nn.Parameter, nn.Parameter, type[nn.Module] | None]] = []
+        for layers in zip(*nets, strict=True):
+            if isinstance(layers[0], nn.Linear):
+                w = nn.Parameter(torch.stack([m.weight.detach() for m in layers]), layers[0].weight.requires_grad)
+                b = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).unsqueeze(1),
+                                 layers[0].weight.requires_grad)
+                self.blocks.append((w, b, None))
+            else:
+                w, b, _ = self.blocks[-1]
+                self.blocks[-1] = (w, b, type(layers[0]))
+        self.params: list[nn.Parameter] = [t for w, b, _ in self.blocks for t in (w, b)]
+        self.rebind()
+
+    @staticmethod
+    def supported(net: nn.Module) -> bool:
+        """A ManualMLP network without LayerNorm, ending on a Linear (not a trunk)."""
+        return (ManualMLP.supported(net) and isinstance(net, nn.Sequential)
+                and not any(isinstance(m, nn.LayerNorm) for m in net) and isinstance(net[-1], nn.Linear))
+
+    def rebind(self) -> None:
+        """Point every network's Linear weights and biases at their slices of the stacks."""
+        linears = [[m for m in n if isinstance(m, nn.Linear)] for n in self.nets]
+        for j, layers in enumerate(linears):
+            for m, (w, b, _) in zip(layers, self.blocks, strict=True):
+                m.weight.data = w.data[j]
+                m.bias.data = b.data[j, 0]  # type: ignore[union-attr]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.rebind()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every network's output for the same input ``x`` (``(B, in)``), as ``(k, B, out)``, and what
+        ``backward`` needs; no graph."""
+        h = x.expand(len(self.nets), *x.shape)
+        saved = []
+        with torch.no_grad():
+            for w, b, act in self.blocks:
+                saved.append(h)
+                h = torch.baddbmm(b, h, w.transpose(1, 2))
+                if act is nn.ReLU:
+                    h = h.relu_()
+                elif act is nn.Tanh:
+                    h = h.tanh_()
+        saved.append(h)
+        return h, saved
+
+    def backward(self, saved: list[torch.Tensor], grad_out: torch.Tensor) -> None:
+        """Write each network's d loss / d parameter (given d loss / d its output, ``(k, B, out)``)
+        into the stacks' ``.grad``."""
+        g = grad_out
+        with torch.no_grad():
+            for i in range(len(self.blocks) - 1, -1, -1):
+                w, b, act = self.blocks[i]
+                if act is not None:
+                    g = _BACKWARD[act](g, saved[i + 1])
+                if w.grad is None:
+                    w.grad = torch.empty_like(w)
+                if b.grad is None:
+                    b.grad = torch.empty_like(b)
+                torch.bmm(g.transpose(1, 2), saved[i], out=w.grad)
+                torch.sum(g, 1, keepdim=True, out=b.grad)
+                if i:
+                    g = torch.bmm(g, w)
+
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """``nn.utils.clip_grad_norm_`` (2-norm, foreach) on each network's gradients separately."""
+        with torch.no_grad():
+            k = len(self.nets)
+            grads = [p.grad[j] for j in range(k) for p in self.params]  # type: ignore[index]
+            norms = torch.stack(torch._foreach_norm(grads, 2.0)).view(k, -1)
+            coef = torch.clamp(max_norm / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)
+            for p in self.params:
+                assert p.grad is not None
+                p.grad.mul_(coef.view(k, *([1] * (p.dim() - 1))))

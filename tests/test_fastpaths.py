@@ -189,7 +189,7 @@ def test_manual_backward_gives_autograds_gradients(hidden, activation, norm):
                                        ["algo=dueling_dqn"], ["algo=dueling_dqn", "algo.target_update=hard"],
                                        ["algo=dqn", "algo.layer_norm=true"],
                                        ["algo=dueling_dqn", "algo.layer_norm=true"]])
-def test_manual_backward_trains_like_autograd(overrides):
+def test_manual_backward_trains_like_autograd(overrides, monkeypatch):
     """The DQN update without autograd (plain MLP Q-nets) follows the autograd update step by step:
     Huber and MSE, target blending, double and clipped targets, any optimizer."""
     cfg = compose_config([*overrides, "algo.hidden=[16, 16]", "algo.target_update_interval=10"])
@@ -197,6 +197,11 @@ def test_manual_backward_trains_like_autograd(overrides):
     a = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
     assert a.manual is not None
     b = copy.deepcopy(a)
+    if a.pair is not None:  # the clipped pair's stacked path is checked against the per-net one below
+        monkeypatch.setattr(DQNAgent, "stack_clipped", False)
+        torch.manual_seed(0)
+        a = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
+        b = copy.deepcopy(a)
     b.manual = None  # the autograd path
     buf = _buffer()
     for step in range(0, 200, 20):
@@ -232,3 +237,90 @@ def test_layer_norm_q_network_has_its_norms_and_acts_in_numpy():
         want = agent.q(torch.from_numpy(obs))
     np.testing.assert_allclose(np.stack([agent._greedy.plain(o) for o in obs]), want.numpy(), rtol=1e-4, atol=1e-4)
     assert [agent.greedy(o) for o in obs] == want.argmax(dim=1).tolist()
+
+
+def _pair(overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[DQNAgent, DQNAgent]:
+    """The same clipped agent twice: its two nets stacked, and as two separate nets."""
+    cfg = compose_config(["algo=clipped_double_dqn", "algo.hidden=[32, 32]", "algo.target_update_interval=10",
+                          *overrides])
+    agents = []
+    for stack in (True, False):
+        monkeypatch.setattr(DQNAgent, "stack_clipped", stack)
+        torch.manual_seed(0)
+        agents.append(DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0))
+    assert agents[0].pair is not None and agents[1].pair is None
+    return agents[0], agents[1]
+
+
+@pytest.mark.parametrize("overrides", [[], ["algo.target_update=hard", "algo.gradient_steps=3"],
+                                       ["algo.target_update=none"], ["algo.max_grad_norm=0.05"],
+                                       ["algo.loss=mse", "algo.target_alpha=0.5", "optimizer=rmsprop"],
+                                       ["algo.terminal_reward=-1.0", "algo.activation=tanh", "algo.hidden=[64]"],
+                                       ["algo.hidden=[128, 128]", "algo.batch_size=64"],
+                                       ["algo.hidden=[128, 128]", "algo.batch_size=256"]])
+def test_stacked_clipped_pair_trains_bit_for_bit_like_two_nets(overrides, monkeypatch):
+    """The clipped form's two Q-nets stacked into one batched pass give exactly (not approximately)
+    the parameters of the per-net path: soft, hard and no targets, several minibatches, active
+    gradient clipping (max_grad_norm 0.05), MSE with blending, RMSprop, tanh, and the shipped
+    widths and batch sizes. (At some tiny widths, e.g. hidden [8], the batched and the single
+    matrix products round differently: see the next test.)"""
+    a, b = _pair(overrides, monkeypatch)
+    buf = _buffer()
+    batch = a.cfg.batch_size if "algo.batch_size" in " ".join(overrides) else 16
+    for step in range(0, 400, 20):
+        batches = buf.sample(batch, 3)
+        ma, mb = a.update_batches(batches, Counters(step=step)), b.update_batches(batches, Counters(step=step))
+        assert ma == pytest.approx(mb, rel=1e-6, abs=1e-9)
+    assert a.updates == b.updates == 60
+    for na, nb in zip([*a.nets, *a.targets], [*b.nets, *b.targets], strict=True):
+        for p, q in zip(na.parameters(), nb.parameters(), strict=True):
+            assert torch.equal(p, q)
+            assert not torch.equal(p, torch.zeros_like(p))
+    obs = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    assert [a.greedy(o) for o in obs] == [b.greedy(o) for o in obs]
+
+
+def test_stacked_clipped_pair_at_a_tiny_width_trains_like_two_nets_to_rounding(monkeypatch):
+    a, b = _pair(["algo.hidden=[8]", "algo.activation=tanh"], monkeypatch)
+    buf = _buffer()
+    for step in range(0, 400, 20):
+        batches = buf.sample(16, 3)
+        assert a.update_batches(batches, Counters(step=step)) == pytest.approx(
+            b.update_batches(batches, Counters(step=step)), rel=1e-4, abs=1e-6)
+    for na, nb in zip([*a.nets, *a.targets], [*b.nets, *b.targets], strict=True):
+        for p, q in zip(na.parameters(), nb.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_a_stacked_clipped_run_is_the_two_net_run(monkeypatch, tmp_path):
+    """A whole training run (acting, buffer, updates, solve check) returns the same episodes."""
+    from rlexp.train import train
+
+    cfg = compose_config(["algo=clipped_double_dqn", "algo.hidden=[32, 32]", "algo.learning_starts=100",
+                          "algo.batch_size=32", "train.max_episodes=25", "train.save_model=false"])
+    returns = []
+    for stack in (True, False):
+        monkeypatch.setattr(DQNAgent, "stack_clipped", stack)
+        returns.append(train(cfg, workdir=tmp_path / str(stack)).returns)
+    assert returns[0] == returns[1] and len(set(returns[0])) > 3
+
+
+def test_a_copied_stacked_agent_trains_and_acts_with_its_own_stacks(monkeypatch):
+    import pickle
+
+    a, _ = _pair([], monkeypatch)
+    buf = _buffer()
+    obs = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
+    for twin in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        before = [p.clone() for p in a.q.parameters()]
+        twin.update_batches(buf.sample(16, 2), Counters(step=0))
+        assert twin.pair is not None
+        for j, net in enumerate(twin.nets):  # the twin's modules are views of the twin's stacks
+            for p, (w, b, _) in zip([m for m in net.q if isinstance(m, nn.Linear)], twin.pair.blocks, strict=True):
+                assert torch.equal(p.weight, w[j]) and p.weight.data_ptr() == w[j].data_ptr()
+                assert p.bias.data_ptr() == b[j, 0].data_ptr()
+        assert all(torch.equal(p, q) for p, q in zip(a.q.parameters(), before, strict=True))  # not the original's
+        assert not all(torch.equal(p, q) for p, q in zip(twin.q.parameters(), before, strict=True))
+        with torch.no_grad():
+            want = twin.q(torch.from_numpy(obs)).argmax(dim=1).tolist()
+        assert [twin.greedy(o) for o in obs] == want

@@ -10,6 +10,10 @@ The variants differ by a formula, so they are flags on one agent (see ``DQNConfi
 - blending (seed Q-agent): regress on ``q + alpha * (y - q)`` instead of ``y``.
 
 Truncated transitions are stored as non-terminal and bootstrap like any other.
+
+The clipped form's two Q-networks (and their targets) are trained as one ``StackedMLP`` when they
+are plain ReLU/Tanh MLPs: one batched pass for both instead of one per network, 1.3-1.4x the env
+steps per second at batch 64-128 and the same parameters bit for bit (tests/test_fastpaths.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from rlexp.buffer import Batch
 from rlexp.config import DQNConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.loops import Counters
-from rlexp.nets import ManualMLP, NumpyForward, mlp, out_features
+from rlexp.nets import ManualMLP, NumpyForward, StackedMLP, mlp, out_features
 from rlexp.optim import make_optimizer
 from rlexp.schedules import epsilon
 
@@ -155,6 +159,16 @@ def td_target(cfg: DQNConfig, batch: Batch, online: QFunction, target: QFunction
 class DQNAgent:
     """Epsilon-greedy agent over one (or, clipped, two) Q-networks."""
 
+    stack_clipped = True  # run the clipped form's two nets as one StackedMLP where they allow it
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """A copy or an unpickled agent: its nets point at its own stacks again, and acts with them."""
+        self.__dict__.update(state)
+        for stack in (self.pair, self.pair_targets):
+            if stack is not None:
+                stack.rebind()
+        self._greedy = GreedyPolicy(self.q)
+
     def __init__(self, cfg: DQNConfig, spec: EnvSpec, opt_cfg: OptimizerConfig, seed: int) -> None:
         self.cfg = cfg
         self.n_actions = spec.n_actions
@@ -167,8 +181,18 @@ class DQNAgent:
         self.targets: list[QNetwork] = []
         if cfg.target_update != "none":
             self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.q_nets]
-        self.params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.nets]
-        self.target_params: list[list[torch.Tensor]] = [list(n.parameters()) for n in self.targets]
+        # clipped: the two Q-nets (and their targets) as one stacked MLP, half the kernel calls per
+        # update and the same numbers; its stacks are then the tensors the optimizer and syncs see
+        self.pair: StackedMLP | None = None
+        self.pair_targets: StackedMLP | None = None
+        if cfg.clipped and self.stack_clipped and not cfg.dueling and StackedMLP.supported(self.q.q):
+            self.pair = StackedMLP([n.q for n in self.q_nets])
+            self.pair_targets = StackedMLP([t.q for t in self.targets]) if self.targets else None
+            self.params: list[list[torch.Tensor]] = [list(self.pair.params)]
+            self.target_params: list[list[torch.Tensor]] = [list(self.pair_targets.params)] if self.pair_targets else []
+        else:
+            self.params = [list(n.parameters()) for n in self.nets]
+            self.target_params = [list(n.parameters()) for n in self.targets]
         self.optimizers = [make_optimizer(p, opt_cfg) for p in self.params]
         self._greedy = GreedyPolicy(self.q)
         # hand-written backward (autograd's gradients with less overhead) for ReLU/Tanh MLP Q-nets
@@ -209,6 +233,8 @@ class DQNAgent:
         """
         cfg = self.cfg
         self._hard_sync(counters.step)
+        if self.pair is not None:
+            return self._pair_update(batches)
         # the same networks, called without autograd's module overhead when the manual path applies
         nets: Sequence[QFunction] = self.nets
         targets: Sequence[QFunction] = self.targets
@@ -246,6 +272,56 @@ class DQNAgent:
         for i, ls in enumerate(losses):
             out["train/loss" if i == 0 else f"train/loss{i + 1}"] = torch.stack(ls).mean().item()
         return out
+
+    @torch.no_grad()
+    def _pair_update(self, batches: Sequence[Batch]) -> dict[str, float]:
+        """The clipped form's update with its two nets (and targets) stacked: per minibatch one
+        target pass for both target nets, one forward and backward for both online nets, one
+        optimizer step; the same numbers as the per-net path (tested)."""
+        cfg, pair = self.cfg, self.pair
+        assert pair is not None
+        targets = self.pair_targets or pair
+        fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
+        ys: Sequence[torch.Tensor] = []
+        if fixed:
+            joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
+            ys = self._pair_target(joined, targets).split(len(batches[0].rewards))
+        losses, q_means = [], []
+        for k, batch in enumerate(batches):
+            y = ys[k] if fixed else self._pair_target(batch, targets)
+            out, saved = pair.forward(batch.obs)
+            idx = batch.actions.view(1, -1, 1).expand(out.shape[0], -1, 1)
+            q = out.gather(2, idx).squeeze(2)
+            goal = y.expand_as(q) if cfg.target_alpha == 1.0 else q + cfg.target_alpha * (y - q)
+            diff = q - goal
+            n = diff.shape[1]
+            if cfg.loss == "huber":
+                loss = F.smooth_l1_loss(q, goal, reduction="none").mean(dim=1)
+                grad_q = diff.clamp(-1.0, 1.0).div_(n)
+            else:
+                loss = F.mse_loss(q, goal, reduction="none").mean(dim=1)
+                grad_q = diff.mul(2.0 / n)
+            pair.backward(saved, torch.zeros_like(out).scatter_(2, idx, grad_q.unsqueeze(2)))
+            if cfg.max_grad_norm is not None:
+                pair.clip_grad_norm_(cfg.max_grad_norm)
+            self.optimizers[0].step()
+            losses.append(loss)
+            q_means.append(q[0].mean())
+            self.updates += 1
+            self._soft_sync()
+        mean_loss = torch.stack(losses).mean(dim=0).tolist()
+        out_metrics = {"train/q_mean": torch.stack(q_means).mean().item()}
+        for i, v in enumerate(mean_loss):
+            out_metrics["train/loss" if i == 0 else f"train/loss{i + 1}"] = v
+        return out_metrics
+
+    def _pair_target(self, batch: Batch, targets: StackedMLP) -> torch.Tensor:
+        """``td_target``'s clipped target from the stacked target nets."""
+        rewards = batch.rewards
+        if self.cfg.terminal_reward is not None:
+            rewards = torch.where(batch.terminated > 0, torch.full_like(rewards, self.cfg.terminal_reward), rewards)
+        best = targets.forward(batch.next_obs)[0].max(dim=2).values
+        return rewards + self.cfg.gamma * (1.0 - batch.terminated) * torch.minimum(best[0], best[1])
 
     @torch.no_grad()
     def _manual_grad(self, net: ManualQ, batch: Batch, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
