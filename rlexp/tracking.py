@@ -62,14 +62,22 @@ def tracking_uri() -> str:
     return uri
 
 
-def retry_locked(fn: Callable[[], T], attempts: int = 30) -> T:
-    """Call ``fn``, retrying with jittered back-off while SQLite reports a locked database."""
-    delay = 0.05
+def is_locked(e: Exception) -> bool:
+    """Whether ``e`` is SQLite reporting a locked (busy) database; MLflow wraps
+    sqlite3.OperationalError in its own exceptions, so the message is what tells."""
+    return "locked" in str(e).lower() or "busy" in str(e).lower()
+
+
+def retry_locked(fn: Callable[[], T], attempts: int = 30, when: Callable[[Exception], bool] = is_locked,
+                 delay: float = 0.05) -> T:
+    """Call ``fn``, retrying with jittered back-off (from ``delay``, doubling up to 2 s) while the
+    error is one ``when`` says will pass: by default SQLite's locked database. Any other error, or
+    the last attempt's, is raised."""
     for i in range(attempts):
         try:
             return fn()
-        except Exception as e:  # MLflow wraps sqlite3.OperationalError in its own exceptions
-            if "locked" not in str(e).lower() and "busy" not in str(e).lower() or i == attempts - 1:
+        except Exception as e:
+            if not when(e) or i == attempts - 1:
                 raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)

@@ -110,7 +110,7 @@ def test_a_storage_whose_tables_another_process_is_creating_is_retried_not_refus
 
 
 RACE = """
-import sys, threading
+import sys
 from rlexp.sweep import study as st
 st.make_storage(sys.argv[1], 2)
 print("ok")

@@ -197,3 +197,28 @@ def test_parallel_processes_share_one_sqlite_store(tmp_path):
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "episode_return")) == 25
+
+
+def test_retry_locked_waits_out_what_will_pass_and_raises_the_rest(monkeypatch):
+    from rlexp import tracking
+
+    naps: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", naps.append)
+
+    def failing(errors: list[Exception]):
+        def fn() -> str:
+            if errors:
+                raise errors.pop(0)
+            return "done"
+        return fn
+
+    assert tracking.retry_locked(failing([RuntimeError("database is locked")] * 3)) == "done" and len(naps) == 3
+    assert naps[0] < 0.1 <= naps[1] < 0.2 <= naps[2] < 0.4  # from 0.05, doubling, jittered up to 2x
+    with pytest.raises(ValueError, match="no such table"):  # not a lock: raised at once
+        tracking.retry_locked(failing([ValueError("no such table"), ValueError("locked")]))
+    with pytest.raises(RuntimeError, match="locked"):  # the last attempt's error is raised
+        tracking.retry_locked(failing([RuntimeError("locked")] * 3), attempts=3)
+    naps.clear()
+    race = failing([KeyError("duplicate"), KeyError("duplicate")])
+    assert tracking.retry_locked(race, attempts=5, when=lambda e: isinstance(e, KeyError), delay=0.5) == "done"
+    assert len(naps) == 2 and naps[0] >= 0.5

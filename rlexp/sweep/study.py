@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rlexp.config import ConfigError
 from rlexp.sweep.config import SweepConfig
+from rlexp.tracking import retry_locked
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -63,20 +64,18 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorag
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    for attempt in range(SCHEMA_ATTEMPTS):
+
+    def connect() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=heartbeat_interval,
-                                                  heartbeat_stale_trial_callback=on_lost_trial)
-            except Exception as e:
-                if attempt + 1 < SCHEMA_ATTEMPTS and _schema_race(e):
-                    time.sleep(0.5 * (attempt + 1))  # the other process's tables exist now, or soon
-                    continue
-                raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-    raise AssertionError("unreachable")
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                              heartbeat_stale_trial_callback=on_lost_trial)
+
+    try:  # a lost race to create the tables: they exist now, or soon
+        return retry_locked(connect, attempts=SCHEMA_ATTEMPTS, when=_schema_race, delay=0.5)
+    except Exception as e:
+        raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
 SCHEMA_ATTEMPTS = 5
