@@ -18,13 +18,14 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
 
 # algorithm -> (env group option, episode budget)
 BENCH: dict[str, tuple[str, int]] = {
@@ -70,6 +71,43 @@ def run_one(algo: str, seed: int, extra: tuple[str, ...]) -> Outcome:
     except Exception as e:  # a diverged seed is a result, not a crash of the benchmark
         return Outcome(algo, cfg.env.id, seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
     return Outcome(algo, cfg.env.id, seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
+
+
+def _star(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
+    return job[0](*job[1])
+
+
+def run_jobs(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int, results: list[T],
+             report: Callable[[T], None]) -> bool:
+    """``fn(*job)`` for every job in ``workers`` spawn processes (``rlexp.sweep.runner.worker_pool``),
+    appending each result to ``results`` and reporting it, in the jobs' order. Returns whether
+    Ctrl-C or SIGTERM stopped it: the runs in flight are terminated, no queued one starts, and
+    ``results`` holds the runs that finished (a ProcessPoolExecutor would finish every queued run
+    before the interrupt got through)."""
+    from rlexp.sweep.runner import worker_pool
+
+    try:
+        if workers > 1 and len(jobs) > 1:
+            with worker_pool(len(jobs), workers) as pool:
+                for r in pool.imap(_star, [(fn, j) for j in jobs]):
+                    results.append(r)
+                    report(r)
+        else:
+            from rlexp.sweep.runner import sigterm_as_keyboard_interrupt
+
+            with sigterm_as_keyboard_interrupt():
+                for j in jobs:
+                    results.append(fn(*j))
+                    report(results[-1])
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(results)} of {len(jobs)} runs finished; writing those", file=sys.stderr, flush=True)
+        return True
+    return False
+
+
+def interrupted_note(interrupted: bool, done: int, total: int) -> str:
+    """The line that marks a table written after an interrupt."""
+    return f"**Interrupted: {done} of {total} runs finished; the table has those only.**\n\n" if interrupted else ""
 
 
 def _med(xs: list[float]) -> float:
@@ -219,7 +257,7 @@ def versions() -> str:
             f"stable-baselines3 {sb3}, {platform.machine()} {platform.processor() or ''}".strip())
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algos", nargs="+", default=[a for a in BENCH if not a.startswith("sb3")])
     p.add_argument("--seeds", type=int, default=5, help="seeds 1..N")
@@ -236,27 +274,27 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     sections = []
+    interrupted = False
     if not args.throughput_only:
         from rlexp.algos import names
 
         unknown = sorted(set(args.algos) - set(names()))
         if unknown:
             sys.exit(f"bench_algos: unknown --algos {', '.join(unknown)}; known: {', '.join(names())}")
-        jobs = [(a, s) for a in args.algos for s in range(1, args.seeds + 1)]
+        jobs = [(a, s, tuple(args.override)) for a in args.algos for s in range(1, args.seeds + 1)]
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_one, a, s, tuple(args.override)) for a, s in jobs]
-            outcomes = []
-            for f in futures:
-                o = f.result()
-                outcomes.append(o)
-                status = f"solved at {o.solved_at}" if o.solved_at else (o.error or "not solved")
-                print(f"  {o.algo:<20} seed {o.seed}: {status} ({o.episodes} ep, {o.env_steps} steps, "
-                      f"{o.wall_time_s:.0f} s)", flush=True)
+        outcomes: list[Outcome] = []
+
+        def report(o: Outcome) -> None:
+            status = f"solved at {o.solved_at}" if o.solved_at else (o.error or "not solved")
+            print(f"  {o.algo:<20} seed {o.seed}: {status} ({o.episodes} ep, {o.env_steps} steps, "
+                  f"{o.wall_time_s:.0f} s)", flush=True)
+
+        interrupted = run_jobs(run_one, jobs, args.jobs, outcomes, report)
         sections.append(f"## Episodes-to-solve ({args.seeds} seeds, window 100, "
                         f"{time.perf_counter() - t0:.0f} s total with {args.jobs} jobs)\n\n"
-                        + table(outcomes, args.seeds))
-    if args.throughput or args.throughput_only:
+                        + interrupted_note(interrupted, len(outcomes), len(jobs)) + table(outcomes, args.seeds))
+    if (args.throughput or args.throughput_only) and not interrupted:
         for kind in args.throughput_algos:
             sections.append(f"## Throughput: rlexp {kind.upper()} vs Stable-Baselines3 {kind.upper()}\n\n"
                             + throughput(kind, args.throughput_steps, args.throughput_repeats))
@@ -269,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out / f"{args.name}-{now:%Y-%m-%d-%H%M}.md"
     out.write_text(text)
     print(f"written to {out}")
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

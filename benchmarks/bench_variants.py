@@ -6,7 +6,8 @@
 
 A variant is ``label: override override ...`` (one per line in ``--file``; ``#`` starts a comment).
 Every variant runs on every seed, untracked, in a process pool (``--jobs``, one torch thread
-each), and stops when solved. The table gives, per variant, the seeds solved, the median and the
+each), and stops when solved. Ctrl-C (or SIGTERM) stops the runs in flight and starts no other;
+the runs that finished are still written, marked as an interrupted table. The table gives, per variant, the seeds solved, the median and the
 range of episodes-to-solve, and per seed the rolling mean return (window 100, or fewer at the
 start) every 50 episodes, which shows whether an unsolved run was climbing, plateauing or
 collapsing. It is printed and written, with date, command and versions, under
@@ -19,12 +20,11 @@ import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.bench_algos import RESULTS, versions
+from benchmarks.bench_algos import RESULTS, interrupted_note, run_jobs, versions
 
 
 @dataclass
@@ -114,12 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         compose_config([*ovs, *args.override])
     jobs = [(lb, (*ovs, *args.override), s) for lb, ovs in variants for s in args.seeds]
     traces: list[Trace] = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for tr in pool.map(run_one, *zip(*jobs, strict=True)):
-            traces.append(tr)
-            print(f"bench_variants: {tr.label} seed {tr.seed}: solved at {tr.solved_at} "
-                  f"({tr.episodes} episodes, {tr.wall_time_s:.0f} s)", file=sys.stderr, flush=True)
-    text = table(variants, traces)
+    interrupted = run_jobs(run_one, jobs, args.jobs, traces, lambda tr: print(
+        f"bench_variants: {tr.label} seed {tr.seed}: solved at {tr.solved_at} "
+        f"({tr.episodes} episodes, {tr.wall_time_s:.0f} s)", file=sys.stderr, flush=True))
+    text = interrupted_note(interrupted, len(traces), len(jobs)) + table(variants, traces)
     name = args.name or (args.file.stem if args.file else "variants")
     stamp = datetime.now(UTC)
     command = "python -m benchmarks.bench_variants " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"`{' '.join(args.override) or '(none)'}`\n\n{text}\n")
     print(text)
     print(f"\nbench_variants: written {out}", file=sys.stderr)
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -29,4 +29,23 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 PYTHON = sys.executable
 
+
+def children(pid: int, *, workers_only: bool = False) -> set[int]:
+    """The child processes of ``pid`` (from /proc); ``workers_only`` leaves out multiprocessing's
+    resource tracker, which outlives its parent by design."""
+    try:
+        kids = {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+    if workers_only:
+        kids = {k for k in kids if "resource_tracker" not in _cmdline(k)}
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
 TINY = ["algo.hidden=[16]", "tracking.enabled=false", "train.save_model=false"]

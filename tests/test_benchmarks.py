@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from benchmarks import bench_algos
+
+from .conftest import PYTHON, ROOT, children, cli_env
 
 
 def test_bench_algos_table_and_throughput_sections(tmp_path, capsys):
@@ -294,3 +303,41 @@ def test_sweep_cost_refuses_an_unknown_study_before_any_output(tmp_path, capsys)
     _timed_study(tmp_path / "o.db")
     assert sweep_cost.main([f"{tmp_path / 'o.db'}:s", f"{tmp_path / 'o.db'}:nope", "--out", str(tmp_path)]) == 2
     assert "sweep_cost: error: " in capsys.readouterr().err and not list(tmp_path.glob("sweep-cost-*.md"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to see child processes")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_bench_variants_stops_its_runs_and_writes_the_finished_ones(tmp_path, sig):
+    """Ctrl-C (SIGINT) or SIGTERM to the command alone: the runs in flight stop at once, no
+    queued one waits for its turn, and the finished run is written in a table marked interrupted."""
+    tiny = "algo=dqn_target algo.hidden=[8] algo.learning_starts=50"
+    cmd = [PYTHON, "-m", "benchmarks.bench_variants", "--variant", f"fast: {tiny} train.max_episodes=3",
+           "--variant", f"slow: {tiny} train.max_episodes=100000", "--seeds", "0", "1", "--jobs", "2",
+           "--name", "interrupt", "--out", str(tmp_path)]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and p.poll() is None and not any("fast seed 1" in x for x in lines):
+            time.sleep(0.2)
+        workers = children(p.pid, workers_only=True)
+        time.sleep(1.0)  # both slow seeds are training now
+        p.send_signal(sig)  # to this process alone, as `kill` does
+        p.wait(timeout=60)
+        time.sleep(0.5)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in Path(f"/proc/{w}/status").read_text()]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        reader.join(timeout=10)
+    err = "".join(lines)
+    assert p.returncode == 130, err[-3000:]
+    assert not alive, f"worker processes {alive} outlived the interrupted benchmark"
+    (out,) = tmp_path.glob("variants-interrupt-*.md")
+    text = out.read_text()
+    assert "**Interrupted: 2 of 4 runs finished" in text
+    assert "| fast | `" in text and "| 0/2 |" in text  # both fast seeds (not solved in 3 episodes)
+    assert "| slow | `" in text and "| 0/0 |" in text

@@ -43,7 +43,7 @@ from rlexp.sweep.runner import pick, validation_table
 from rlexp.tracking import store_lock
 from rlexp.train import RunInterrupted, TrainResult, config_dict
 
-from .conftest import PYTHON, cli_env
+from .conftest import PYTHON, children, cli_env
 
 TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
@@ -528,13 +528,6 @@ def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_o
     assert len(parents) == 1  # reused on resume
 
 
-def _children(pid: int) -> set[int]:
-    try:
-        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to see child processes")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_killed(tmp_path, sig):
@@ -558,7 +551,7 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
             except Exception:  # the store is not created yet
                 continue
             if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
-                workers = {w for w in _children(p.pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text()}
+                workers = children(p.pid, workers_only=True)
                 break
         alive: list[int] = []
         if workers:

@@ -189,7 +189,7 @@ def _spawned(sweep: Sweep, parent_run_id: str | None, experiment: str | None, wo
 
 
 @contextmanager
-def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
@@ -209,7 +209,7 @@ def _interruptible(parent: str | None) -> Iterator[None]:
     """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it)
     then ends KILLED."""
     try:
-        with _sigterm_as_keyboard_interrupt():
+        with sigterm_as_keyboard_interrupt():
             yield
     except KeyboardInterrupt:
         if parent:
@@ -455,24 +455,25 @@ def _eval_indexed(job: tuple[int, tuple[Any, ...]]) -> tuple[int, EvalRun]:
 
 
 @contextmanager
-def _pool(jobs: int, workers: int) -> Iterator[Any]:
-    """A spawn pool of ``min(workers, jobs)`` processes for :func:`_eval_one`.
+def worker_pool(jobs: int, workers: int) -> Iterator[Any]:
+    """A spawn pool of ``min(workers, jobs)`` processes (for :func:`_eval_one`, and the benchmarks'
+    runs).
 
     On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends KILLED,
     and no job still queued starts (a ProcessPoolExecutor would run every queued job to the end
     before the interrupt got through, and a SIGTERM that killed this process would leave its
     workers training as orphans).
     """
-    with _sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
+    with sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
         yield pool
 
 
 @contextmanager
 def _eval_runs(args: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Iterator[tuple[int, EvalRun]]]:
-    """:func:`_eval_one` over ``args`` in ``workers`` processes (:func:`_pool`): (index, run)
+    """:func:`_eval_one` over ``args`` in ``workers`` processes (:func:`worker_pool`): (index, run)
     pairs as each ends."""
     if workers > 1 and len(args) > 1:
-        with _pool(len(args), workers) as pool:
+        with worker_pool(len(args), workers) as pool:
             yield pool.imap_unordered(_eval_indexed, list(enumerate(args)))
     else:
         yield (_eval_indexed(job) for job in enumerate(args))
@@ -483,7 +484,7 @@ def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *
     """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
     args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
     if workers > 1 and len(seeds) > 1:
-        with _pool(len(args), workers) as pool:
+        with worker_pool(len(args), workers) as pool:
             runs = pool.starmap(_eval_one, args)
     else:
         runs = [_eval_one(*a) for a in args]
