@@ -8,9 +8,10 @@ Each sampler seed runs the sweep as ``python -m rlexp.sweep`` does, in a fresh s
 of the pick on the ``eval_seeds`` fresh seeds. ``take=DB:STUDY`` (repeatable) takes a finished
 sweep's study instead: its re-evaluation is read from MLflow (the runs tagged ``sweep=<study>``,
 ``sweep_role=eval``, of the trial the sweep picked), and it must have this sweep's definition and
-sampler but for the seed. The command's wall time is the sweep's MLflow parent run's, start to
-end (for a study finished by several commands it spans the time between them too); the trials'
-is the first trial's start to the last one's end. The default configuration (the base overrides and ``eval_overrides``) is
+sampler but for the seed. The command's wall time is the sweep's own (trials, validation and
+re-evaluation) when this command runs it, and its MLflow parent run's start to end when taken (for
+a study finished by several commands that spans the time between them too); the trials' is the
+first trial's start to the last one's end. The default configuration (the base overrides and ``eval_overrides``) is
 run on the same fresh seeds, or read from MLflow with ``default=TAG`` (runs tagged ``sweep=TAG``,
 as ``bench_sweep`` tags its default row). A sweep *holds* when its pick solves every fresh seed
 with a median episodes-to-solve at least 25% below the default's (issue 4's first figure; a

@@ -407,6 +407,20 @@ def test_the_bound_prunes_a_real_trial_that_can_no_longer_beat_the_best(tmp_path
     assert trials_of(tmp_path)[4].state == TrialState.COMPLETE
 
 
+def test_the_commands_wall_time_includes_its_validation_and_re_evaluation(tmp_path, monkeypatch):
+    """result.wall_time_s (bench_sweep_seeds' "command" time) spans the whole command, not only
+    its trials."""
+    from rlexp.sweep import runner
+
+    monkeypatch.chdir(tmp_path)
+    real, started = runner.finalize, []
+    monkeypatch.setattr(runner, "finalize", lambda *a: (started.append(time.perf_counter()), time.sleep(1.5), real(*a)))
+    sweep = load("dqn_cartpole", tiny(tmp_path, "n_trials=1"))
+    t0 = time.perf_counter()
+    result = run_sweep(sweep)
+    assert started[0] - t0 + 1.5 - 0.1 < result.wall_time_s <= time.perf_counter() - t0
+
+
 def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
     # every unsolved estimate is > B = 12, so a ThresholdPruner at 12 must prune at the first report

@@ -352,6 +352,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     elif cfg.finalize:
         with _interruptible(owned):  # the trials are all recorded: the same command finalizes again
             finalize(study, sweep, result)
+        result.wall_time_s = time.perf_counter() - t0  # the validation and re-evaluation too
     if parent and cfg.finalize:  # helpers (finalize=false) leave the parent run to the finalizing command
         from rlexp.sweep.tracking import finish_parent
 
