@@ -177,10 +177,7 @@ class ManualMLP(_Rebuilt):
                     saved.append((pre, mean, rstd))
                 else:
                     saved.append(None)
-                if act is nn.ReLU:
-                    h = h.relu_()
-                elif act is nn.Tanh:
-                    h = h.tanh_()
+                h = _activate_(h, act)
         saved.append(h)
         return h, saved
 
@@ -209,6 +206,15 @@ class ManualMLP(_Rebuilt):
                 if k or input_grad:
                     g = torch.mm(g, w)
         return g if input_grad else None
+
+
+def _activate_(h: torch.Tensor, act: type[nn.Module] | None) -> torch.Tensor:
+    """ReLU or Tanh in place (``None``: no activation)."""
+    if act is nn.ReLU:
+        return h.relu_()
+    if act is nn.Tanh:
+        return h.tanh_()
+    return h
 
 
 def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
@@ -277,10 +283,7 @@ class StackedMLP:
             for w, b, act in self.blocks:
                 saved.append(h)
                 h = torch.baddbmm(b, h, w.transpose(1, 2))
-                if act is nn.ReLU:
-                    h = h.relu_()
-                elif act is nn.Tanh:
-                    h = h.tanh_()
+                h = _activate_(h, act)
         saved.append(h)
         return h, saved
 
