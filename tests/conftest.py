@@ -30,6 +30,15 @@ def cli_env(**extra: str) -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: restore its default action. A
+    test run started in the background of a shell (``cmd &``, nohup) inherits SIGINT *ignored*,
+    and a Python started that way never turns Ctrl-C into KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def children(pid: int, *, workers_only: bool = False) -> set[int]:
     """The child processes of ``pid`` (from /proc); ``workers_only`` leaves out multiprocessing's
     resource tracker, which outlives its parent by design."""

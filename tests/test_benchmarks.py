@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import bench_algos
 
-from .conftest import PYTHON, ROOT, children, cli_env
+from .conftest import PYTHON, ROOT, children, cli_env, sigint_default
 
 
 def test_bench_algos_table_and_throughput_sections(tmp_path, capsys):
@@ -315,7 +315,7 @@ def test_an_interrupted_bench_variants_stops_its_runs_and_writes_the_finished_on
            "--variant", f"slow: {tiny} train.max_episodes=100000", "--seeds", "0", "1", "--jobs", "2",
            "--name", "interrupt", "--out", str(tmp_path)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=sigint_default)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
     reader.start()

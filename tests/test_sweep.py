@@ -43,7 +43,7 @@ from rlexp.sweep.runner import pick, validation_table
 from rlexp.tracking import store_lock
 from rlexp.train import RunInterrupted, TrainResult, config_dict
 
-from .conftest import PYTHON, children, cli_env
+from .conftest import PYTHON, children, cli_env, sigint_default
 
 TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
@@ -554,7 +554,7 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
     with store_lock(uri):  # the store made before this test polls it: a poll must not race the workers'
         MlflowClient(uri).search_experiments()  # first use, which creates and migrates the schema
     p = subprocess.Popen([PYTHON, "-c", script], cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=uri),
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=sigint_default)
     try:
         deadline, workers = time.monotonic() + 180, set()
         while time.monotonic() < deadline and p.poll() is None:  # until both seeds are training

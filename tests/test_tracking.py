@@ -15,7 +15,7 @@ from rlexp.compose import compose_config
 from rlexp.loops import DivergenceError
 from rlexp.train import RunInterrupted, run
 
-from .conftest import PYTHON, cli_env
+from .conftest import PYTHON, cli_env, sigint_default
 
 SMALL = ["algo.hidden=[16]", "algo.learning_starts=50", "train.log_interval=100"]
 
@@ -126,7 +126,7 @@ def test_cli_multirun_one_run_per_seed(tmp_path, launcher):
 
 def test_ctrl_c_on_the_cli_marks_the_run_killed(tmp_path):
     p = subprocess.Popen([PYTHON, "-m", "rlexp", "algo=dqn_target", "train.max_episodes=100000", *SMALL],
-                         cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until episodes are being recorded
         csvs = list((tmp_path / "outputs").rglob("episodes.csv")) if (tmp_path / "outputs").exists() else []
