@@ -12,8 +12,9 @@ The variants differ by a formula, so they are flags on one agent (see ``DQNConfi
 Truncated transitions are stored as non-terminal and bootstrap like any other.
 
 The clipped form's two Q-networks (and their targets) are trained as one ``StackedMLP`` when they
-are plain ReLU/Tanh MLPs: one batched pass for both instead of one per network, 1.3-1.4x the env
-steps per second at batch 64-128 and the same parameters bit for bit (tests/test_fastpaths.py).
+are plain ReLU/Tanh MLPs: one batched pass for both instead of one per network, 1.2-1.3x the env
+steps per second at batch 64-256 (benchmarks/results/clipped-pair-*.md) and the same parameters
+bit for bit (tests/test_fastpaths.py).
 """
 
 from __future__ import annotations
