@@ -105,6 +105,16 @@ def run_jobs(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int
     return False
 
 
+def write_results(out_dir: Path, stem: str, title: str, command: str, preamble: str, text: str) -> Path:
+    """Write a benchmark's table as ``<out_dir>/<stem>-<date>.md``, with date, command and versions."""
+    now = datetime.now(UTC)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{stem}-{now:%Y-%m-%d-%H%M}.md"
+    out.write_text(f"# {title}\n\ndate: {now:%Y-%m-%d %H:%M UTC}\n\ncommand: `{command.strip()}`\n\n"
+                   f"versions: {versions()}\n\n{preamble}\n\n{text}\n")
+    return out
+
+
 def interrupted_note(interrupted: bool, done: int, total: int) -> str:
     """The line that marks a table written after an interrupt."""
     return f"**Interrupted: {done} of {total} runs finished; the table has those only.**\n\n" if interrupted else ""

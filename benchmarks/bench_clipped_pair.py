@@ -19,10 +19,9 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.bench_algos import RESULTS, versions
+from benchmarks.bench_algos import RESULTS, write_results
 
 
 def one_run(batch_size: int, steps: int, stacked: bool) -> tuple[float, list[float]]:
@@ -67,13 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         s, n = statistics.median(rates[True]), statistics.median(rates[False])
         rows.append(f"| {bs} | {s:.0f} | {n:.0f} | {s / n:.2f}x | {'yes' if same else '**no**'} |")
     text = "\n".join(rows)
-    now = datetime.now(UTC)
     command = "python -m benchmarks.bench_clipped_pair " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"clipped-pair-{now:%Y-%m-%d-%H%M}.md"
-    out.write_text(f"# bench_clipped_pair\n\ndate: {now:%Y-%m-%d %H:%M UTC}\n\ncommand: `{command.strip()}`\n\n"
-                   f"versions: {versions()}\n\n{args.steps:,} env steps per run, {args.repeats} repeat(s), "
-                   f"algo=clipped_double_dqn defaults, CartPole-v1, seed 0, one torch thread\n\n{text}\n")
+    out = write_results(args.out, "clipped-pair", "bench_clipped_pair", command,
+                        f"{args.steps:,} env steps per run, {args.repeats} repeat(s), algo=clipped_double_dqn "
+                        "defaults, CartPole-v1, seed 0, one torch thread", text)
     print(text)
     print(f"\nbench_clipped_pair: written {out}", file=sys.stderr)
     return 0

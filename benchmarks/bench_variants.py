@@ -21,10 +21,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.bench_algos import RESULTS, interrupted_note, run_jobs, versions
+from benchmarks.bench_algos import RESULTS, interrupted_note, run_jobs, write_results
 
 
 @dataclass
@@ -119,13 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({tr.episodes} episodes, {tr.wall_time_s:.0f} s)", file=sys.stderr, flush=True))
     text = interrupted_note(interrupted, len(traces), len(jobs)) + table(variants, traces)
     name = args.name or (args.file.stem if args.file else "variants")
-    stamp = datetime.now(UTC)
     command = "python -m benchmarks.bench_variants " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"variants-{name}-{stamp:%Y-%m-%d-%H%M}.md"
-    out.write_text(f"# bench_variants: {name}\n\ndate: {stamp:%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
-                   f"versions: {versions()}\n\nseeds {args.seeds}, extra overrides "
-                   f"`{' '.join(args.override) or '(none)'}`\n\n{text}\n")
+    out = write_results(args.out, f"variants-{name}", f"bench_variants: {name}", command,
+                        f"seeds {args.seeds}, extra overrides `{' '.join(args.override) or '(none)'}`", text)
     print(text)
     print(f"\nbench_variants: written {out}", file=sys.stderr)
     return 130 if interrupted else 0
