@@ -7,10 +7,10 @@
 A variant is ``label: override override ...`` (one per line in ``--file``; ``#`` starts a comment).
 Every variant runs on every seed, untracked, in a process pool (``--jobs``, one torch thread
 each), and stops when solved. Ctrl-C (or SIGTERM) stops the runs in flight and starts no other;
-the runs that finished are still written, marked as an interrupted table. The table gives, per variant, the seeds solved, the median and the
-range of episodes-to-solve, and per seed the rolling mean return (window 100, or fewer at the
-start) every 50 episodes, which shows whether an unsolved run was climbing, plateauing or
-collapsing. It is printed and written, with date, command and versions, under
+the runs that finished are still written, marked as an interrupted table. The table gives, per
+variant, the seeds solved, the median and the range of episodes-to-solve, and per seed the
+rolling mean return (window 100, or fewer at the start) every 50 episodes, which shows whether an
+unsolved run was climbing, plateauing or collapsing. It is printed and written, with date, command and versions, under
 ``benchmarks/results/variants-<name>-<date>.md``.
 """
 

@@ -57,4 +57,5 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
 
+
 TINY = ["algo.hidden=[16]", "tracking.enabled=false", "train.save_model=false"]

@@ -142,9 +142,6 @@ def td_target(cfg: DQNConfig, batch: Batch, online: QFunction, target: QFunction
     target network. ``terminal_reward`` replaces the reward of terminating transitions.
     """
     with torch.no_grad():
-        rewards = batch.rewards
-        if cfg.terminal_reward is not None:
-            rewards = torch.where(batch.terminated > 0, torch.full_like(rewards, cfg.terminal_reward), rewards)
         q_next = target(batch.next_obs)
         if cfg.clipped:
             assert second is not None
@@ -154,7 +151,32 @@ def td_target(cfg: DQNConfig, batch: Batch, online: QFunction, target: QFunction
             next_v = q_next.gather(1, a_star).squeeze(1)
         else:
             next_v = q_next.max(dim=1).values
-        return rewards + cfg.gamma * (1.0 - batch.terminated) * next_v
+        return bootstrap(cfg, batch, next_v)
+
+
+def bootstrap(cfg: DQNConfig, batch: Batch, next_v: torch.Tensor) -> torch.Tensor:
+    """``r + gamma * (1 - terminated) * next_v``, with ``terminal_reward`` (when set) as the reward
+    of terminating transitions."""
+    rewards = batch.rewards
+    if cfg.terminal_reward is not None:
+        rewards = torch.where(batch.terminated > 0, torch.full_like(rewards, cfg.terminal_reward), rewards)
+    return rewards + cfg.gamma * (1.0 - batch.terminated) * next_v
+
+
+def loss_grad(cfg: DQNConfig, diff: torch.Tensor) -> torch.Tensor:
+    """d loss / d Q(s, a) from ``diff = q - goal`` over the last dimension's ``n`` samples:
+    ``clamp(diff, -1, 1) / n`` (Huber, delta 1) or ``2 diff / n`` (MSE)."""
+    n = diff.shape[-1]
+    return diff.clamp(-1.0, 1.0).div_(n) if cfg.loss == "huber" else diff.mul(2.0 / n)
+
+
+def update_metrics(q_means: list[torch.Tensor], losses: list[float]) -> dict[str, float]:
+    """An update's metrics: the first net's mean Q, and each net's loss (``train/loss``,
+    ``train/loss2``, ...)."""
+    out = {"train/q_mean": torch.stack(q_means).mean().item()}
+    for i, v in enumerate(losses):
+        out["train/loss" if i == 0 else f"train/loss{i + 1}"] = v
+    return out
 
 
 class DQNAgent:
@@ -243,15 +265,15 @@ class DQNAgent:
             nets, targets = self.manual, self.manual_targets
         targets = targets or nets  # no target network: the online nets bootstrap from themselves
         second = targets[1] if cfg.clipped else None
-        fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
-        ys: Sequence[torch.Tensor] = []
-        if fixed:
-            joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
-            ys = td_target(cfg, joined, nets[0], targets[0], second).split(len(batches[0].rewards))
+
+        def target_of(b: Batch) -> torch.Tensor:
+            return td_target(cfg, b, nets[0], targets[0], second)
+
+        ys = self._fixed_targets(batches, target_of)
         losses: list[list[torch.Tensor]] = [[] for _ in self.nets]
         q_means: list[torch.Tensor] = []
         for k, batch in enumerate(batches):
-            y = ys[k] if fixed else td_target(cfg, batch, nets[0], targets[0], second)
+            y = ys[k] if ys is not None else target_of(batch)
             for i, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
                 if self.manual is not None:
                     q, loss = self._manual_grad(self.manual[i], batch, y)
@@ -269,10 +291,16 @@ class DQNAgent:
                     q_means.append(q.detach().mean())
             self.updates += 1
             self._soft_sync()
-        out = {"train/q_mean": torch.stack(q_means).mean().item()}
-        for i, ls in enumerate(losses):
-            out["train/loss" if i == 0 else f"train/loss{i + 1}"] = torch.stack(ls).mean().item()
-        return out
+        return update_metrics(q_means, [torch.stack(ls).mean().item() for ls in losses])
+
+    def _fixed_targets(self, batches: Sequence[Batch],
+                       target_of: Callable[[Batch], torch.Tensor]) -> Sequence[torch.Tensor] | None:
+        """Every minibatch's TD target from one pass over them joined, when the targets cannot
+        change during the minibatches (hard copy, not double); None when each is computed in turn."""
+        if not (self.cfg.target_update == "hard" and not self.cfg.double and len(batches) > 1):
+            return None
+        joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
+        return target_of(joined).split(len(batches[0].rewards))
 
     @torch.no_grad()
     def _pair_update(self, batches: Sequence[Batch]) -> dict[str, float]:
@@ -282,26 +310,22 @@ class DQNAgent:
         cfg, pair = self.cfg, self.pair
         assert pair is not None
         targets = self.pair_targets or pair
-        fixed = cfg.target_update == "hard" and not cfg.double and len(batches) > 1
-        ys: Sequence[torch.Tensor] = []
-        if fixed:
-            joined = Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
-            ys = self._pair_target(joined, targets).split(len(batches[0].rewards))
+
+        def target_of(b: Batch) -> torch.Tensor:  # td_target's clipped form from the stacked targets
+            best = targets.forward(b.next_obs)[0].max(dim=2).values
+            return bootstrap(cfg, b, torch.minimum(best[0], best[1]))
+
+        ys = self._fixed_targets(batches, target_of)
         losses, q_means = [], []
         for k, batch in enumerate(batches):
-            y = ys[k] if fixed else self._pair_target(batch, targets)
+            y = ys[k] if ys is not None else target_of(batch)
             out, saved = pair.forward(batch.obs)
             idx = batch.actions.view(1, -1, 1).expand(out.shape[0], -1, 1)
             q = out.gather(2, idx).squeeze(2)
             goal = y.expand_as(q) if cfg.target_alpha == 1.0 else q + cfg.target_alpha * (y - q)
-            diff = q - goal
-            n = diff.shape[1]
-            if cfg.loss == "huber":
-                loss = F.smooth_l1_loss(q, goal, reduction="none").mean(dim=1)
-                grad_q = diff.clamp(-1.0, 1.0).div_(n)
-            else:
-                loss = F.mse_loss(q, goal, reduction="none").mean(dim=1)
-                grad_q = diff.mul(2.0 / n)
+            loss_fn = F.smooth_l1_loss if cfg.loss == "huber" else F.mse_loss
+            loss = loss_fn(q, goal, reduction="none").mean(dim=1)
+            grad_q = loss_grad(cfg, q - goal)
             pair.backward(saved, torch.zeros_like(out).scatter_(2, idx, grad_q.unsqueeze(2)))
             if cfg.max_grad_norm is not None:
                 pair.clip_grad_norm_(cfg.max_grad_norm)
@@ -310,37 +334,18 @@ class DQNAgent:
             q_means.append(q[0].mean())
             self.updates += 1
             self._soft_sync()
-        mean_loss = torch.stack(losses).mean(dim=0).tolist()
-        out_metrics = {"train/q_mean": torch.stack(q_means).mean().item()}
-        for i, v in enumerate(mean_loss):
-            out_metrics["train/loss" if i == 0 else f"train/loss{i + 1}"] = v
-        return out_metrics
-
-    def _pair_target(self, batch: Batch, targets: StackedMLP) -> torch.Tensor:
-        """``td_target``'s clipped target from the stacked target nets."""
-        rewards = batch.rewards
-        if self.cfg.terminal_reward is not None:
-            rewards = torch.where(batch.terminated > 0, torch.full_like(rewards, self.cfg.terminal_reward), rewards)
-        best = targets.forward(batch.next_obs)[0].max(dim=2).values
-        return rewards + self.cfg.gamma * (1.0 - batch.terminated) * torch.minimum(best[0], best[1])
+        return update_metrics(q_means, torch.stack(losses).mean(dim=0).tolist())
 
     @torch.no_grad()
     def _manual_grad(self, net: ManualQ, batch: Batch, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of one minibatch and its gradients in ``.grad``, without autograd: the
-        gradient wrt Q(s, a) is ``clamp(q - goal, -1, 1) / B`` (Huber, delta 1) or
-        ``2 (q - goal) / B`` (MSE), scattered into the taken actions' column."""
+        gradient wrt Q(s, a) (:func:`loss_grad`) scattered into the taken actions' column."""
         out, saved = net.forward(batch.obs)
         idx = batch.actions.unsqueeze(1)
         q = out.gather(1, idx).squeeze(1)
         goal = y if self.cfg.target_alpha == 1.0 else q + self.cfg.target_alpha * (y - q)
-        diff = q - goal
-        n = diff.numel()
-        if self.cfg.loss == "huber":
-            loss = F.smooth_l1_loss(q, goal)
-            grad_q = diff.clamp(-1.0, 1.0).div_(n)
-        else:
-            loss = F.mse_loss(q, goal)
-            grad_q = diff.mul(2.0 / n)
+        loss = F.smooth_l1_loss(q, goal) if self.cfg.loss == "huber" else F.mse_loss(q, goal)
+        grad_q = loss_grad(self.cfg, q - goal)
         net.backward(saved, torch.zeros_like(out).scatter_(1, idx, grad_q.unsqueeze(1)))
         return q, loss
 
