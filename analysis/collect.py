@@ -47,6 +47,7 @@ RUN_COLUMNS = [
     "sps",
     "start_time",
     "git_commit",
+    "cpu",
 ]
 EPISODE_COLUMNS = ["run_id", "algo", "env", "seed", "episode", "return", "length", "env_step", "wall_time_s"]
 _FINAL_METRICS = ("episodes_to_solve", "episodes", "env_steps", "wall_time_s", "sps")
@@ -185,6 +186,7 @@ def run_row(run: Run) -> dict[str, object]:
         **{k: _metric(metrics, k) for k in _FINAL_METRICS},
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
         "git_commit": tags.get("mlflow.source.git.commit"),
+        "cpu": tags.get("runtime.cpu"),  # seeded runs reproduce only on the same CPU type
     }
     row.update({f"param.{k}": v for k, v in sorted(params.items())})
     return row

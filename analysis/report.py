@@ -327,6 +327,8 @@ def build_sections(
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             "Runs' git commits: "
             + (", ".join(sorted(collection.runs["git_commit"].dropna().unique())) or "not recorded"),
+            "Runs' CPU instruction sets (`runtime.cpu`; seeded runs reproduce only on the same one): "
+            + (", ".join(sorted(collection.runs["cpu"].dropna().unique())) or "not recorded"),
             "Analysis environment: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         ],
     )

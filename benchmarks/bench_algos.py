@@ -264,7 +264,7 @@ def versions() -> str:
     except ImportError:
         sb3 = "absent"
     return (f"python {platform.python_version()}, torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
-            f"stable-baselines3 {sb3}, {platform.machine()} {platform.processor() or ''}".strip())
+            f"stable-baselines3 {sb3}, cpu {torch.backends.cpu.get_cpu_capability()} ({platform.machine()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,8 @@ def versions() -> str:
     import torch
 
     return (f"python {platform.python_version()}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
-            f"torch {torch.__version__}, gymnasium {gymnasium.__version__}")
+            f"torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
+            f"cpu {torch.backends.cpu.get_cpu_capability()} ({platform.machine()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,12 @@ is what lets parallel multirun jobs share one ``mlflow.db``.
 from __future__ import annotations
 
 import os
+import platform
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +49,29 @@ class NullTracker:
 
     def flush(self) -> None:
         pass
+
+
+@cache
+def runtime_tags() -> dict[str, str]:
+    """What a run's floats depend on besides its config and seed: rlexp's git commit (MLflow's
+    ``mlflow.source.git.commit``, when rlexp runs from a checkout), the Python, torch, numpy and
+    gymnasium versions, and the CPU instruction set torch dispatches its kernels to (``runtime.cpu``,
+    e.g. AVX2 or AVX512). The same seed gives the same returns only where all of these match: on
+    another CPU type torch's kernels round differently, and a long RL run turns that into other
+    episodes."""
+    import gymnasium
+    import numpy
+    import torch
+    from mlflow.utils.git_utils import get_git_commit
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = {"runtime.python": platform.python_version(), "runtime.torch": torch.__version__,
+            "runtime.numpy": numpy.__version__, "runtime.gymnasium": gymnasium.__version__,
+            "runtime.cpu": torch.backends.cpu.get_cpu_capability(), "runtime.machine": platform.machine()}
+    commit = get_git_commit(str(Path(__file__).resolve().parent))
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def tracking_uri() -> str:

@@ -27,7 +27,15 @@ from rlexp.config import Config
 from rlexp.envs import EnvSpec, check_compatible, make_env, solve_threshold
 from rlexp.loops import Counters, EpisodeInfo, EpisodeRecorder, off_policy_loop
 from rlexp.onpolicy import run_on_policy
-from rlexp.tracking import MlflowTracker, NullTracker, Tracker, flatten, open_experiment, retry_locked
+from rlexp.tracking import (
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    flatten,
+    open_experiment,
+    retry_locked,
+    runtime_tags,
+)
 
 
 class RunInterrupted(Exception):
@@ -184,7 +192,7 @@ def run(cfg: Config, *, label: str | None = None, group: str | None = None,
 
     spec = check_compatible(cfg)  # refuse bad input before anything is written
     client, exp_id = open_experiment(experiment_name(cfg))
-    all_tags = {"algo": label or cfg.algo.name, "algo_name": cfg.algo.name, "env": cfg.env.id,
+    all_tags = {**runtime_tags(), "algo": label or cfg.algo.name, "algo_name": cfg.algo.name, "env": cfg.env.id,
                 "seed": str(cfg.seed), **cfg.tracking.tags, **(tags or {})}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id

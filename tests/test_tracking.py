@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from rlexp.compose import compose_config
@@ -37,6 +38,13 @@ def test_run_records_the_contract(mlflow_uri, tmp_path):
     assert r.info.run_name == "dqn_target-CartPole-v1-5"
     assert {k: r.data.tags[k] for k in ("algo", "env", "seed", "group")} == {
         "algo": "dqn_target", "env": "CartPole-v1", "seed": "5", "group": "g1"}
+    # what the floats depend on besides config and seed: the same seed reproduces only where these match
+    assert r.data.tags["runtime.cpu"] == torch.backends.cpu.get_cpu_capability()
+    assert r.data.tags["runtime.torch"] == torch.__version__
+    assert {"runtime.python", "runtime.numpy", "runtime.gymnasium", "runtime.machine"} <= set(r.data.tags)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    if head.returncode == 0:  # run from a checkout (CI's clean clone is one): the code's commit
+        assert r.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
     assert r.data.params["optimizer.lr"] == str(cfg.optimizer.lr)
     assert r.data.params["solve.threshold"] == "475.0"  # the registered threshold in force
     assert r.data.params["algo.target_update_interval"] == str(cfg.algo.target_update_interval)

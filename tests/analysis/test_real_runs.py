@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from analysis.collect import RunQuery, collect
 from analysis.report import make_report
@@ -50,6 +51,7 @@ def test_collection_reads_what_training_logged(real_runs):
         assert (row.episodes_to_solve if r.solved else None) == r.episodes_to_solve
         ep = c.episodes[c.episodes["run_id"] == row.run_id]
         assert ep["return"].tolist() == r.returns and ep["env_step"].iloc[-1] == r.env_steps
+    assert set(c.runs["cpu"]) == {torch.backends.cpu.get_cpu_capability()}  # where the floats came from
 
 
 def test_report_on_real_runs(real_runs, tmp_path):
@@ -58,4 +60,6 @@ def test_report_on_real_runs(real_runs, tmp_path):
     md = result.paths["markdown"].read_text()
     assert "| algo.dueling | False | True |" in md  # the config difference between the two arms
     assert "dqn has only 3 runs (fewer than 5 seeds)" in md
+    cpu = torch.backends.cpu.get_cpu_capability()
+    assert f"Runs' CPU instruction sets (`runtime.cpu`; seeded runs reproduce only on the same one): {cpu}" in md
     assert len(result.analyses[0].pairs) == 1 and result.run_id is not None
