@@ -172,10 +172,16 @@ class PrunerConfig:
     # pruner.name=none
     bound: bool = True
     max_return: float | None = None  # the most one episode can return: tightens that bound
+    # the bound compares with the bound_rank-th best complete value, not the best: 1 stops every
+    # trial that cannot win; k lets a trial complete while it can still enter the top k, so the
+    # sampler's good group (TPE's: the best ~10% of trials, 3 of 30) is made of trials that were
+    # run to the end, not of whatever completed before the pruner started (see rlexp.sweep.objective)
+    bound_rank: int = 1
 
     def __post_init__(self) -> None:
         _choice("pruner.name", self.name, PRUNERS)
         _check(self.report_every >= 1, "pruner.report_every", self.report_every, "must be >= 1")
+        _check(self.bound_rank >= 1, "pruner.bound_rank", self.bound_rank, "must be >= 1")
 
 
 @dataclass
