@@ -14,7 +14,6 @@ each). The table is printed and written, with date, command and versions, under
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+from benchmarks import versions as bench_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
@@ -254,17 +255,7 @@ def throughput(kind: str, steps: int, repeats: int) -> str:
 
 # --------------------------------------------------------------------------- main
 def versions() -> str:
-    import gymnasium
-    import torch
-
-    try:
-        import stable_baselines3
-
-        sb3 = stable_baselines3.__version__
-    except ImportError:
-        sb3 = "absent"
-    return (f"python {platform.python_version()}, torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
-            f"stable-baselines3 {sb3}, cpu {torch.backends.cpu.get_cpu_capability()} ({platform.machine()})")
+    return bench_versions("stable-baselines3")
 
 
 def main(argv: list[str] | None = None) -> int:

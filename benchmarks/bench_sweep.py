@@ -22,13 +22,14 @@ re-evaluations) is printed and written with date, command and versions to
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks import versions as bench_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,14 +57,7 @@ def _fmt(v: float | None) -> str:
 
 
 def versions() -> str:
-    import gymnasium
-    import mlflow
-    import optuna
-    import torch
-
-    return (f"python {platform.python_version()}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
-            f"torch {torch.__version__}, gymnasium {gymnasium.__version__}, "
-            f"cpu {torch.backends.cpu.get_cpu_capability()} ({platform.machine()})")
+    return bench_versions("optuna", "mlflow")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_algos
+from benchmarks import bench_algos, versions
 
 from .conftest import PYTHON, ROOT, children, cli_env, sigint_default
 
@@ -30,7 +30,7 @@ def test_bench_algos_table_and_throughput_sections(tmp_path, capsys):
     assert "## Throughput: rlexp DQN vs Stable-Baselines3 DQN" in text
     assert "## Throughput: rlexp PPO vs Stable-Baselines3 PPO" in text
     assert text.count("ratio rlexp / SB3:") == 2
-    assert "versions: python" in text and "command: `python -m benchmarks.bench_algos --algos" in text
+    assert ", python " in text and "stable-baselines3 " in text and "command: `python -m benchmarks.bench_algos --algos" in text
 
 
 def test_bench_algos_refuses_an_unknown_algorithm(tmp_path):
@@ -294,7 +294,7 @@ def test_sweep_cost_splits_the_trials_worker_time_by_what_they_ran(tmp_path, cap
     assert "| algo=clipped_double_dqn algo.batch_size=256 | 1 | 1 / 0 / 0 | 40,000 | 4.0 | 42% | 10,000 |" in text
     assert "| algo=double_dqn algo.batch_size=64 | 2 | 1 / 1 / 0 | 90,000 | 3.0 | 32% | 30,000 |" in text
     assert "| validation runs | 2 | 1 solved | 15,000 | 2.0 | 21% | 7,500 |" in text
-    assert "command: `python -m benchmarks.sweep_cost" in text and "versions: python" in text
+    assert "command: `python -m benchmarks.sweep_cost" in text and "optuna " in text and ", mlflow " in text
 
 
 def test_sweep_cost_refuses_an_unknown_study_before_any_output(tmp_path, capsys):
@@ -352,3 +352,18 @@ def test_bench_clipped_pair_compares_stacked_and_per_net_runs(tmp_path, capsys):
     row = next(line for line in out.read_text().splitlines() if line.startswith("| 16 |"))
     assert row.endswith("| yes |") and "x |" in row
     assert DQNAgent.stack_clipped  # put back
+
+
+def test_result_files_name_the_commit_versions_and_cpu_that_runs_record():
+    import torch
+
+    from rlexp.tracking import runtime_tags
+
+    line = versions("optuna", "no-such-package")
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the commit first, as runs record it
+        assert line.startswith(f"rlexp {head.stdout.strip()}, ")
+    tags = runtime_tags()
+    assert f"python {tags['runtime.python']}, optuna " in line and ", no-such-package not installed, " in line
+    assert line.endswith(f"torch {torch.__version__}, gymnasium {tags['runtime.gymnasium']}, "
+                         f"cpu {torch.backends.cpu.get_cpu_capability()} ({tags['runtime.machine']})")

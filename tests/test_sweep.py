@@ -32,6 +32,7 @@ from rlexp.sweep.objective import (
     Pruned,
     Reporter,
     aggregate,
+    best_value,
     earliest_solve,
     grid,
     report_step,
@@ -91,6 +92,7 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
 @pytest.mark.parametrize("override, message", [
     ("n_trial=3", "'n_trial' is neither a key of the sweep definition"),
     ("n_trials=0", "n_trials=0 must be >= 1"),
+    ("pruner.bound_rank=0", "pruner.bound_rank=0 must be >= 1"),
     ("workers=abc", "workers=abc"),
     ("space.algo.lr.low=0", "space.algo.lr.low=0 must be > 0 with log: true"),
     ("space.algo.lr.low=0.5", "space.algo.lr.low=0.5 must be < space.algo.lr.high (0.001)"),
@@ -291,6 +293,22 @@ def test_the_seed_bound_never_exceeds_the_value_the_seed_ends_with():
                 assert seed_bound(rets[:t], t, budget, window, thr, pen, mx) <= value + 1e-9
 
 
+def test_the_bound_compares_with_the_rank_th_best_complete_trial():
+    study = optuna.create_study()
+    for v in (5.0, 3.0, 9.0):
+        study.add_trial(create_trial(value=v))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 1.0}))
+    assert [best_value(study, 0, k) for k in (1, 2, 3, 4)] == [3.0, 5.0, 9.0, None]
+    assert best_value(study, 4) is None and best_value(study, 3) == 3.0  # waits for the pruner's start-up
+    rep = Reporter(lambda v, s: None, lambda: False, 1, 300, 10, 475.0, 300.0, "mean", [40.0], seeds=3,
+                   window=100, best=lambda: 88.0, rank=3, max_return=500.0)
+    for ep in range(1, 30):
+        rep(EpisodeInfo(ep, 0.0, 10, ep * 10, 0.0, None))
+    with pytest.raises(Pruned, match=r"can no longer enter the top 3 complete trials \(pruner.bound_rank=3; "
+                                     r"the last of them has 88.0, lower bound 88.3\)"):
+        rep(EpisodeInfo(30, 0.0, 10, 300, 0.0, None))
+
+
 def test_a_trial_that_can_no_longer_beat_the_best_is_pruned():
     reports: list[tuple[float, int]] = []
     # seed 0 solved at 40; seed 1 has its window at 0 after 30 episodes: with returns <= 500 it
@@ -391,20 +409,38 @@ def test_the_bound_prunes_a_real_trial_that_can_no_longer_beat_the_best(tmp_path
 
     def sweep(n: int, *extra: str) -> None:  # the median pruner waits for 3 complete trials, the bound too
         run_sweep(load("dqn_cartpole", tiny(tmp_path, f"n_trials={n}", "tracking.enabled=false",
-                                            "pruner.args.n_startup_trials=3", *extra)))
+                                            "pruner.args.n_startup_trials=3", "pruner.bound_rank=1", *extra)))
 
     sweep(1)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name="dqn_cartpole", storage=storage)
     # a complete trial at 20: with 12 episodes and a window of 100 no seed can solve, so every
     # trial here ends >= 12 + 12 (censored, shortfall >= 0) and cannot beat it
-    optuna.load_study(study_name="dqn_cartpole", storage=storage).add_trial(create_trial(value=20.0))
+    study.add_trial(create_trial(value=20.0))
     sweep(3)  # 2 complete trials: too early to prune, even a trial that cannot win
     assert trials_of(tmp_path)[2].state == TrialState.COMPLETE and trials_of(tmp_path)[2].value > 24
     sweep(4)
     t = trials_of(tmp_path)[3]
     assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4
-    sweep(5, "pruner.name=none")  # no pruner, no bound
-    assert trials_of(tmp_path)[4].state == TrialState.COMPLETE
+    # bound_rank 4 compares with the 4th best complete value, a trial at 1e6 (the bound alone: the
+    # threshold pruner never prunes): the next trial can still enter the top 4 and completes
+    study.add_trial(create_trial(value=1.0e6))
+    bound_only = ("pruner.name=threshold", "pruner.args={upper:1.0e9}")
+    sweep(6, "pruner.bound_rank=4", *bound_only)
+    assert trials_of(tmp_path)[5].state == TrialState.COMPLETE
+
+    def kept_only_if_in_top(number: int, rank: int) -> None:
+        """A trial completes only with a value that enters the top ``rank`` of the trials before it."""
+        t = trials_of(tmp_path)[number]
+        before = sorted(u.value for u in trials_of(tmp_path)[:number] if u.state == TrialState.COMPLETE)
+        assert t.state == TrialState.PRUNED or t.value <= before[rank - 1] + 1e-9
+
+    sweep(7, "pruner.bound_rank=3", *bound_only)  # the 3rd best is a real trial's (~35)
+    kept_only_if_in_top(6, 3)
+    sweep(8, "pruner.bound_rank=2", *bound_only)
+    kept_only_if_in_top(7, 2)
+    sweep(9, "pruner.name=none")  # no pruner, no bound
+    assert trials_of(tmp_path)[8].state == TrialState.COMPLETE
 
 
 def test_the_commands_wall_time_includes_its_validation_and_re_evaluation(tmp_path, monkeypatch):
