@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
                 f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
                 f"{workers}, sampler {cfg.sampler.name} seed {cfg.sampler.seed} (consider_pruned "
-                f"{str(cfg.sampler.consider_pruned).lower()}), base "
+                f"{str(cfg.sampler.consider_pruned).lower()}"
+                f"{f', pruned_value {cfg.sampler.pruned_value}' if cfg.sampler.consider_pruned else ''}), base "
                 f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
                 f"fresh seeds {fresh}; studies: "
                 + "; ".join(f"{label} {r.study_name} in {r.storage}{_as_run(r, label in taken)}"
@@ -190,6 +191,10 @@ def open_study(spec: str) -> Any:
         return optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(db).resolve()}")
     except KeyError:
         raise ValueError(f"no study {study_name!r} in {db}") from None
+
+
+# sampler settings that only change how pruned trials are seen: a no-pruner study is the same search
+PRUNED_ONLY = ("consider_pruned", "pruned_value")
 
 
 def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any, Any] | None:
@@ -277,8 +282,9 @@ def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
         raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
     recorded = study.user_attrs.get("sampler")  # recorded since session 7
     if recorded is not None:
-        want_sampler = sampler_record(sweep)  # without pruned trials, consider_pruned changes nothing
-        diff = differing(recorded, want_sampler, [k for k in want_sampler if pruned or k != "consider_pruned"])
+        recorded = {"pruned_value": "last", **recorded}  # what studies before session 16 saw
+        want_sampler = sampler_record(sweep)  # without pruned trials, how they are seen changes nothing
+        diff = differing(recorded, want_sampler, [k for k in want_sampler if pruned or k not in PRUNED_ONLY])
         if diff:
             raise ValueError(f"its sampler.{diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}: "
                              "not the same search (set it on the command line)")

@@ -93,6 +93,7 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("n_trial=3", "'n_trial' is neither a key of the sweep definition"),
     ("n_trials=0", "n_trials=0 must be >= 1"),
     ("pruner.bound_rank=0", "pruner.bound_rank=0 must be >= 1"),
+    ("sampler.pruned_value=best", "sampler.pruned_value='best' must be one of last, seeds_run"),
     ("workers=abc", "workers=abc"),
     ("space.algo.lr.low=0", "space.algo.lr.low=0 must be > 0 with log: true"),
     ("space.algo.lr.low=0.5", "space.algo.lr.low=0.5 must be < space.algo.lr.high (0.001)"),
@@ -468,6 +469,9 @@ def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, m
     for t in trials:
         assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4 and t.last_step == 4
         assert t.intermediate_values[4] > 12 and "seed_values" not in t.user_attrs
+        # the seed in flight as if its budget had ended at the stop: reported (it + worst) / 2, worst = 12 + 2 * 12
+        (in_flight,) = t.user_attrs["seed_values_run"]
+        assert in_flight == pytest.approx(2 * t.intermediate_values[4] - 36) and in_flight > 12
         assert 0 < t.user_attrs["env_steps"] < 12 * 500
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("CartPole-v1")

@@ -30,6 +30,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "none")
 AGGREGATES = ("mean", "median")
+PRUNED_VALUES = ("last", "seeds_run")
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
 
@@ -155,9 +156,15 @@ class SamplerConfig:
     # Off by default: with it off the dqn_cartpole sweep met the pruning figure on both sampler
     # seeds measured, with it on on neither (benchmarks/results/sweep-2026-11-22-{0813,0814,0934,1025}.md)
     consider_pruned: bool = False
+    # with consider_pruned, the value a pruned trial is seen with: last (its last reported value:
+    # the seeds it did not run count as the worst) | seeds_run (the objective over the seeds it ran,
+    # the one in flight as if its budget had ended at the stop: a trial stopped after solving two
+    # seeds ranks with the trials that solved two, not below every configuration that solved none)
+    pruned_value: str = "last"
 
     def __post_init__(self) -> None:
         _choice("sampler.name", self.name, SAMPLERS)
+        _choice("sampler.pruned_value", self.pruned_value, PRUNED_VALUES)
 
 
 @dataclass

@@ -197,6 +197,7 @@ class Reporter:
     max_return: float | None = None  # the most an episode can return (tightens the bound)
     last_episode: int = 0  # last episode reported
     last_step: int = 0  # last step reported
+    current: float | None = None  # this seed's value at the last report, as if its budget ended there
     env_steps: int = 0  # env steps at the last finished episode
     recent: deque[float] = field(default_factory=deque)  # the last ``window`` returns
 
@@ -232,7 +233,7 @@ class Reporter:
                              self.penalty, self.max_return)
         step = report_step(self.index, info.episode, self.budget)
         self.report(self.estimate(cur), step)
-        self.last_episode, self.last_step = info.episode, step
+        self.last_episode, self.last_step, self.current = info.episode, step, cur
         where = f"step {step} (seed index {self.index}, episode {info.episode})"
         self.check_bound(self.bound(low), where)
         if self.should_prune():
@@ -267,6 +268,12 @@ class _TrialState:
     env_steps: int = 0
     last_step: int = 0  # last step reported
     solved: list[int | None] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # the finished seeds' values
+
+    def values_run(self) -> list[float]:
+        """The finished seeds' values and, if one was in flight, its value at its last report."""
+        current = self.reporter.current if self.reporter is not None else None
+        return [*self.values, *([] if current is None else [current])]
 
 
 class Objective:
@@ -318,7 +325,7 @@ class Objective:
                    state: _TrialState, label: str | None) -> float:
         cfg = self.sweep.cfg
         study = self.sweep.study_name
-        values: list[float] = []
+        values = state.values  # shared: a stop records the finished seeds' values
         startup = int(cfg.pruner.args.get("n_startup_trials", 0))  # the bound waits for them too
         rank = cfg.pruner.bound_rank
         best = ((lambda: best_value(trial.study, startup, rank)) if cfg.pruner.bound and cfg.pruner.name != "none"
@@ -371,6 +378,7 @@ class Objective:
             trial.set_user_attr("env_steps", state.env_steps)
             if what == "pruned":
                 trial.set_user_attr("pruned_at", state.last_step)
+                trial.set_user_attr("seed_values_run", state.values_run())
             if what == "failed" and reason:
                 trial.set_user_attr("fail_reason", reason[:2000])
         finally:

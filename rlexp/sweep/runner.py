@@ -261,7 +261,8 @@ def sampler_record(sweep: Sweep) -> dict[str, Any]:
     that two studies compared as "the same sweep with and without a pruner" can be checked to
     have drawn from the same sampler seed."""
     s = sweep.cfg.sampler
-    return {"name": s.name, "seed": s.seed, "args": dict(s.args), "consider_pruned": s.consider_pruned}
+    return {"name": s.name, "seed": s.seed, "args": dict(s.args), "consider_pruned": s.consider_pruned,
+            "pruned_value": s.pruned_value}
 
 
 def _check_definition(study: optuna.Study, sweep: Sweep) -> None:

@@ -106,11 +106,30 @@ def as_complete(t: FrozenTrial, value: float) -> FrozenTrial:
                        intermediate_values=t.intermediate_values, trial_id=t._trial_id)
 
 
-class PrunedAsComplete:
-    """A view of a study in which pruned trials that reported a value are complete with it."""
+def last_value(t: FrozenTrial) -> float:
+    """A pruned trial's last reported value (NaN if none): rlexp's objective counts the seeds it
+    did not run as the worst, so this is a pessimistic value."""
+    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan
 
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
+
+def seeds_run_value(how: str) -> Any:
+    """A pruned trial's value over the seeds it ran (``how``: mean or median), the seed in flight as
+    if its budget had ended at the stop (the ``seed_values_run`` the objective records); a trial
+    without that record (a study from before it) falls back to :func:`last_value`."""
+    def value(t: FrozenTrial) -> float:
+        run = t.user_attrs.get("seed_values_run")
+        if not run:
+            return last_value(t)
+        return float(np.median(run) if how == "median" else np.mean(run))
+    return value
+
+
+class PrunedAsComplete:
+    """A view of a study in which pruned trials are complete with ``value(trial)`` (default:
+    :func:`last_value`); those it gives no value (NaN) stay pruned."""
+
+    def __init__(self, study: optuna.Study, value: Any = last_value) -> None:
+        self._study, self._value = study, value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -122,15 +141,15 @@ class PrunedAsComplete:
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         return self._view(lambda asked: self._study.get_trials(deepcopy=deepcopy, states=asked), states)
 
-    @staticmethod
-    def _view(get: Any, states: Any) -> list[FrozenTrial]:
+    def _view(self, get: Any, states: Any) -> list[FrozenTrial]:
         """The trials ``get(states)`` returns, pruned ones asked for too and shown complete."""
         wanted = None if states is None else set(states)
         out = []
         for t in get(None if wanted is None else tuple(wanted | {TrialState.PRUNED})):
-            last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan
-            if t.state == TrialState.PRUNED and not math.isnan(last):
-                t = as_complete(t, last)
+            if t.state == TrialState.PRUNED:
+                v = self._value(t)
+                if not math.isnan(v):
+                    t = as_complete(t, v)
             if wanted is None or t.state in wanted:
                 out.append(t)
         return out
@@ -150,20 +169,26 @@ class SweepSampler(optuna.samplers.BaseSampler):
     below every complete one, so its "good" group is made of complete trials only; when the pruner
     stops most trials, that is whatever few completed (in one measured sweep, the default
     configuration alone, and TPE kept proposing trials near it). With
-    ``consider_pruned`` the sampler sees a pruned trial as complete with its last reported value,
-    as ``CmaEsSampler(consider_pruned_trials=True)`` does: a pessimistic value (rlexp's objective
-    counts the seeds a trial did not run as unsolved), so a pruned trial ranks by how far it got.
+    ``consider_pruned`` the sampler sees a pruned trial as complete, as
+    ``CmaEsSampler(consider_pruned_trials=True)`` does, with the value ``pruned`` gives it:
+    its last reported value (``sampler.pruned_value=last``; pessimistic: rlexp's objective counts
+    the seeds a trial did not run as unsolved, so a pruned trial ranks by how far it got), or its
+    value over the seeds it ran (``seeds_run``: a trial stopped after solving two seeds ranks with
+    the complete trials that solved theirs about as fast, not below every one that solved none).
     Measured on the ``dqn_cartpole`` sweep (two sampler seeds, each against a no-pruner sweep),
-    Optuna's own handling saved as many or more env steps and found better trials: pruned trials that got
-    far were mediocre ones the pruner stopped late, and ranking them drew TPE towards them.
+    the last value saved fewer env steps and found worse trials than Optuna's own handling:
+    pruned trials that got far were mediocre ones the pruner stopped late, and ranking them drew
+    TPE towards them. A study without pruned trials is seen as it is, whatever these settings.
     """
 
-    def __init__(self, make: Any, seed: int | None, consider_pruned: bool) -> None:
-        self._make, self._seed, self._consider_pruned = make, seed, consider_pruned
+    def __init__(self, make: Any, seed: int | None, pruned: Any = None) -> None:
+        """``pruned``: None (Optuna's handling of pruned trials) or the value a pruned trial is seen
+        complete with (:class:`PrunedAsComplete`)."""
+        self._make, self._seed, self._pruned = make, seed, pruned
         self._inner: optuna.samplers.BaseSampler = make(seed)
 
     def _view(self, study: optuna.Study) -> Any:
-        return PrunedAsComplete(study) if self._consider_pruned else study
+        return study if self._pruned is None else PrunedAsComplete(study, self._pruned)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._seed is not None:
@@ -192,7 +217,7 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
     """The configured sampler in a :class:`SweepSampler`: with ``sampler.seed``, each trial's draw
     is seeded from ``(seed, trial number)`` (:func:`trial_seed`), except QMC's (its sequence is shared by the study and
     its seed only scrambles it, so every trial keeps the one seed); with ``sampler.consider_pruned``
-    it learns from pruned trials' last values."""
+    it learns from pruned trials, by the value ``sampler.pruned_value`` names."""
     s = cfg.sampler
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
@@ -203,10 +228,13 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return classes[s.name](seed=seed, **s.args)
 
+    pruned = None
+    if s.consider_pruned:
+        pruned = last_value if s.pruned_value == "last" else seeds_run_value(cfg.objective.aggregate)
     try:
         if s.name == "qmc":
-            return SweepSampler(lambda _: make(s.seed), None, s.consider_pruned)
-        return SweepSampler(make, s.seed, s.consider_pruned)
+            return SweepSampler(lambda _: make(s.seed), None, pruned)
+        return SweepSampler(make, s.seed, pruned)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
     except ImportError as e:
