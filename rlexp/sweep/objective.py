@@ -33,7 +33,9 @@ the end rather than of the trials that completed before the pruner started. Meas
 it found a worse best than k = 1 (``sweeps/dqn_cartpole.yaml``).
 Like the pruner, it waits for ``pruner.args.n_startup_trials`` complete trials: a sampler learns
 most from complete trials (Optuna's TPE ranks every pruned one below them; with
-``sampler.consider_pruned`` rlexp's sampler sees pruned trials by their last reported value,
+``sampler.consider_pruned`` rlexp's sampler sees pruned trials by their last reported value or,
+with ``sampler.pruned_value=seeds_run``, by the seeds they ran (a pruned trial records them as
+``seed_values_run``: the finished seeds' values and the one in flight's at its last report);
 :class:`~rlexp.sweep.study.SweepSampler`), so pruning the first trials starves it.
 A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
 crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
