@@ -37,6 +37,11 @@ most from complete trials (Optuna's TPE ranks every pruned one below them; with
 with ``sampler.pruned_value=seeds_run``, by the seeds they ran (a pruned trial records them as
 ``seed_values_run``: the finished seeds' values and the one in flight's at its last report);
 :class:`~rlexp.sweep.study.SweepSampler`), so pruning the first trials starves it.
+Neither stops a seed at the report where its run ends (its budget spent, or solved with
+``train.stop_on_solve``): that saves nothing, so the check waits for the seed's recorded value, and a
+trial whose last seed has ended completes with its value instead of being recorded PRUNED (before
+session 16 such a trial, which had solved 2 of its 3 seeds, was pruned at its very last step and
+its sampler never saw it complete).
 A pruned run ends KILLED (a :class:`~rlexp.train.RunInterrupted`), the trial PRUNED; a diverged or
 crashing trial ends FAILED with ``fail_reason``, and the sweep goes on.
 """
@@ -197,6 +202,7 @@ class Reporter:
     best: Callable[[], float | None] | None = None  # the best (rank-th best) complete value; None: no bound
     rank: int = 1  # which complete value ``best`` gives (pruner.bound_rank), for the message
     max_return: float | None = None  # the most an episode can return (tightens the bound)
+    stop_on_solve: bool = True  # train.stop_on_solve: the run ends at the solve
     last_episode: int = 0  # last episode reported
     last_step: int = 0  # last step reported
     current: float | None = None  # this seed's value at the last report, as if its budget ended there
@@ -236,6 +242,10 @@ class Reporter:
         step = report_step(self.index, info.episode, self.budget)
         self.report(self.estimate(cur), step)
         self.last_episode, self.last_step, self.current = info.episode, step, cur
+        if info.episode >= self.budget or (info.solved_at is not None and self.stop_on_solve):
+            # the seed's run ends here and its value is final: stopping it saves nothing, and the
+            # trial checks again once the seed is recorded (or, after its last seed, completes)
+            return
         where = f"step {step} (seed index {self.index}, episode {info.episode})"
         self.check_bound(self.bound(low), where)
         if self.should_prune():
@@ -339,7 +349,8 @@ class Objective:
             rep = Reporter(trial.report, trial.should_prune, i, budget, cfg.pruner.report_every,
                            solve_threshold(rcfg, check_compatible(rcfg)), penalty, cfg.objective.aggregate,
                            list(values), seeds=len(seeds), window=rcfg.solve.window,
-                           best=best, rank=rank, max_return=cfg.pruner.max_return)
+                           best=best, rank=rank, max_return=cfg.pruner.max_return,
+                           stop_on_solve=rcfg.train.stop_on_solve)
             state.reporter = rep
             result = self.run_seed(rcfg, trial, i, label=label, group=f"{study}/trial-{trial.number}",
                                    tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
