@@ -10,7 +10,8 @@ running; nothing is run) this prints the trials phase (the first trial's start t
 one's end), the worker time (the sum of the finished trials' durations; over the phase it gives
 the mean number of busy workers), and one row per value of the ``--by`` parameters (default: the
 sweep's group keys, its parameters without a dot, e.g. ``algo``): trials, complete / pruned /
-failed, env steps, worker minutes, share of the worker time and env steps per worker-minute.
+failed, how many trials solved at least one of their seeds (and how many seeds: where the
+sampler found configurations that work, pruned or not), env steps, worker minutes, share of the worker time and env steps per worker-minute.
 The validation's runs (recorded on the study as each ends) are a row of their own; their worker
 time is known for runs recorded with it. Lost and running trials are counted in the header, not
 in the rows (a trial records its env steps when it ends). The table is printed and written with
@@ -44,9 +45,14 @@ class Cost:
     env_steps: int = 0
     worker_s: float = 0.0
     timed: int = 0  # runs whose duration is known
+    solving: int = 0  # trials that solved at least one seed
+    seeds_solved: int = 0
 
-    def add(self, state: str, env_steps: int, seconds: float | None) -> None:
+    def add(self, state: str, env_steps: int, seconds: float | None, solved: int = 0) -> None:
+        """One run ending in ``state``; ``solved``: how many of its seeds it solved (a trial's)."""
         self.runs += 1
+        self.solving += solved > 0
+        self.seeds_solved += solved
         if state in ("complete", "pruned", "failed"):
             setattr(self, state, getattr(self, state) + 1)
         self.env_steps += env_steps
@@ -80,8 +86,9 @@ def trial_costs(trials: Sequence[Any], by: Sequence[str]) -> list[Cost]:
         if not counts(t):
             continue
         label = " ".join(f"{k}={t.params[k]}" for k in by if k in t.params) or "all trials"
+        solved = sum(e is not None for e in t.user_attrs.get("episodes_to_solve") or [])
         groups.setdefault(label, Cost(label)).add(state[t.state], int(t.user_attrs.get("env_steps", 0)),
-                                                 duration_s(t))
+                                                 duration_s(t), solved)
     return sorted(groups.values(), key=lambda c: (-c.worker_s, c.label))
 
 
@@ -114,14 +121,18 @@ def study_section(study: Any, spec: str, by: Sequence[str] | None) -> str:
             + (f"; validation: {val.runs} runs, {val.env_steps:,} env steps, "
                + (f"{_min(val.worker_s)} worker min" if val.timed == val.runs else "worker time not recorded")
                if val else "; no validation runs recorded") + "\n\n")
-    lines = [f"| {' '.join(keys) or 'trials'} | runs | complete / pruned / failed | env steps | worker min | "
-             "share of worker time | env steps per worker-min |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| {' '.join(keys) or 'trials'} | runs | complete / pruned / failed | solving a seed (seeds solved) | "
+             "env steps | worker min | share of worker time | env steps per worker-min |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in [*rows, *([val] if val else [])]:
         share = f"{c.worker_s / total:.0%}" if total > 0 and c.timed == c.runs else "–"
         rate = "–" if math.isnan(c.steps_per_min) else f"{c.steps_per_min:,.0f}"
-        outcome = f"{c.complete} / {c.pruned} / {c.failed}" if c.label != "validation runs" else f"{c.complete} solved"
+        validation = c.label == "validation runs"
+        outcome = f"{c.complete} solved" if validation else f"{c.complete} / {c.pruned} / {c.failed}"
+        solving = "–" if validation else f"{c.solving} ({c.seeds_solved})"
         worker_min = _min(c.worker_s) if c.timed == c.runs else "–"
-        lines.append(f"| {c.label} | {c.runs} | {outcome} | {c.env_steps:,} | {worker_min} | {share} | {rate} |")
+        lines.append(f"| {c.label} | {c.runs} | {outcome} | {solving} | {c.env_steps:,} | {worker_min} | {share} | "
+                     f"{rate} |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -254,7 +254,8 @@ def _timed_study(path):
             ("clipped_double_dqn", 256, TrialState.COMPLETE, 40_000, 240),
             ("clipped_double_dqn", 64, TrialState.FAIL, 1_000, 30)]
     for i, (algo, batch, state, steps, secs) in enumerate(rows):
-        attrs = {"env_steps": steps, **({"fail_reason": "diverged"} if state == TrialState.FAIL else {})}
+        attrs = {"env_steps": steps, **({"fail_reason": "diverged"} if state == TrialState.FAIL else {}),
+                 "episodes_to_solve": [[120, None, 200], [150], [None, None, None], []][i]}
         study.add_trial(FrozenTrial(
             number=i, trial_id=i, state=state, value=100.0 + i if state == TrialState.COMPLETE else None,
             datetime_start=t0 + timedelta(seconds=60 * i), datetime_complete=t0 + timedelta(seconds=60 * i + secs),
@@ -278,6 +279,7 @@ def test_sweep_cost_splits_the_trials_worker_time_by_what_they_ran(tmp_path, cap
     by_algo = {c.label: c for c in sweep_cost.trial_costs(trials, ["algo"])}
     dd, cd = by_algo["algo=double_dqn"], by_algo["algo=clipped_double_dqn"]
     assert (dd.runs, dd.complete, dd.pruned, dd.env_steps, dd.worker_s) == (2, 1, 1, 90_000, 180.0)  # lost one left out
+    assert (dd.solving, dd.seeds_solved, by_algo["algo=clipped_double_dqn"].solving) == (2, 3, 0)
     assert dd.steps_per_min == 90_000 / 3
     assert (cd.runs, cd.complete, cd.failed, cd.env_steps, cd.worker_s) == (2, 1, 1, 41_000, 270.0)
     assert [c.label for c in sweep_cost.trial_costs(trials, ["algo"])] == ["algo=clipped_double_dqn", "algo=double_dqn"]
@@ -291,9 +293,9 @@ def test_sweep_cost_splits_the_trials_worker_time_by_what_they_ran(tmp_path, cap
     # phase: 03:00:00 to trial 3's end (03:03:30); worker time 450 s of trials; 570 s with the validation
     assert "trials phase 16.6 min" in text  # the lost trial's 999 s span counts in the phase
     assert "trial worker time 7.5 min" in text and "validation: 2 runs, 15,000 env steps, 2.0 worker min" in text
-    assert "| algo=clipped_double_dqn algo.batch_size=256 | 1 | 1 / 0 / 0 | 40,000 | 4.0 | 42% | 10,000 |" in text
-    assert "| algo=double_dqn algo.batch_size=64 | 2 | 1 / 1 / 0 | 90,000 | 3.0 | 32% | 30,000 |" in text
-    assert "| validation runs | 2 | 1 solved | 15,000 | 2.0 | 21% | 7,500 |" in text
+    assert "| algo=clipped_double_dqn algo.batch_size=256 | 1 | 1 / 0 / 0 | 0 (0) | 40,000 | 4.0 | 42% | 10,000 |" in text
+    assert "| algo=double_dqn algo.batch_size=64 | 2 | 1 / 1 / 0 | 2 (3) | 90,000 | 3.0 | 32% | 30,000 |" in text
+    assert "| validation runs | 2 | 1 solved | – | 15,000 | 2.0 | 21% | 7,500 |" in text
     assert "command: `python -m benchmarks.sweep_cost" in text and "optuna " in text and ", mlflow " in text
 
 
