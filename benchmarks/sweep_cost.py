@@ -11,7 +11,8 @@ one's end), the worker time (the sum of the finished trials' durations; over the
 the mean number of busy workers), and one row per value of the ``--by`` parameters (default: the
 sweep's group keys, its parameters without a dot, e.g. ``algo``): trials, complete / pruned /
 failed, how many trials solved at least one of their seeds (and how many seeds: where the
-sampler found configurations that work, pruned or not), env steps, worker minutes, share of the worker time and env steps per worker-minute.
+sampler found configurations that work, pruned or not), env steps, worker minutes, share of the
+worker time and env steps per worker-minute.
 The validation's runs (recorded on the study as each ends) are a row of their own; their worker
 time is known for runs recorded with it. Lost and running trials are counted in the header, not
 in the rows (a trial records its env steps when it ends). The table is printed and written with

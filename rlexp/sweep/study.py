@@ -116,11 +116,11 @@ def seeds_run_value(how: str) -> Any:
     """A pruned trial's value over the seeds it ran (``how``: mean or median), the seed in flight as
     if its budget had ended at the stop (the ``seed_values_run`` the objective records); a trial
     without that record (a study from before it) falls back to :func:`last_value`."""
+    from rlexp.sweep.objective import aggregate  # here: the objective module imports this one
+
     def value(t: FrozenTrial) -> float:
         run = t.user_attrs.get("seed_values_run")
-        if not run:
-            return last_value(t)
-        return float(np.median(run) if how == "median" else np.mean(run))
+        return aggregate(run, how) if run else last_value(t)
     return value
 
 
