@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
                 f"{workers}, sampler {cfg.sampler.name} seed {cfg.sampler.seed} (consider_pruned "
                 f"{str(cfg.sampler.consider_pruned).lower()}"
-                f"{f', pruned_value {cfg.sampler.pruned_value}' if cfg.sampler.consider_pruned else ''}), base "
+                f"{f', pruned_value {cfg.sampler.pruned_value}' if cfg.sampler.consider_pruned else ''}), "
+                f"seeds {'in lockstep' if cfg.pruner.lockstep else 'one after the other'} (pruned half), base "
                 f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
                 f"fresh seeds {fresh}; studies: "
                 + "; ".join(f"{label} {r.study_name} in {r.storage}{_as_run(r, label in taken)}"
@@ -195,6 +196,8 @@ def open_study(spec: str) -> Any:
 
 # sampler settings that only change how pruned trials are seen: a no-pruner study is the same search
 PRUNED_ONLY = ("consider_pruned", "pruned_value")
+# definition keys that only change how a trial is judged while it runs: the same for a no-pruner study
+PRUNER_ONLY = ("lockstep",)
 
 
 def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any, Any] | None:
@@ -271,11 +274,12 @@ def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
 
     import optuna
 
-    from rlexp.sweep.runner import COMPARABLE, definition, sampler_record, summarize
+    from rlexp.sweep.runner import COMPARABLE, RECORDED_SINCE, definition, sampler_record, summarize
     from rlexp.sweep.study import done
 
-    have, want = study.user_attrs.get("definition", {}), definition(sweep)
-    diff = differing(have, want, (*COMPARABLE, "space"))
+    have, want = {**RECORDED_SINCE, **study.user_attrs.get("definition", {})}, definition(sweep)
+    # without a pruner, seeds in lockstep run the same runs as one after the other
+    diff = differing(have, want, [k for k in (*COMPARABLE, "space") if pruned or k not in PRUNER_ONLY])
     if diff:
         raise ValueError(f"its {diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}")
     if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5

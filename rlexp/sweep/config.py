@@ -185,6 +185,11 @@ class PrunerConfig:
     # run to the end, not of whatever completed before the pruner started (see rlexp.sweep.objective;
     # on dqn_cartpole 3 did not find a better best than 1: sweeps/dqn_cartpole.yaml)
     bound_rank: int = 1
+    # run a trial's seeds side by side (a process each) and judge them together: at every report
+    # the trial's value over all its seeds, at step = episode (rlexp.sweep.lockstep); false: one
+    # seed after the other, each judged at the end of its own slot of steps. Without a pruner both
+    # run the same runs and record the same values
+    lockstep: bool = False
 
     def __post_init__(self) -> None:
         _choice("pruner.name", self.name, PRUNERS)

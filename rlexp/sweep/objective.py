@@ -281,11 +281,21 @@ class _TrialState:
     last_step: int = 0  # last step reported
     solved: list[int | None] = field(default_factory=list)
     values: list[float] = field(default_factory=list)  # the finished seeds' values
+    seeds: Any = None  # lockstep.Seeds of a trial whose seeds run in lockstep
 
     def values_run(self) -> list[float]:
-        """The finished seeds' values and, if one was in flight, its value at its last report."""
+        """The finished seeds' values and, if one was in flight, its value at its last report
+        (in lockstep: each seed's final value, else its value at the last report)."""
+        if self.seeds is not None:
+            return self.seeds.values()
         current = self.reporter.current if self.reporter is not None else None
         return [*self.values, *([] if current is None else [current])]
+
+    def steps_run(self) -> int:
+        """Env steps of the seeds run, the one(s) in flight up to their last report or stop."""
+        if self.seeds is not None:
+            return sum(self.seeds.env_steps)
+        return self.env_steps + (self.reporter.env_steps if self.reporter is not None else 0)
 
 
 class Objective:
@@ -342,6 +352,8 @@ class Objective:
         rank = cfg.pruner.bound_rank
         best = ((lambda: best_value(trial.study, startup, rank)) if cfg.pruner.bound and cfg.pruner.name != "none"
                 else None)
+        if cfg.pruner.lockstep and len(seeds) > 1:
+            return self._run_lockstep(trial, overrides, seeds, state, label, best)
         for i, seed in enumerate(seeds):
             rcfg = compose_config([*cfg.base, *overrides, f"seed={seed}"])
             budget = rcfg.train.max_episodes
@@ -372,6 +384,40 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at {where}")
         return aggregate(values, cfg.objective.aggregate)
 
+    def _run_lockstep(self, trial: optuna.Trial, overrides: list[str], seeds: list[int], state: _TrialState,
+                      label: str | None, best: Callable[[], float | None] | None) -> float:
+        """The seeds side by side (``pruner.lockstep``, :mod:`rlexp.sweep.lockstep`)."""
+        from rlexp.sweep import lockstep as ls
+
+        cfg = self.sweep.cfg
+        study = self.sweep.study_name
+        rank = cfg.pruner.bound_rank
+        checker = Reporter(trial.report, trial.should_prune, 0, 0, cfg.pruner.report_every, 0.0, 0.0,
+                           cfg.objective.aggregate, best=best, rank=rank)  # its bound check and message
+        jobs = [ls.SeedJob(i, [*cfg.base, *overrides, f"seed={seed}"], cfg.pruner.report_every, cfg.objective.penalty,
+                           cfg.pruner.max_return,
+                           {"label": label, "group": f"{study}/trial-{trial.number}",
+                            "tags": {"sweep": study, "trial": trial.number, "sweep_role": "seed"},
+                            "parent_run_id": state.mlflow.run_id if state.mlflow else None})
+                for i, seed in enumerate(seeds)]
+        state.seeds = ls.Seeds(len(seeds))
+
+        def report(value: float, step: int) -> None:
+            trial.report(value, step)
+            state.last_step = step
+
+        def seed_done(i: int, value: float, solved_at: int | None, env_steps: int) -> None:
+            if state.mlflow:
+                state.mlflow.seed_done(i, value, solved_at, env_steps)
+
+        value = ls.run_lockstep(jobs, cfg.objective.aggregate, report, trial.should_prune, checker.check_bound,
+                                seed_done, state.seeds)
+        state.values[:] = [float(v) for v in state.seeds.final if v is not None]
+        state.solved[:] = list(state.seeds.solved)
+        trial.set_user_attr("seed_values", state.values)
+        trial.set_user_attr("episodes_to_solve", state.solved)
+        return value
+
     def run_seed(self, rcfg: Any, trial: optuna.Trial, index: int, **kwargs: Any) -> TrainResult:
         """Train seed ``index`` of ``trial`` (:func:`rlexp.train.run`; a replay feeds recorded episodes)."""
         return run(rcfg, **kwargs)
@@ -385,8 +431,8 @@ class Objective:
     def _end(trial: optuna.Trial, state: _TrialState, what: str, value: float | None,
              reason: str | None) -> None:
         if state.reporter is not None:  # the interrupted seed's steps count too
-            state.env_steps += state.reporter.env_steps
             state.last_step = state.reporter.last_step or state.last_step
+        state.env_steps = state.steps_run()
         try:
             trial.set_user_attr("env_steps", state.env_steps)
             if what == "pruned":

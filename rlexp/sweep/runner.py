@@ -244,8 +244,11 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
 
 
 # --------------------------------------------------------------------------- the command
-# the definition's keys a study's trial values depend on: a resume must not change them
-COMPARABLE = ("base", "seeds", "seed_stride", "objective")
+# the definition's keys a study's trial values (lockstep: its intermediate values, which the pruner
+# compares) depend on: a resume must not change them
+COMPARABLE = ("base", "seeds", "seed_stride", "objective", "lockstep")
+# what a study created before a key was recorded ran with (lockstep: since session 17)
+RECORDED_SINCE = {"lockstep": False}
 
 
 def definition(sweep: Sweep) -> dict[str, Any]:
@@ -253,7 +256,7 @@ def definition(sweep: Sweep) -> dict[str, Any]:
     c = sweep.cfg
     return {"base": list(c.base), "seeds": list(c.seeds), "seed_stride": c.seed_stride,
             "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space,
-            "groups": c.groups}
+            "groups": c.groups, "lockstep": c.pruner.lockstep}
 
 
 def sampler_record(sweep: Sweep) -> dict[str, Any]:
@@ -273,9 +276,11 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
         study.set_user_attr("pruner", sweep.cfg.pruner.name)  # what the study was started with
         study.set_user_attr("sampler", sampler_record(sweep))
         return
+    have = {**RECORDED_SINCE, **have}
     for key in COMPARABLE:
         if have.get(key) != want[key]:
-            raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study "
+            name = "pruner.lockstep" if key == "lockstep" else key
+            raise ConfigError(f"{name}={want[key]!r} differs from {have.get(key)!r}, with which study "
                               f"{sweep.study_name!r} was created: its values would not be comparable; "
                               "use another study_name (or the original settings)")
     if have.get("space") != want["space"] or have.get("groups", {}) != want["groups"]:
