@@ -208,9 +208,9 @@ def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -
 
 def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
     """:func:`differing` on the definition ``study`` was created with and ``sweep``'s."""
-    from rlexp.sweep.runner import definition
+    from rlexp.sweep.runner import RECORDED_SINCE, definition
 
-    return differing(study.user_attrs.get("definition", {}), definition(sweep), keys)
+    return differing({**RECORDED_SINCE, **study.user_attrs.get("definition", {})}, definition(sweep), keys)
 
 
 def first_drawn(study: Any) -> Any | None:

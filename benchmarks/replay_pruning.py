@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay_pruning: error: {e}", file=sys.stderr)
         return 2
     first = next(iter(sweeps.values()))
+    for label, sweep in sweeps.items():
+        if sweep.cfg.pruner.lockstep:
+            print(f"replay_pruning: error: setting {label}: pruner.lockstep=true is not replayed (the replay feeds "
+                  "a trial's seeds one after the other)", file=sys.stderr)
+            return 2
     for label, sweep in sweeps.items():  # report_every too: the baseline's values are on its grid
         diff = first_difference(base, sweep, (*COMPARABLE, "space", "report_every"))
         if diff:

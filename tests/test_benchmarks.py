@@ -88,6 +88,10 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     assert "its sampler.consider_pruned False is not this sweep's True" in err
     assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"baseline={unpruned}", "n_trials=4",
                              "eval_seeds=0"]) == 0
+    # seeds in lockstep judge a trial differently, but without a pruner run the same runs
+    assert bench_sweep.main([*tiny, "pruner.lockstep=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
+    assert "pruned=" in (err := capsys.readouterr().err) and "its lockstep False is not this sweep's True" in err
+    assert bench_sweep.main([*tiny, "pruner.lockstep=true", f"baseline={unpruned}", "eval_seeds=0"]) == 0
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=5", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "finished trials of n_trials=5: resume it first" in capsys.readouterr().err

@@ -103,7 +103,9 @@ def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tm
     base = optuna.create_study(study_name="base", storage=storage)
     for n, seeds in enumerate(TRIALS):
         base.add_trial(recorded(n, seeds))
-    base.set_user_attr("definition", definition(load("dqn_cartpole", OVERRIDES)))
+    recorded_def = definition(load("dqn_cartpole", OVERRIDES))
+    del recorded_def["lockstep"]  # a study from before it was recorded ran its seeds one after the other
+    base.set_user_attr("definition", recorded_def)
     spec = f"{tmp_path / 'optuna.db'}:base"
     # n_trials=2 < the baseline's 3 trials: every one is still replayed
     assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "n_trials=2",
@@ -114,6 +116,8 @@ def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tm
     # a setting on another report grid, an unknown study, a bad --orders
     assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "e: pruner.report_every=20"]) == 2
     assert "setting e: report_every=20, but the baseline's is 10" in capsys.readouterr().err
+    assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "l: pruner.lockstep=true"]) == 2
+    assert "setting l: pruner.lockstep=true is not replayed" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         rp.main(["sweep=dqn_cartpole", f"baseline={tmp_path / 'optuna.db'}:nope", *OVERRIDES])
     assert "no study 'nope'" in capsys.readouterr().err

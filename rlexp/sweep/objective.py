@@ -20,6 +20,11 @@ and a trial's values only go down as it learns and finishes seeds: Optuna's prun
 by its best value so far, which with a fresh seed counted as "solved at once" or left out would
 stay at its first seed's value for good and never let a mediocre trial be pruned after that.
 
+With ``pruner.lockstep`` the seeds run side by side instead, a process each, and the trial
+reports at step = episode the aggregate over all its seeds (each one's value if its budget ended
+now, or its final value): the pruner and the bound judge a configuration on every seed at once,
+not on its first seed alone (:mod:`rlexp.sweep.lockstep`).
+
 Besides the Optuna pruner, ``pruner.bound`` stops a trial that can no longer win: its lower
 bound (finished seeds as they are, the current seed solving at the earliest episode it still
 could, if every later episode returned ``pruner.max_return``, or at the next episode when that
