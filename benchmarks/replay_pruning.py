@@ -124,11 +124,61 @@ def replay_objective(sweep: Any, by_number: dict[int, list[SeedTrace]]) -> Any:
                     break
             return TrainResult(s.solved_at is not None, s.solved_at, e, int(steps), 0.0, list(s.returns[:e]))
 
+        def run_lockstep(self, trial: optuna.Trial, jobs: Sequence[Any], *args: Any) -> float:
+            seeds = by_number[int(trial.user_attrs["replays"])]
+            return ls.coordinate([_Fed(trace_messages(s, job, rcfg)) for s, job in zip(seeds, jobs, strict=True)],
+                                 *args)
+
+    from rlexp.compose import compose_config
+    from rlexp.sweep import lockstep as ls
+
+    rcfg = compose_config(list(sweep.cfg.base))
     return Replayed(sweep, None, None)
+
+
+def trace_messages(s: SeedTrace, job: Any, rcfg: Any) -> Any:
+    """What seed ``s``'s process would send in lockstep (a generator: send it the trial's words)."""
+    from rlexp.envs import check_compatible, solve_threshold
+    from rlexp.loops import EpisodeInfo
+    from rlexp.sweep.lockstep import Pause
+    from rlexp.sweep.objective import final_value, tail_mean
+
+    budget, window = int(rcfg.train.max_episodes), int(rcfg.solve.window)
+    threshold = solve_threshold(rcfg, check_compatible(rcfg))
+    penalty = float(job.penalty if job.penalty is not None else budget)
+    pause = Pause(None, budget, job.every, threshold, penalty, window, job.max_return, rcfg.train.stop_on_solve)
+    steps, e = 0.0, 0
+    for e, ret in enumerate(s.returns, 1):
+        steps += ret * s.steps_per_return
+        solved = s.solved_at if s.solved_at is not None and e >= s.solved_at else None
+        msg = pause.message(EpisodeInfo(e, ret, int(ret), int(steps), s.rolling.get(e, ret), solved))
+        if msg is not None:
+            word = yield msg
+            if word[0] != "go":
+                yield ("stopped",)
+                return
+        if solved:
+            break
+    yield ("done", s.solved_at, final_value(s.solved_at, tail_mean(s.returns[:e], window), threshold, budget, penalty),
+           int(steps))
+
+
+class _Fed:
+    """A :class:`~rlexp.sweep.lockstep.Channel` fed by :func:`trace_messages`."""
+
+    def __init__(self, messages: Any) -> None:
+        self.messages, self.pending = messages, next(messages)
+
+    def recv(self) -> tuple[Any, ...]:
+        return tuple(self.pending)
+
+    def send(self, word: tuple[str, str]) -> None:
+        self.pending = self.messages.send(word)
 
 
 @dataclass
 class Replay:
+    study: optuna.Study  # the in-memory study replayed
     env_steps: int
     best: float | None
     pruned: list[int]  # baseline trial numbers
@@ -149,7 +199,7 @@ def replay(sweep: Any, trials: Sequence[FrozenTrial], by_number: dict[int, list[
     study.optimize(replay_objective(sweep, by_number), n_trials=len(trials))
     done = study.get_trials(deepcopy=False)
     values = [t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None]
-    return Replay(sum(int(t.user_attrs.get("env_steps", 0)) for t in done), min(values) if values else None,
+    return Replay(study, sum(int(t.user_attrs.get("env_steps", 0)) for t in done), min(values) if values else None,
                   [int(t.user_attrs["replays"]) for t in done if t.state == TrialState.PRUNED],
                   {int(t.user_attrs["replays"]): t.value if t.state == TrialState.COMPLETE else None for t in done})
 
@@ -194,13 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay_pruning: error: {e}", file=sys.stderr)
         return 2
     first = next(iter(sweeps.values()))
-    for label, sweep in sweeps.items():
-        if sweep.cfg.pruner.lockstep:
-            print(f"replay_pruning: error: setting {label}: pruner.lockstep=true is not replayed (the replay feeds "
-                  "a trial's seeds one after the other)", file=sys.stderr)
-            return 2
     for label, sweep in sweeps.items():  # report_every too: the baseline's values are on its grid
-        diff = first_difference(base, sweep, (*COMPARABLE, "space", "report_every"))
+        # lockstep too: without a pruner it ran the same runs (the replay rebuilds them either way)
+        diff = first_difference(base, sweep, [k for k in (*COMPARABLE, "space", "report_every") if k != "lockstep"])
         if diff:
             print(f"replay_pruning: error: setting {label}: {diff[0]}={diff[2]!r}, but the baseline's is "
                   f"{diff[1]!r}", file=sys.stderr)

@@ -74,25 +74,32 @@ def test_the_censoring_rule_inverted_gives_the_block_means_back():
 
 
 @pytest.mark.parametrize("unstarted_as_worst", [True, False])
-def test_with_no_pruner_the_replay_gives_every_value_and_env_step_back(unstarted_as_worst):
+@pytest.mark.parametrize("lockstep", [False, True])
+def test_with_no_pruner_the_replay_gives_every_value_and_env_step_back(unstarted_as_worst, lockstep):
     trials = study([recorded(n, seeds, unstarted_as_worst) for n, seeds in enumerate(TRIALS)])
     by_number = {t.number: rp.traces(t, B, TH, float(B), W, 2) for t in trials}
     assert [s.solved_at for s in by_number[1]] == trials[1].user_attrs["episodes_to_solve"]
-    r = rp.replay(load("dqn_cartpole", [*OVERRIDES, "pruner.name=none"]), trials, by_number)
+    r = rp.replay(load("dqn_cartpole", [*OVERRIDES, "pruner.name=none", f"pruner.lockstep={lockstep}"]), trials,
+                  by_number)
     assert r.pruned == [] and r.values == pytest.approx({t.number: t.value for t in trials})
     assert r.env_steps == pytest.approx(sum(t.user_attrs["env_steps"] for t in trials), abs=len(trials) * 2)
 
 
-def test_a_pruner_stops_the_flop_and_counts_only_the_steps_it_ran():
+@pytest.mark.parametrize("lockstep", [False, True])
+def test_a_pruner_stops_the_flop_and_counts_only_the_steps_it_ran(lockstep):
     trials = study([recorded(n, seeds) for n, seeds in enumerate(TRIALS)])
     trials = [trials[1], trials[0], trials[2]]  # the solver first: the bound then stops the others
     by_number = {t.number: rp.traces(t, B, TH, float(B), W, 2) for t in trials}
-    sweep = load("dqn_cartpole", [*OVERRIDES, "pruner.name=median", "pruner.args={n_startup_trials:1}"])
+    sweep = load("dqn_cartpole", [*OVERRIDES, "pruner.name=median", "pruner.args={n_startup_trials:1}",
+                                  f"pruner.lockstep={lockstep}"])
     r = rp.replay(sweep, trials, by_number)
     assert r.best == pytest.approx(trials[0].value)
     assert r.pruned == [0, 2]
     full = sum(t.user_attrs["env_steps"] for t in trials)
     assert trials[0].user_attrs["env_steps"] < r.env_steps < full
+    if lockstep:  # both seeds of a stopped trial ran to the same episode, before the budget
+        (t2,) = [t for t in r.study.get_trials() if t.user_attrs["replays"] == 2]
+        assert t2.user_attrs["pruned_at"] < B and len(t2.user_attrs["seed_values_run"]) == 2
 
 
 def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tmp_path, monkeypatch, capsys):
@@ -109,15 +116,15 @@ def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tm
     spec = f"{tmp_path / 'optuna.db'}:base"
     # n_trials=2 < the baseline's 3 trials: every one is still replayed
     assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "n_trials=2",
-                    "--setting", "none: pruner.name=none", "--setting", "bound: pruner.name=threshold pruner.args={upper:1.0e9}"]) == 0
+                    "--setting", "none: pruner.name=none", "--setting", "bound: pruner.name=threshold pruner.args={upper:1.0e9}",
+                    "--setting", "lockstep-none: pruner.name=none pruner.lockstep=true"]) == 0
     (out,) = (tmp_path / "results").glob("replay-*.md")
     rows = {line.split("|")[1].strip(): line for line in out.read_text().splitlines() if line.startswith("| ")}
     assert "| 0% | 0 | yes | none |" in rows["none"] and "| 1 | yes | 2 |" in rows["bound"]  # the bound stops trial 2
+    assert "| 0% | 0 | yes | none |" in rows["lockstep-none"]
     # a setting on another report grid, an unknown study, a bad --orders
     assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "e: pruner.report_every=20"]) == 2
     assert "setting e: report_every=20, but the baseline's is 10" in capsys.readouterr().err
-    assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "l: pruner.lockstep=true"]) == 2
-    assert "setting l: pruner.lockstep=true is not replayed" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         rp.main(["sweep=dqn_cartpole", f"baseline={tmp_path / 'optuna.db'}:nope", *OVERRIDES])
     assert "no study 'nope'" in capsys.readouterr().err

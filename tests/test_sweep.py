@@ -126,6 +126,16 @@ def test_bad_definitions_are_refused_with_key_and_value(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_bound_alone_is_a_pruner_setting():
+    with pytest.raises(ConfigError, match="pruner.bound=False must be true with pruner.name=bound"):
+        load("dqn_cartpole", ["pruner.name=bound", "pruner.bound=false"])
+    with pytest.raises(ConfigError, match=r"pruner.name=bound takes only n_startup_trials .*not \['n_warmup_steps'\]"):
+        st.make_pruner(load("dqn_cartpole", ["pruner.name=bound", "pruner.args={n_startup_trials:6,n_warmup_steps:150}"]).cfg,
+                       300)
+    s = load("dqn_cartpole", ["pruner.name=bound", "pruner.args={n_startup_trials:4}"])
+    assert isinstance(st.make_pruner(s.cfg, 300), optuna.pruners.NopPruner)
+
+
 def test_a_sweep_file_elsewhere_with_a_bad_range(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("defaults: [base_sweep, _self_]\nbase: [algo=dqn]\n"

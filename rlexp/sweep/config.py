@@ -28,7 +28,7 @@ from rlexp.config import ConfigError, _check, _choice
 
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "bound", "none")
 AGGREGATES = ("mean", "median")
 PRUNED_VALUES = ("last", "seeds_run")
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -171,7 +171,9 @@ class SamplerConfig:
 class PrunerConfig:
     """The Optuna pruner that stops hopeless trials, and how often trials report to it."""
 
-    name: str = "median"  # median | percentile | successive_halving | hyperband | threshold | none
+    # median | percentile | successive_halving | hyperband | threshold: Optuna's pruner (and the bound);
+    # bound: the bound alone (args: n_startup_trials only); none: no pruning
+    name: str = "median"
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the pruner class
     report_every: int = 25  # episodes between intermediate values (and pruning checks)
     # also stop a trial whose lower bound is above the best complete value (it can no longer
@@ -195,6 +197,8 @@ class PrunerConfig:
         _choice("pruner.name", self.name, PRUNERS)
         _check(self.report_every >= 1, "pruner.report_every", self.report_every, "must be >= 1")
         _check(self.bound_rank >= 1, "pruner.bound_rank", self.bound_rank, "must be >= 1")
+        _check(self.bound or self.name != "bound", "pruner.bound", self.bound,
+               "must be true with pruner.name=bound (the bound is then the only thing that stops trials)")
 
 
 @dataclass

@@ -24,7 +24,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rlexp.compose import compose_config
 from rlexp.envs import check_compatible, solve_threshold
@@ -51,7 +51,7 @@ class SeedFailed(Exception):
 
 
 @dataclass
-class _Pause:
+class Pause:
     """The seed's callback: at each report where its run goes on, send the seed's value and lower
     bound, and wait for the trial's word (go on, or stop)."""
 
@@ -68,19 +68,26 @@ class _Pause:
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.window)
 
-    def __call__(self, info: EpisodeInfo) -> None:
+    def message(self, info: EpisodeInfo) -> tuple[Any, ...] | None:
+        """The report this episode sends (None: not a report where the run goes on)."""
         self.recent.append(info.ret)
         if info.episode % self.every or info.episode >= self.budget:
-            return
+            return None
         if info.solved_at is not None:
             if self.stop_on_solve:
-                return  # the run ends here: its value comes with "done"
+                return None  # the run ends here: its value comes with "done"
             cur = low = float(info.solved_at)
         else:
             cur = unsolved_value(info.rolling_mean, self.threshold, self.budget, self.penalty)
             low = seed_bound(self.recent, info.episode, self.budget, self.window, self.threshold,
                              self.penalty, self.max_return)
-        self.conn.send(("report", info.episode, cur, low, info.env_step))
+        return ("report", info.episode, cur, low, info.env_step)
+
+    def __call__(self, info: EpisodeInfo) -> None:
+        msg = self.message(info)
+        if msg is None:
+            return
+        self.conn.send(msg)
         word, reason = self.conn.recv()
         if word != "go":
             raise Pruned(reason)
@@ -96,7 +103,7 @@ def seed_main(conn: Any, job: SeedJob) -> None:
         budget = cfg.train.max_episodes
         penalty = float(job.penalty if job.penalty is not None else budget)
         threshold = solve_threshold(cfg, check_compatible(cfg))
-        pause = _Pause(conn, budget, job.every, threshold, penalty, cfg.solve.window, job.max_return,
+        pause = Pause(conn, budget, job.every, threshold, penalty, cfg.solve.window, job.max_return,
                        cfg.train.stop_on_solve)
         result = run(cfg, callback=pause, **job.run_kwargs)
         value = final_value(result.episodes_to_solve, tail_mean(result.returns, cfg.solve.window), threshold,
@@ -146,17 +153,40 @@ def _known(first: Sequence[float | None], then: Sequence[float | None]) -> list[
     return [v for v in picked if v is not None]
 
 
+class Channel(Protocol):
+    """The trial's end of a seed: messages from :func:`seed_main` (or a replay), words back."""
+
+    def recv(self) -> tuple[Any, ...]: ...
+
+    def send(self, word: tuple[str, str]) -> None: ...
+
+
+@dataclass
+class _Pipe:
+    """A seed process's pipe."""
+
+    conn: Any
+    proc: Any
+    index: int
+
+    def recv(self) -> tuple[Any, ...]:
+        try:
+            return tuple(self.conn.recv())
+        except (EOFError, OSError):
+            self.proc.join(timeout=5)
+            raise SeedFailed(f"seed index {self.index}: its process ended without a word "
+                             f"(exit code {self.proc.exitcode})") from None
+
+    def send(self, word: tuple[str, str]) -> None:
+        _send(self.conn, word)
+
+
 def run_lockstep(jobs: Sequence[SeedJob], how: str, report: Callable[[float, int], None],
                  should_prune: Callable[[], bool], check_bound: Callable[[float, str], None],
                  on_seed_done: Callable[[int, float, int | None, int], None], seeds: Seeds) -> float:
-    """Run ``jobs`` side by side; returns the trial's value (``how`` over its seeds).
-
-    At each report round (every live seed paused at the same episode) the trial reports the
-    aggregate of :meth:`Seeds.values` at step = episode, then ``check_bound`` on the aggregate of
-    the lower bounds and ``should_prune``; either stops every live seed (``Pruned``). ``seeds`` is
-    updated as it goes (the caller records it whatever the end). Raises :class:`SeedFailed`.
-    """
-    from rlexp.train import RunInterrupted, _sigterm_as_interrupt
+    """Run ``jobs`` side by side, a spawned process each, and :func:`coordinate` them; returns the
+    trial's value. Whatever the end, every seed process has stopped when it returns or raises."""
+    from rlexp.train import _sigterm_as_interrupt
 
     ctx = mp.get_context("spawn")
     conns: list[Any] = []
@@ -164,6 +194,7 @@ def run_lockstep(jobs: Sequence[SeedJob], how: str, report: Callable[[float, int
     ok = False
     try:
         with _sigterm_as_interrupt():  # SIGTERM (the sweep stopping): every seed's run ends KILLED
+            channels = []
             for job in jobs:
                 parent, child = ctx.Pipe()
                 p = ctx.Process(target=seed_main, args=(child, job), name=f"seed-{job.index}", daemon=True)
@@ -171,60 +202,69 @@ def run_lockstep(jobs: Sequence[SeedJob], how: str, report: Callable[[float, int
                 child.close()
                 conns.append(parent)
                 procs.append(p)
-            live = set(range(len(jobs)))
-            while live:
-                paused: dict[int, int] = {}
-                for i in sorted(live):
-                    msg = _recv(conns[i], procs[i], i)
-                    if msg[0] == "report":
-                        _, episode, cur, low, env = msg
-                        seeds.current[i], seeds.low[i], seeds.env_steps[i] = cur, low, env
-                        paused[i] = episode
-                    elif msg[0] == "done":
-                        _, solved_at, value, env = msg
-                        seeds.final[i], seeds.solved[i], seeds.env_steps[i], seeds.ended[i] = value, solved_at, env, True
-                        live.discard(i)
-                        on_seed_done(i, value, solved_at, env)
-                    elif msg[0] == "error":
-                        raise SeedFailed(f"seed index {i}: {msg[1]}")
-                    else:  # its run was interrupted (Ctrl-C reaches every process): so is the trial
-                        raise RunInterrupted(f"seed index {i}: its run was interrupted")
-                if not paused:
-                    break
-                episodes = set(paused.values())
-                if len(episodes) != 1:  # every seed reports on the same grid: a bug, not an input
-                    raise RuntimeError(f"seeds paused at different episodes: {paused}")
-                episode = episodes.pop()
-                report(aggregate(seeds.values(), how), episode)
-                where = f"step {episode} (episode {episode} of every seed)"
-                try:
-                    check_bound(aggregate(seeds.lows(), how), where)
-                    if should_prune():
-                        raise Pruned(f"pruned at {where}")
-                except Pruned as e:
-                    for i in paused:
-                        _send(conns[i], ("stop", str(e)))
-                    for i in paused:  # each run ends KILLED before the trial is recorded PRUNED
-                        _recv(conns[i], procs[i], i)
-                        seeds.ended[i] = True
-                    raise
-                for i in paused:
-                    conns[i].send(("go", ""))
+                channels.append(_Pipe(parent, p, job.index))
+            value = coordinate(channels, how, report, should_prune, check_bound, on_seed_done, seeds)
         ok = True
-        return aggregate([v for v in seeds.final if v is not None], how)
+        return value
     finally:
         _stop(procs, ok)
         for c in conns:
             c.close()
 
 
-def _recv(conn: Any, proc: Any, index: int) -> tuple[Any, ...]:
-    try:
-        msg = conn.recv()
-    except (EOFError, OSError):
-        proc.join(timeout=5)
-        raise SeedFailed(f"seed index {index}: its process ended without a word (exit code {proc.exitcode})") from None
-    return tuple(msg)
+def coordinate(channels: Sequence[Channel], how: str, report: Callable[[float, int], None],
+               should_prune: Callable[[], bool], check_bound: Callable[[float, str], None],
+               on_seed_done: Callable[[int, float, int | None, int], None], seeds: Seeds) -> float:
+    """Judge the seeds together; returns the trial's value (``how`` over its seeds).
+
+    At each report round (every live seed paused at the same episode) the trial reports the
+    aggregate of :meth:`Seeds.values` at step = episode, then ``check_bound`` on the aggregate of
+    the lower bounds and ``should_prune``; either stops every live seed (``Pruned``, once each has
+    said its run ended). ``seeds`` is updated as it goes (the caller records it whatever the end).
+    Raises :class:`SeedFailed`, or ``RunInterrupted`` if a seed's run was interrupted.
+    """
+    from rlexp.train import RunInterrupted
+
+    live = set(range(len(channels)))
+    while live:
+        paused: dict[int, int] = {}
+        for i in sorted(live):
+            msg = channels[i].recv()
+            if msg[0] == "report":
+                _, episode, cur, low, env = msg
+                seeds.current[i], seeds.low[i], seeds.env_steps[i] = cur, low, env
+                paused[i] = episode
+            elif msg[0] == "done":
+                _, solved_at, value, env = msg
+                seeds.final[i], seeds.solved[i], seeds.env_steps[i], seeds.ended[i] = value, solved_at, env, True
+                live.discard(i)
+                on_seed_done(i, value, solved_at, env)
+            elif msg[0] == "error":
+                raise SeedFailed(f"seed index {i}: {msg[1]}")
+            else:  # its run was interrupted (Ctrl-C reaches every process): so is the trial
+                raise RunInterrupted(f"seed index {i}: its run was interrupted")
+        if not paused:
+            break
+        episodes = set(paused.values())
+        if len(episodes) != 1:  # every seed reports on the same grid: a bug, not an input
+            raise RuntimeError(f"seeds paused at different episodes: {paused}")
+        episode = episodes.pop()
+        report(aggregate(seeds.values(), how), episode)
+        where = f"step {episode} (episode {episode} of every seed)"
+        try:
+            check_bound(aggregate(seeds.lows(), how), where)
+            if should_prune():
+                raise Pruned(f"pruned at {where}")
+        except Pruned as e:
+            for i in paused:
+                channels[i].send(("stop", str(e)))
+            for i in paused:  # each run ends KILLED before the trial is recorded PRUNED
+                channels[i].recv()
+                seeds.ended[i] = True
+            raise
+        for i in paused:
+            channels[i].send(("go", ""))
+    return aggregate([v for v in seeds.final if v is not None], how)
 
 
 def _stop(procs: Sequence[Any], ended: bool) -> None:

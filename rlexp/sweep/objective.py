@@ -415,13 +415,20 @@ class Objective:
             if state.mlflow:
                 state.mlflow.seed_done(i, value, solved_at, env_steps)
 
-        value = ls.run_lockstep(jobs, cfg.objective.aggregate, report, trial.should_prune, checker.check_bound,
-                                seed_done, state.seeds)
+        value = self.run_lockstep(trial, jobs, cfg.objective.aggregate, report, trial.should_prune,
+                                  checker.check_bound, seed_done, state.seeds)
         state.values[:] = [float(v) for v in state.seeds.final if v is not None]
         state.solved[:] = list(state.seeds.solved)
         trial.set_user_attr("seed_values", state.values)
         trial.set_user_attr("episodes_to_solve", state.solved)
         return value
+
+    def run_lockstep(self, trial: optuna.Trial, jobs: Sequence[Any], *args: Any) -> float:
+        """Train ``trial``'s seeds side by side (:func:`rlexp.sweep.lockstep.run_lockstep`, whose
+        arguments follow ``jobs``; a replay feeds recorded episodes to :func:`~rlexp.sweep.lockstep.coordinate`)."""
+        from rlexp.sweep import lockstep as ls
+
+        return ls.run_lockstep(jobs, *args)
 
     def run_seed(self, rcfg: Any, trial: optuna.Trial, index: int, **kwargs: Any) -> TrainResult:
         """Train seed ``index`` of ``trial`` (:func:`rlexp.train.run`; a replay feeds recorded episodes)."""

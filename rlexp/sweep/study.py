@@ -244,16 +244,23 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
     """The configured pruner; Hyperband's ``max_resource`` defaults to a trial's last step.
 
-    ``none`` ignores ``pruner.args`` (so ``pruner.name=none`` switches pruning off whatever the file says).
+    ``none`` ignores ``pruner.args`` (so ``pruner.name=none`` switches pruning off whatever the file says);
+    ``bound`` is no Optuna pruner: ``pruner.bound`` alone stops trials.
     """
     p = cfg.pruner
+    if p.name == "bound":  # the bound alone: it reads n_startup_trials itself
+        extra = sorted(set(p.args) - {"n_startup_trials"})
+        if extra:
+            raise ConfigError(f"pruner.args={dict(p.args)!r}: pruner.name=bound takes only n_startup_trials "
+                              f"(complete trials the bound waits for), not {extra}")
+        return optuna.pruners.NopPruner()
     args = dict(p.args) if p.name != "none" else {}
     classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
                "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner,
                "none": optuna.pruners.NopPruner}
     if p.name == "hyperband":
-        args.setdefault("max_resource", budget * len(cfg.seeds))
+        args.setdefault("max_resource", budget * (1 if p.lockstep else len(cfg.seeds)))
     try:
         return classes[p.name](**args)
     except (TypeError, ValueError) as e:
