@@ -9,7 +9,8 @@ A no-pruner study holds, for every trial, its value every ``pruner.report_every`
 seed. For the objective's mean over seeds that gives back each seed's rolling mean return at those
 episodes, hence its returns in blocks of ``report_every`` episodes (CartPole's return is its
 length, so also its env steps, rescaled to the steps the trial recorded), and when it solved.
-The replay feeds those episodes, trial by trial in their order (one worker), through the sweep's
+The replay feeds those episodes (with ``pruner.lockstep``, every seed of a trial side by side),
+trial by trial in their order (one worker), through the sweep's
 real :class:`~rlexp.sweep.objective.Objective` (its reporter, bound and the configured Optuna
 pruner) in an in-memory study, and counts the env steps each trial would have run.
 
@@ -17,7 +18,8 @@ What it cannot tell: a sampler such as TPE picks later trials from earlier resul
 pruned sweep samples other trials than the study replayed; and it replays one worker. It shows
 which trials a setting would stop and what that saves on *these* trials, including whether it
 stops any of the trials the sampler's good group was made of (``top`` column: the baseline's best
-``--top`` trials that the setting prunes). ``--orders N`` also replays N random orders of the
+``--top`` trials that the setting prunes; ``good group`` column: those of the trials TPE's good group
+held at some point that it prunes). ``--orders N`` also replays N random orders of the
 trials after the sampler's random start (``--keep``, TPE's 10), for the spread of the saving.
 The settings are sweep overrides (``pruner.*``), checked like any sweep's; default: the sweep's
 own pruner and the bound alone. The table is printed and written, with date, command and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
 import statistics
 import sys
@@ -204,6 +207,17 @@ def replay(sweep: Any, trials: Sequence[FrozenTrial], by_number: dict[int, list[
                   {int(t.user_attrs["replays"]): t.value if t.state == TrialState.COMPLETE else None for t in done})
 
 
+def good_group_members(trials: Sequence[FrozenTrial]) -> set[int]:
+    """The trials that were ever in TPE's good group (Optuna's default gamma: the best ceil(n/10)
+    complete trials once n have finished), taking the trials as finished in their order: pruning
+    one of them changes what TPE learns from, so a pruned sweep may then draw other trials."""
+    out: set[int] = set()
+    for n in range(1, len(trials) + 1):
+        done = sorted(trials[:n], key=lambda t: float(t.value if t.value is not None else math.inf))
+        out |= {t.number for t in done[:math.ceil(0.1 * n)]}
+    return out
+
+
 def sweep_budget(sweep: Any) -> int:
     from rlexp.compose import compose_config
 
@@ -271,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(int(t.user_attrs["env_steps"]) for t in trials)
     best = min(t.value for t in trials if t.value is not None)
     top = {t.number for t in sorted(trials, key=lambda t: float(t.value or 0.0))[:a.top]}
+    good = good_group_members(trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    rows = ["| setting | overrides | env steps | saving | pruned | best kept | top pruned | "
-            "saving over orders: median (10th-90th pct) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| setting | overrides | env steps | saving | pruned | best kept | top pruned | good group pruned | "
+            "saving over orders: median (10th-90th pct) |", "|---|---|---|---|---|---|---|---|---|"]
     for label, ov in settings:
         r = replay(sweeps[label], trials, by_number)
         spread = "–"
@@ -289,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {label} | `{' '.join(ov) or '(the sweep as defined)'}` | {r.env_steps} | "
                     f"{1 - r.env_steps / total:.0%} | {len(r.pruned)} | "
                     f"{'yes' if r.best is not None and r.best <= best + 1e-9 else f'no ({r.best})'} | "
-                    f"{', '.join(map(str, sorted(top & set(r.pruned)))) or 'none'} | {spread} |")
+                    f"{', '.join(map(str, sorted(top & set(r.pruned)))) or 'none'} | "
+                    f"{', '.join(map(str, sorted(good & set(r.pruned)))) or 'none'} | {spread} |")
         print(rows[-1], flush=True)
     command = "python -m benchmarks.replay_pruning " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"# replay_pruning\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
             f"versions: {versions()}\n\nbaseline: study {named['baseline']}: {len(trials)} trials, "
-            f"{total} env steps, best {best:.1f}; its top {a.top}: {sorted(top)}. Trials replayed in their "
+            f"{total} env steps, best {best:.1f}; its top {a.top}: {sorted(top)}; its TPE good group (the best "
+            f"ceil(n/10) complete trials after each n-th, in trial order) held {sorted(good)}. Trials replayed in their "
             f"order, one worker; a real pruned sweep samples other trials (module docstring).\n\n"
             + "\n".join(rows) + "\n")
     RESULTS.mkdir(parents=True, exist_ok=True)

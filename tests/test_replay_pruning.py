@@ -121,7 +121,12 @@ def test_the_command_replays_a_stored_study_and_refuses_what_it_cannot_replay(tm
     (out,) = (tmp_path / "results").glob("replay-*.md")
     rows = {line.split("|")[1].strip(): line for line in out.read_text().splitlines() if line.startswith("| ")}
     assert "| 0% | 0 | yes | none |" in rows["none"] and "| 1 | yes | 2 |" in rows["bound"]  # the bound stops trial 2
-    assert "| 0% | 0 | yes | none |" in rows["lockstep-none"]
+    assert "| 0% | 0 | yes | none | none |" in rows["lockstep-none"]
+    # TPE's good group held trial 0 (alone at n = 1), then trial 1: the bound's stop of trial 2 leaves it as it was
+    assert "| 1 | yes | 2 | none |" in rows["bound"]
+    trials = study([recorded(n, seeds) for n, seeds in enumerate(TRIALS)])
+    assert rp.good_group_members(trials) == {0, 1}
+    assert rp.good_group_members([trials[2], trials[0], trials[1]]) == {2, 1}
     # a setting on another report grid, an unknown study, a bad --orders
     assert rp.main(["sweep=dqn_cartpole", f"baseline={spec}", *OVERRIDES, "--setting", "e: pruner.report_every=20"]) == 2
     assert "setting e: report_every=20, but the baseline's is 10" in capsys.readouterr().err
