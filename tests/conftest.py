@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,26 @@ def children(pid: int, *, workers_only: bool = False) -> set[int]:
     if workers_only:
         kids = {k for k in kids if "resource_tracker" not in _cmdline(k)}
     return kids
+
+
+def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str | None = None,
+                           timeout: float = 180) -> set[int]:
+    """Poll the MLflow store ``uri`` while ``p`` runs until ``n`` runs (with tag ``sweep_role`` ``role``,
+    if given) have logged an episode return; then ``p``'s worker processes (empty: they never did)."""
+    from mlflow import MlflowClient
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        try:
+            client = MlflowClient(uri)
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        except Exception:  # the store is not created yet
+            continue
+        runs = [r for r in runs if role is None or r.data.tags.get("sweep_role") == role]
+        if len(runs) == n and all(r.data.metrics.get("episode_return") is not None for r in runs):
+            return children(p.pid, workers_only=True)
+    return set()
 
 
 def _cmdline(pid: int) -> str:

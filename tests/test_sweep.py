@@ -44,7 +44,7 @@ from rlexp.sweep.runner import pick, validation_table
 from rlexp.tracking import store_lock
 from rlexp.train import RunInterrupted, TrainResult, config_dict
 
-from .conftest import PYTHON, children, cli_env, sigint_default
+from .conftest import PYTHON, children_once_training, cli_env, sigint_default
 
 TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
@@ -646,17 +646,7 @@ def test_a_signal_during_a_re_evaluation_stops_its_workers_and_their_runs_end_ki
     p = subprocess.Popen([PYTHON, "-c", script], cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=uri),
                          stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=sigint_default)
     try:
-        deadline, workers = time.monotonic() + 180, set()
-        while time.monotonic() < deadline and p.poll() is None:  # until both seeds are training
-            time.sleep(0.5)
-            try:
-                client = MlflowClient(uri)
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            except Exception:  # the store is not created yet
-                continue
-            if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
-                workers = children(p.pid, workers_only=True)
-                break
+        workers = children_once_training(p, uri, 2)  # both seeds training
         alive: list[int] = []
         if workers:
             p.send_signal(sig)  # to this process alone, as `kill` does

@@ -25,7 +25,7 @@ from rlexp.sweep.objective import Pruned, aggregate, final_value, tail_mean
 from rlexp.tracking import store_lock
 from rlexp.train import run
 
-from .conftest import PYTHON, children, cli_env, sigint_default
+from .conftest import PYTHON, children, children_once_training, cli_env, sigint_default
 from .test_sweep import tiny, trials_of
 
 LEARNS = ["algo=double_dqn", "env=cartpole", "algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=30",
@@ -130,18 +130,7 @@ def test_a_sigterm_stops_every_seed_process_and_their_runs_end_killed(tmp_path):
     p = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=uri), stderr=subprocess.PIPE, text=True,
                          start_new_session=True, preexec_fn=sigint_default)
     try:
-        deadline, kids = time.monotonic() + 180, set()
-        while time.monotonic() < deadline and p.poll() is None:  # until both seeds are training
-            time.sleep(0.5)
-            try:
-                client = MlflowClient(uri)
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            except Exception:
-                continue
-            seed_runs = [r for r in runs if r.data.tags.get("sweep_role") == "seed"]
-            if len(seed_runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in seed_runs):
-                kids = children(p.pid, workers_only=True)
-                break
+        kids = children_once_training(p, uri, 2, role="seed")  # both seeds training
         alive: list[int] = []
         if kids:
             p.send_signal(signal.SIGTERM)  # to the command alone, as `kill` does
