@@ -91,7 +91,11 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     # seeds in lockstep judge a trial differently, but without a pruner run the same runs
     assert bench_sweep.main([*tiny, "pruner.lockstep=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "pruned=" in (err := capsys.readouterr().err) and "its lockstep False is not this sweep's True" in err
-    assert bench_sweep.main([*tiny, "pruner.lockstep=true", f"baseline={unpruned}", "eval_seeds=0"]) == 0
+    from rlexp.sweep import load
+
+    half = bench_sweep.from_study(bench_sweep.open_study(unpruned), unpruned,
+                                  load("dqn_cartpole", [*tiny[1:], "pruner.lockstep=true"]), pruned=False)
+    assert half.tally["complete"] == 4
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=5", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "finished trials of n_trials=5: resume it first" in capsys.readouterr().err

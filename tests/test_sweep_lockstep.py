@@ -39,10 +39,10 @@ def _jobs(overrides: list[list[str]], every: int = 10) -> list[ls.SeedJob]:
 def test_a_seed_runs_the_same_in_lockstep_as_alone():
     """Each seed in its own process, paused at every report: the same episodes, env steps and value
     as the same run in this process; the trial reports the mean of its seeds' values at each report."""
-    runs = [[*LEARNS, f"seed={s}"] for s in (0, 1, 2)]
+    runs = [[*LEARNS, f"seed={s}"] for s in (0, 1)]
     reports: list[tuple[float, int]] = []
     done: list[int] = []
-    seeds = ls.Seeds(3)
+    seeds = ls.Seeds(2)
     value = ls.run_lockstep(_jobs(runs), "mean", lambda v, step: reports.append((v, step)), lambda: False,
                             lambda low, where: None, lambda i, v, solved, env: done.append(i), seeds)
     alone = []
@@ -53,7 +53,7 @@ def test_a_seed_runs_the_same_in_lockstep_as_alone():
                                   solve_threshold(cfg, check_compatible(cfg)), 30, 30.0), r.env_steps))
         assert r.env_steps > 50 * 2  # it trained: learning started in every seed
     assert [(v, e) for v, e in zip(seeds.final, seeds.env_steps, strict=True)] == alone
-    assert value == aggregate([v for v, _ in alone], "mean") and sorted(done) == [0, 1, 2]
+    assert value == aggregate([v for v, _ in alone], "mean") and sorted(done) == [0, 1]
     assert [step for _, step in reports] == [10, 20]  # not at 30: every run ends there
     for v, _ in reports:
         assert v > 30  # nothing solves in 30 episodes: each seed's value if its budget ended there
