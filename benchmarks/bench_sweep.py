@@ -208,9 +208,9 @@ def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -
 
 def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
     """:func:`differing` on the definition ``study`` was created with and ``sweep``'s."""
-    from rlexp.sweep.runner import RECORDED_SINCE, definition
+    from rlexp.sweep.runner import definition, recorded_definition
 
-    return differing({**RECORDED_SINCE, **study.user_attrs.get("definition", {})}, definition(sweep), keys)
+    return differing(recorded_definition(study) or {}, definition(sweep), keys)
 
 
 def first_drawn(study: Any) -> Any | None:
@@ -274,10 +274,10 @@ def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
 
     import optuna
 
-    from rlexp.sweep.runner import COMPARABLE, RECORDED_SINCE, definition, sampler_record, summarize
+    from rlexp.sweep.runner import COMPARABLE, definition, recorded_definition, sampler_record, summarize
     from rlexp.sweep.study import done
 
-    have, want = {**RECORDED_SINCE, **study.user_attrs.get("definition", {})}, definition(sweep)
+    have, want = recorded_definition(study) or {}, definition(sweep)
     # without a pruner, seeds in lockstep run the same runs as one after the other
     diff = differing(have, want, [k for k in (*COMPARABLE, "space") if pruned or k not in PRUNER_ONLY])
     if diff:

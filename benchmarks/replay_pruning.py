@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.bench_sweep import RESULTS, first_difference, open_study, versions
+from benchmarks.bench_sweep import PRUNER_ONLY, RESULTS, first_difference, open_study, versions
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,11 @@ def trace_messages(s: SeedTrace, job: Any, rcfg: Any) -> Any:
     from rlexp.envs import check_compatible, solve_threshold
     from rlexp.loops import EpisodeInfo
     from rlexp.sweep.lockstep import Pause
-    from rlexp.sweep.objective import final_value, tail_mean
+    from rlexp.sweep.objective import censor_penalty, final_value, tail_mean
 
     budget, window = int(rcfg.train.max_episodes), int(rcfg.solve.window)
     threshold = solve_threshold(rcfg, check_compatible(rcfg))
-    penalty = float(job.penalty if job.penalty is not None else budget)
+    penalty = censor_penalty(job.penalty, budget)
     pause = Pause(None, budget, job.every, threshold, penalty, window, job.max_return, rcfg.train.stop_on_solve)
     steps, e = 0.0, 0
     for e, ret in enumerate(s.returns, 1):
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlexp.config import ConfigError
     from rlexp.envs import check_compatible, solve_threshold
     from rlexp.sweep import load
+    from rlexp.sweep.objective import censor_penalty
     from rlexp.sweep.runner import COMPARABLE
     from rlexp.sweep.study import counts
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(sweeps.values()))
     for label, sweep in sweeps.items():  # report_every too: the baseline's values are on its grid
         # lockstep too: without a pruner it ran the same runs (the replay rebuilds them either way)
-        diff = first_difference(base, sweep, [k for k in (*COMPARABLE, "space", "report_every") if k != "lockstep"])
+        diff = first_difference(base, sweep, [k for k in (*COMPARABLE, "space", "report_every") if k not in PRUNER_ONLY])
         if diff:
             print(f"replay_pruning: error: setting {label}: {diff[0]}={diff[2]!r}, but the baseline's is "
                   f"{diff[1]!r}", file=sys.stderr)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     threshold = solve_threshold(rcfg, check_compatible(rcfg))
-    penalty = float(first.cfg.objective.penalty if first.cfg.objective.penalty is not None else budget)
+    penalty = censor_penalty(first.cfg.objective.penalty, budget)
     n_seeds = len(first.cfg.seeds)
     by_number = {t.number: traces(t, budget, threshold, penalty, window, n_seeds) for t in trials}
     total = sum(int(t.user_attrs["env_steps"]) for t in trials)

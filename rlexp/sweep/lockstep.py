@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from rlexp.compose import compose_config
 from rlexp.envs import check_compatible, solve_threshold
 from rlexp.loops import EpisodeInfo
-from rlexp.sweep.objective import Pruned, aggregate, final_value, seed_bound, tail_mean, unsolved_value
+from rlexp.sweep.objective import Objective, Pruned, aggregate, censor_penalty, run_ends, seed_now
 
 JOIN_TIMEOUT_S = 60.0
 
@@ -69,18 +69,13 @@ class Pause:
         self.recent = deque(maxlen=self.window)
 
     def message(self, info: EpisodeInfo) -> tuple[Any, ...] | None:
-        """The report this episode sends (None: not a report where the run goes on)."""
+        """The report this episode sends (None: not a report episode, or the run ends here and its
+        value comes with "done")."""
         self.recent.append(info.ret)
-        if info.episode % self.every or info.episode >= self.budget:
+        if info.episode % self.every or run_ends(info, self.budget, self.stop_on_solve):
             return None
-        if info.solved_at is not None:
-            if self.stop_on_solve:
-                return None  # the run ends here: its value comes with "done"
-            cur = low = float(info.solved_at)
-        else:
-            cur = unsolved_value(info.rolling_mean, self.threshold, self.budget, self.penalty)
-            low = seed_bound(self.recent, info.episode, self.budget, self.window, self.threshold,
-                             self.penalty, self.max_return)
+        cur, low = seed_now(info, self.recent, self.budget, self.window, self.threshold, self.penalty,
+                            self.max_return)
         return ("report", info.episode, cur, low, info.env_step)
 
     def __call__(self, info: EpisodeInfo) -> None:
@@ -101,13 +96,12 @@ def seed_main(conn: Any, job: SeedJob) -> None:
     try:
         cfg = compose_config([*job.overrides])
         budget = cfg.train.max_episodes
-        penalty = float(job.penalty if job.penalty is not None else budget)
+        penalty = censor_penalty(job.penalty, budget)
         threshold = solve_threshold(cfg, check_compatible(cfg))
         pause = Pause(conn, budget, job.every, threshold, penalty, cfg.solve.window, job.max_return,
                        cfg.train.stop_on_solve)
         result = run(cfg, callback=pause, **job.run_kwargs)
-        value = final_value(result.episodes_to_solve, tail_mean(result.returns, cfg.solve.window), threshold,
-                            budget, penalty)
+        value = Objective.seed_result(result, cfg.solve.window, threshold, budget, penalty)
         conn.send(("done", result.episodes_to_solve, value, result.env_steps))
     except (RunInterrupted, KeyboardInterrupt):
         _send(conn, ("stopped",))

@@ -100,6 +100,11 @@ def grid(every: int, budget: int, after: int = 0) -> list[int]:
     return eps
 
 
+def censor_penalty(penalty: float | None, budget: int) -> float:
+    """``objective.penalty``, whose default (None) is the budget."""
+    return float(penalty if penalty is not None else budget)
+
+
 def unsolved_value(mean_return: float, threshold: float, budget: int, penalty: float) -> float:
     return seed_value(None, budget, penalty, shortfall(mean_return, threshold))
 
@@ -156,6 +161,33 @@ def seed_bound(recent: Sequence[float], episode: int, budget: int, window: int, 
         return float(e)
     return unsolved_value(mean_after(tail, budget - episode, min(window, budget), max_return),
                           threshold, budget, penalty)
+
+
+def seed_now(info: EpisodeInfo, recent: Sequence[float], budget: int, window: int, threshold: float,
+             penalty: float, max_return: float | None) -> tuple[float, float]:
+    """A seed after ``info``'s episode: its value if its budget ended now, and a lower bound on its
+    final value (:func:`seed_bound`; ``recent``: its last returns)."""
+    if info.solved_at is not None:
+        return float(info.solved_at), float(info.solved_at)
+    return (unsolved_value(info.rolling_mean, threshold, budget, penalty),
+            seed_bound(recent, info.episode, budget, window, threshold, penalty, max_return))
+
+
+def run_ends(info: EpisodeInfo, budget: int, stop_on_solve: bool) -> bool:
+    """Whether a seed's run ends at ``info``'s episode: its budget spent, or solved with ``train.stop_on_solve``."""
+    return info.episode >= budget or (info.solved_at is not None and stop_on_solve)
+
+
+def check_bound(low: float, where: str, best: float | None, rank: int = 1) -> None:
+    """Prune (as :class:`Pruned`) if the lower bound ``low`` cannot beat ``best``, the best trial's
+    value (with ``rank`` k > 1: the k-th best complete value, so cannot enter the top k)."""
+    if best is not None and low > best + 1e-9:
+        if rank == 1:
+            raise Pruned(f"pruned at {where}: its value can no longer beat the best trial's "
+                         f"{best:.1f} (lower bound {low:.1f})")
+        raise Pruned(f"pruned at {where}: its value can no longer enter the top {rank} complete "
+                     f"trials (pruner.bound_rank={rank}; the last of them has {best:.1f}, "
+                     f"lower bound {low:.1f})")
 
 
 def best_value(study: optuna.Study, startup: int = 0, rank: int = 1) -> float | None:
@@ -238,16 +270,12 @@ class Reporter:
         self.recent.append(info.ret)
         if info.episode % self.every and info.episode != self.budget:
             return
-        if info.solved_at is not None:
-            cur = low = float(info.solved_at)
-        else:
-            cur = unsolved_value(info.rolling_mean, self.threshold, self.budget, self.penalty)
-            low = seed_bound(self.recent, info.episode, self.budget, self.window, self.threshold,
-                             self.penalty, self.max_return)
+        cur, low = seed_now(info, self.recent, self.budget, self.window, self.threshold, self.penalty,
+                            self.max_return)
         step = report_step(self.index, info.episode, self.budget)
         self.report(self.estimate(cur), step)
         self.last_episode, self.last_step, self.current = info.episode, step, cur
-        if info.episode >= self.budget or (info.solved_at is not None and self.stop_on_solve):
+        if run_ends(info, self.budget, self.stop_on_solve):
             # the seed's run ends here and its value is final: stopping it saves nothing, and the
             # trial checks again once the seed is recorded (or, after its last seed, completes)
             return
@@ -257,16 +285,8 @@ class Reporter:
             raise Pruned(f"pruned at {where}")
 
     def check_bound(self, low: float, where: str) -> None:
-        """Prune (as :class:`Pruned`) if the lower bound ``low`` cannot beat the best trial (with
-        ``rank`` k > 1: cannot enter the top k complete trials)."""
-        best = self.best() if self.best is not None else None
-        if best is not None and low > best + 1e-9:
-            if self.rank == 1:
-                raise Pruned(f"pruned at {where}: its value can no longer beat the best trial's "
-                             f"{best:.1f} (lower bound {low:.1f})")
-            raise Pruned(f"pruned at {where}: its value can no longer enter the top {self.rank} complete "
-                         f"trials (pruner.bound_rank={self.rank}; the last of them has {best:.1f}, "
-                         f"lower bound {low:.1f})")
+        """:func:`check_bound` against ``best()``."""
+        check_bound(low, where, self.best() if self.best is not None else None, self.rank)
 
     def fill(self, value: float) -> int:
         """Report the trial's value with this seed finished at ``value`` at the rest of its slot;
@@ -362,7 +382,7 @@ class Objective:
         for i, seed in enumerate(seeds):
             rcfg = compose_config([*cfg.base, *overrides, f"seed={seed}"])
             budget = rcfg.train.max_episodes
-            penalty = float(cfg.objective.penalty if cfg.objective.penalty is not None else budget)
+            penalty = censor_penalty(cfg.objective.penalty, budget)
             rep = Reporter(trial.report, trial.should_prune, i, budget, cfg.pruner.report_every,
                            solve_threshold(rcfg, check_compatible(rcfg)), penalty, cfg.objective.aggregate,
                            list(values), seeds=len(seeds), window=rcfg.solve.window,
@@ -397,8 +417,6 @@ class Objective:
         cfg = self.sweep.cfg
         study = self.sweep.study_name
         rank = cfg.pruner.bound_rank
-        checker = Reporter(trial.report, trial.should_prune, 0, 0, cfg.pruner.report_every, 0.0, 0.0,
-                           cfg.objective.aggregate, best=best, rank=rank)  # its bound check and message
         jobs = [ls.SeedJob(i, [*cfg.base, *overrides, f"seed={seed}"], cfg.pruner.report_every, cfg.objective.penalty,
                            cfg.pruner.max_return,
                            {"label": label, "group": f"{study}/trial-{trial.number}",
@@ -415,8 +433,11 @@ class Objective:
             if state.mlflow:
                 state.mlflow.seed_done(i, value, solved_at, env_steps)
 
-        value = self.run_lockstep(trial, jobs, cfg.objective.aggregate, report, trial.should_prune,
-                                  checker.check_bound, seed_done, state.seeds)
+        def bound(low: float, where: str) -> None:
+            check_bound(low, where, best() if best is not None else None, rank)
+
+        value = self.run_lockstep(trial, jobs, cfg.objective.aggregate, report, trial.should_prune, bound,
+                                  seed_done, state.seeds)
         state.values[:] = [float(v) for v in state.seeds.final if v is not None]
         state.solved[:] = list(state.seeds.solved)
         trial.set_user_attr("seed_values", state.values)

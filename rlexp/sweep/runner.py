@@ -33,7 +33,7 @@ from rlexp.config import ConfigError
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
-from rlexp.sweep.objective import Objective, algo_label, describe_trial, tail_mean
+from rlexp.sweep.objective import Objective, algo_label, censor_penalty, describe_trial, tail_mean
 from rlexp.train import experiment_name
 
 OUTPUTS = Path("outputs") / "sweeps"
@@ -251,6 +251,13 @@ COMPARABLE = ("base", "seeds", "seed_stride", "objective", "lockstep")
 RECORDED_SINCE = {"lockstep": False}
 
 
+def recorded_definition(study: optuna.Study) -> dict[str, Any] | None:
+    """The definition ``study`` was created with (:func:`definition`), keys recorded since then
+    filled as it ran; None: a new study."""
+    have = study.user_attrs.get("definition")
+    return None if have is None else {**RECORDED_SINCE, **have}
+
+
 def definition(sweep: Sweep) -> dict[str, Any]:
     """What makes trial values comparable; stored on the study and checked on every resume."""
     c = sweep.cfg
@@ -269,14 +276,13 @@ def sampler_record(sweep: Sweep) -> dict[str, Any]:
 
 
 def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
-    have = study.user_attrs.get("definition")
+    have = recorded_definition(study)
     want = definition(sweep)
     if have is None:
         study.set_user_attr("definition", want)
         study.set_user_attr("pruner", sweep.cfg.pruner.name)  # what the study was started with
         study.set_user_attr("sampler", sampler_record(sweep))
         return
-    have = {**RECORDED_SINCE, **have}
     for key in COMPARABLE:
         if have.get(key) != want[key]:
             name = "pruner.lockstep" if key == "lockstep" else key
@@ -528,7 +534,7 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
         overrides = [*cfg.base, *t.user_attrs.get("overrides", [])]
         rcfg = compose_config(overrides)
         budget = rcfg.train.max_episodes
-        penalty = float(cfg.objective.penalty if cfg.objective.penalty is not None else budget)
+        penalty = censor_penalty(cfg.objective.penalty, budget)
         rules[t.number] = (budget, penalty, solve_threshold(rcfg, check_compatible(rcfg)))
         tags = {"sweep": sweep.study_name, "sweep_role": "validate", "trial": t.number}
         jobs += [(t.number, (overrides, s, algo_label(overrides), parent_run_id, tags))
