@@ -11,9 +11,10 @@ import random
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class TrainResult:
     wall_time_s: float
     returns: list[float] = field(repr=False)
     run_id: str | None = None
+    status: str = "FINISHED"  # FINISHED | FAILED | KILLED (the MLflow run's end status)
+    error: str | None = None  # why a FAILED member failed (e.g. its loss diverged)
 
     @property
     def sps(self) -> float:
@@ -229,3 +232,31 @@ def run(cfg: Config, *, label: str | None = None, group: str | None = None,
         tracker.terminate(status)
         if tmp is not None:
             tmp.cleanup()
+
+
+def run_batch(cfgs: Sequence[Config], *, labels: Sequence[str | None] | None = None, group: str | None = None,
+              tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
+              workdirs: Sequence[Path | None] | None = None,
+              callback: Callable[[int, EpisodeInfo], None] | None = None,
+              progress: bool = False) -> list[TrainResult]:
+    """Train configs that differ only in ``seed`` as one batch: one tracked run per member.
+
+    ``callback(i, info)`` follows member ``i``'s episodes; raising :class:`RunInterrupted` from it
+    stops every member (their runs end KILLED) and propagates. A member that fails (a diverged
+    loss, say) ends FAILED with ``result.error`` set while the others go on.
+    """
+    n = len(cfgs)
+    out: list[TrainResult] = []
+    for i, cfg in enumerate(cfgs):
+        cb = None if callback is None else partial(callback, i)
+        try:
+            out.append(run(cfg, label=labels[i] if labels else None, group=group, tags=tags,
+                           parent_run_id=parent_run_id, workdir=workdirs[i] if workdirs else None,
+                           callback=cb, progress=progress))
+        except (KeyboardInterrupt, RunInterrupted):
+            raise
+        except Exception as e:
+            out.append(TrainResult(False, None, 0, 0, 0.0, [], status="FAILED",
+                                   error=f"{type(e).__name__}: {e}"))
+    assert len(out) == n
+    return out
