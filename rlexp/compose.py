@@ -82,6 +82,9 @@ def check_group_option(group: str, value: str, at: str | None = None) -> None:
     """Refuse ``value`` unless it is an option of config group ``group``; the message starts with
     ``at`` (default ``group=``), the key the user wrote."""
     options = group_options(group)
+    if value not in options and group != "experiment" and value in group_options("experiment"):
+        raise ConfigError(f"{at if at is not None else f'{group}='}{value!r} is now a preset: "
+                          f"use +experiment={value}")
     if value not in options:
         raise ConfigError(f"{at if at is not None else f'{group}='}{value!r} is not an option of {group}/; "
                           f"choose one of: {', '.join(options)}")

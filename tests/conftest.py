@@ -81,3 +81,10 @@ def _cmdline(pid: int) -> str:
 
 
 TINY = ["algo.hidden=[16]", "tracking.enabled=false", "train.save_model=false"]
+
+
+def pick(name: str) -> str:
+    """The override that selects ``name``: ``algo=dqn``, or ``+experiment=dqn_seed`` for a preset."""
+    from rlexp.compose import group_options
+
+    return f"+experiment={name}" if name in group_options("experiment") else f"algo={name}"

@@ -11,7 +11,7 @@ from rlexp.metrics import episodes_to_solve
 from rlexp.tracking import NullTracker
 from rlexp.train import train
 
-from .conftest import TINY
+from .conftest import TINY, pick
 
 DQN_FAMILY = ["dqn", "dqn_target", "double_dqn", "clipped_double_dqn", "dueling_dqn",
               "dqn_seed", "dqn_target_seed", "double_dqn_seed", "clipped_double_dqn_seed", "dueling_dqn_seed"]
@@ -20,7 +20,7 @@ DQN_FAMILY = ["dqn", "dqn_target", "double_dqn", "clipped_double_dqn", "dueling_
 @pytest.mark.parametrize("env", ["cartpole", "acrobot", "mountaincar"])
 @pytest.mark.parametrize("algo", DQN_FAMILY)
 def test_smoke(algo, env):
-    cfg = compose_config([f"algo={algo}", f"env={env}", "train.max_steps=300", "algo.learning_starts=50",
+    cfg = compose_config([pick(algo), f"env={env}", "train.max_steps=300", "algo.learning_starts=50",
                           "algo.batch_size=16", "algo.dueling_hidden=4", *TINY])
     tracker = NullTracker()
     r = train(cfg, tracker)

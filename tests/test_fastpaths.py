@@ -184,7 +184,7 @@ def test_manual_backward_gives_autograds_gradients(hidden, activation, norm):
 
 
 @pytest.mark.parametrize("overrides", [["algo=dqn_target"], ["algo=dqn_target", "algo.loss=mse"],
-                                       ["algo=dqn_seed"], ["algo=double_dqn"], ["algo=clipped_double_dqn"],
+                                       ["+experiment=dqn_seed"], ["algo=double_dqn"], ["algo=clipped_double_dqn"],
                                        ["algo=dqn_target", "algo.activation=tanh", "optimizer=rmsprop"],
                                        ["algo=dueling_dqn"], ["algo=dueling_dqn", "algo.target_update=hard"],
                                        ["algo=dqn", "algo.layer_norm=true"],

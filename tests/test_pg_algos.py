@@ -17,7 +17,7 @@ from rlexp.loops import DivergenceError
 from rlexp.tracking import NullTracker
 from rlexp.train import train
 
-from .conftest import PYTHON, cli_env
+from .conftest import PYTHON, cli_env, pick
 
 HAS_SB3 = importlib.util.find_spec("stable_baselines3") is not None
 needs_sb3 = pytest.mark.skipif(not HAS_SB3, reason="stable-baselines3 (extra rlexp[sb3]) not installed")
@@ -48,7 +48,7 @@ def tiny(algo: str) -> list[str]:
 
 
 def run(algo: str, env: str, *extra: str) -> tuple:
-    cfg = compose_config([f"algo={algo}", f"env={env}", *BASE, *tiny(algo), *extra])
+    cfg = compose_config([pick(algo), f"env={env}", *BASE, *tiny(algo), *extra])
     tracker = NullTracker()
     return train(cfg, tracker), tracker, cfg
 
@@ -127,7 +127,7 @@ INVALID = ([("ddpg", e) for e in DISCRETE_ENVS] + [(a, "pendulum") for a in ON_P
 
 @pytest.mark.parametrize(("algo", "env"), INVALID)
 def test_invalid_pairings_are_refused(algo, env):
-    cfg = compose_config([f"algo={algo}", f"env={env}"])
+    cfg = compose_config([pick(algo), f"env={env}"])
     with pytest.raises(ConfigError, match=rf"algo='{cfg.algo.name}' cannot act in env="):
         check_compatible(cfg)
 
