@@ -94,7 +94,7 @@ class AlgoConfig:
     """Fields every algorithm has."""
 
     name: str = MISSING  # registry name, e.g. dqn, ppo
-    gamma: float = 0.99  # discount
+    gamma: float = 0.99  # discount factor per env step, in (0, 1]
     lr: float = 1e-3  # default learning rate when optimizer.lr is not set
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # MLP hidden sizes
     activation: str = "relu"  # relu | tanh | elu | gelu
@@ -132,11 +132,11 @@ class OffPolicyConfig(AlgoConfig):
     """Replay and update cadence shared by the off-policy agents."""
 
     buffer_size: int = 50_000  # transitions kept in replay
-    batch_size: int = 64
+    batch_size: int = 64  # transitions per gradient step
     learning_starts: int = 1_000  # env steps before the first update
     train_freq: int = 1  # env steps between training phases
     gradient_steps: int = 1  # updates per training phase
-    max_grad_norm: float | None = 10.0  # None: no clipping
+    max_grad_norm: float | None = 10.0  # clip of the global gradient norm; None: no clipping
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,14 +156,14 @@ class DQNConfig(OffPolicyConfig):
     name: str = "dqn"
     target_update: str = "hard"  # none | hard (copy every target_update_interval steps) | soft (tau)
     target_update_interval: int = 500  # env steps between hard copies
-    tau: float = 0.005  # soft update rate
+    tau: float = 0.005  # soft update: target <- tau * online + (1 - tau) * target, per update; in (0, 1]
     double: bool = False  # online net picks argmax a', target net evaluates it
     clipped: bool = False  # two trained nets, target min(max Q1(s'), max Q2(s'))
     dueling: bool = False  # Q = V + A - mean_a A (per state)
     dueling_hidden: int = 32  # width of the value and advantage heads
-    layer_norm: bool = False  # LayerNorm before each hidden activation (steadies TD without a target net)
+    layer_norm: bool = False  # LayerNorm before each hidden activation of the Q-network
     loss: str = "huber"  # huber | mse
-    target_alpha: float = 1.0  # blend y <- q + alpha * (r + gamma max q' - q); 1.0 is plain DQN
+    target_alpha: float = 1.0  # blend y <- q + alpha * (r + gamma max q' - q), in (0, 1]; 1.0 is plain DQN
     terminal_reward: float | None = None  # replace the reward of a terminating step (seed: -1)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -434,7 +434,7 @@ class SolveConfig:
     """When a task counts as solved: mean return over `window` consecutive episodes >= threshold."""
 
     threshold: float | None = None  # None: env.threshold, else the env's registered reward_threshold
-    window: int = 100
+    window: int = 100  # consecutive episodes averaged
 
     def __post_init__(self) -> None:
         _check(self.window >= 1, "solve.window", self.window, "must be >= 1")
