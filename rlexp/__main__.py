@@ -54,17 +54,22 @@ def main() -> None:
     argv = sys.argv[1:]
     if not _HYDRA_INFO_FLAGS.intersection(argv):
         overrides = [a for a in argv if not a.startswith("-")]
+        from rlexp.tracking import check_tracking, open_experiment
+
         try:
             configs = preflight(overrides)
+            if any(c.tracking.enabled for c in configs):
+                check_tracking()  # an unwritable store or a silent server: refused in seconds
         except ConfigError as e:
             print(f"rlexp: error: {e}", file=sys.stderr)
             sys.exit(2)
         # create the store and the experiments once, here, before parallel jobs race to do it
-        from rlexp.tracking import open_experiment
+        from rlexp.runs import note_stale
         from rlexp.train import experiment_name
 
         for name in sorted({experiment_name(c) for c in configs if c.tracking.enabled}):
-            open_experiment(name)
+            if note := note_stale(*open_experiment(name), name):
+                print(note, file=sys.stderr)
     try:
         _job()
     except KeyboardInterrupt:

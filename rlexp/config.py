@@ -8,6 +8,7 @@ error names the public key and the offending value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -440,6 +441,13 @@ class SolveConfig:
         _check(self.window >= 1, "solve.window", self.window, "must be >= 1")
 
 
+MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
+MAX_RUN_NAME = 250  # the runs table's name column
+MAX_TAG_KEY = 250  # MAX_ENTITY_KEY_LENGTH
+MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
+_TAG_KEY = re.compile(r"[/\w.\- :]+")  # validate_param_and_metric_name
+
+
 @dataclass
 class TrackingConfig:
     """Where runs are recorded. The URI comes from MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
@@ -449,6 +457,23 @@ class TrackingConfig:
     run_name: str | None = None  # None: {algo}-{env}-{seed}
     group: str | None = None  # multirun group tag; None: Hydra's sweep dir (or the run id)
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # MLflow's own limits (mlflow.utils.validation), checked here so a run is refused before
+        # anything is written rather than failing when its experiment or tags are created
+        for key, name, limit in (("tracking.experiment", self.experiment, MAX_EXPERIMENT_NAME),
+                                 ("tracking.run_name", self.run_name, MAX_RUN_NAME),
+                                 ("tracking.group", self.group, MAX_TAG_VALUE)):
+            if name is None:
+                continue
+            _check(bool(name.strip()), key, name, "must not be empty (leave it unset for the default)")
+            if len(name) > limit:
+                raise ConfigError(f"{key} is {len(name)} characters long ({name[:40]!r}...); "
+                                  f"MLflow allows at most {limit}")
+            _check(name.isprintable(), key, name, "must not hold control characters (newlines, tabs)")
+        for k in self.tags:
+            _check(bool(_TAG_KEY.fullmatch(str(k))) and len(str(k)) <= MAX_TAG_KEY, "tracking.tags", k,
+                   f"is not an MLflow tag key: at most {MAX_TAG_KEY} letters, digits, '_-./: ' and spaces")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -30,6 +31,16 @@ def registered_threshold(env_id: str) -> float | None:
     except gym.error.Error as e:
         raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment ({e})") from None
     return spec.reward_threshold
+
+
+def missing_dependency(env_id: str, e: Exception) -> str:
+    """One line for an env whose optional dependency is missing: the env and the pip extra
+    (gymnasium names it in its message: ``gymnasium[box2d]``, ``gymnasium[mujoco]``)."""
+    m = re.search(r"gymnasium\[[\w-]+\]", str(e))
+    extra = m.group(0) if m else None
+    what = str(e).split(",")[0].split(". ")[0].rstrip(".") or type(e).__name__
+    todo = f'pip install "{extra}"' if extra else "install the package it names"
+    return f"env.id={env_id!r} needs an optional dependency: {what}; {todo}"
 
 
 def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
@@ -66,6 +77,8 @@ def describe(cfg: EnvConfig) -> EnvSpec:
         env = gym.make(cfg.id, **cfg.kwargs)
     except TypeError as e:
         raise ConfigError(f"env.kwargs={dict(cfg.kwargs)!r} rejected by {cfg.id}: {e}") from None
+    except gym.error.DependencyNotInstalled as e:
+        raise ConfigError(missing_dependency(cfg.id, e)) from None
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+HOST_TAG, PID_TAG = "rlexp.host", "rlexp.pid"
+HEARTBEAT_TAG = "rlexp.heartbeat"  # unix time (s) of the run's last metrics flush
+HEALTH_TIMEOUT_S = 5.0
 
 
 class Tracker(Protocol):
@@ -51,14 +55,24 @@ class NullTracker:
         pass
 
 
-@cache
 def runtime_tags() -> dict[str, str]:
     """What a run's floats depend on besides its config and seed: rlexp's git commit (MLflow's
     ``mlflow.source.git.commit``, when rlexp runs from a checkout), the Python, torch, numpy and
     gymnasium versions, and the CPU instruction set torch dispatches its kernels to (``runtime.cpu``,
     e.g. AVX2 or AVX512). The same seed gives the same returns only where all of these match: on
     another CPU type torch's kernels round differently, and a long RL run turns that into other
-    episodes."""
+    episodes. Also where the run's process lives (:func:`process_tags`), for :mod:`rlexp.runs`."""
+    return {**_versions(), **process_tags()}
+
+
+def process_tags() -> dict[str, str]:
+    """``rlexp.host`` and ``rlexp.pid`` of this process (not cached: a forked or spawned job has its
+    own): what tells later that a RUNNING run's process is gone (killed with -9, machine reboot)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+@cache
+def _versions() -> dict[str, str]:
     import gymnasium
     import numpy
     import torch
@@ -84,6 +98,93 @@ def tracking_uri() -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         uri = prefix + str(Path.cwd() / uri[len(prefix):])
     return uri
+
+
+def check_tracking(uri: str | None = None, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """Refuse, quickly and before any training, a tracking URI runs could not be recorded at:
+    a local store (``sqlite:///``, ``file:`` or a path) whose folder cannot be written, or an
+    ``http(s)://`` server that does not answer its ``/health`` endpoint within ``timeout`` seconds.
+    Raises :class:`~rlexp.config.ConfigError` naming the URI and what to do."""
+    from urllib.parse import urlparse
+
+    from rlexp.config import ConfigError
+
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        reason = _server_silent(uri, timeout)
+        if reason:
+            raise ConfigError(f"MLFLOW_TRACKING_URI={uri}: {reason}; "
+                              "start it (mlflow server --host HOST --port PORT) or set MLFLOW_TRACKING_URI "
+                              "to a running one (unset: sqlite:///mlflow.db here)")
+        return
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            return
+        store, folder = Path(path), Path(path).parent
+    elif scheme in ("file", "") or len(scheme) == 1:  # a Windows drive letter reads as a scheme
+        store = folder = Path(urlparse(uri).path if scheme == "file" else uri)
+    else:  # databricks, postgresql, ...: MLflow's own client reports those
+        return
+    reason = _unwritable(store, folder)
+    if reason:
+        raise ConfigError(f"MLFLOW_TRACKING_URI={uri}: runs cannot be recorded there ({reason}); "
+                          "set MLFLOW_TRACKING_URI to a place you can write, e.g. sqlite:///mlflow.db "
+                          "in a folder of yours")
+
+
+def _server_silent(uri: str, timeout: float) -> str | None:
+    """Why ``uri`` is not an MLflow server that answers, or None when it is: its ``/health`` says
+    OK, or its REST API answers (an old server, a proxy without /health); 401/403 count as
+    answers (the credentials are for MLflow's client to explain)."""
+    import urllib.error
+    import urllib.request
+
+    status = ""
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout):
+                return None
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                return None
+            status = status or f"{path} gave HTTP {e.code}"
+        except urllib.error.URLError as e:
+            why = f"no answer in {timeout:.0f} s" if isinstance(e.reason, TimeoutError) else str(e.reason)
+            return f"no MLflow server answers ({why})"
+        except TimeoutError:
+            return f"no MLflow server answers (no answer in {timeout:.0f} s)"
+        except OSError as e:
+            return f"no MLflow server answers ({e or type(e).__name__})"
+    return f"what answers is not an MLflow server ({status})"
+
+
+def _unwritable(store: Path, folder: Path) -> str | None:
+    """Why ``store`` (a file or folder MLflow will create in ``folder``) cannot be written, or None.
+    Tries for real (root ignores permission bits, not a read-only file system); creates nothing
+    that stays."""
+    import tempfile
+
+    if store.exists() and store != folder:
+        if store.is_dir():
+            return f"{store} is a folder, not a database file"
+        try:
+            with open(store, "ab"):
+                pass
+        except OSError as e:
+            return f"{store}: {e.strerror or e}"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot create files in {existing}: {e.strerror or e}"
+    return None
 
 
 def is_locked(e: Exception) -> bool:
@@ -178,9 +279,13 @@ class MlflowTracker:
             self.flush()
 
     def flush(self) -> None:
+        from mlflow.entities import RunTag
+
+        # each batch of metrics carries a heartbeat: how rlexp.runs tells a silent run from a live one
+        beat = [RunTag(HEARTBEAT_TAG, str(int(time.time())))]
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk))
+            retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk, tags=beat))
         self._last_flush = time.monotonic()
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from rlexp.sweep.load import load
     from rlexp.sweep.runner import run_sweep
+    from rlexp.tracking import check_tracking
 
     try:
         sweep = load(sweeps[0].split("=", 1)[1], others)
+        check_tracking()  # an unwritable MLflow store or a silent server: refused before any trial
     except ConfigError as e:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2

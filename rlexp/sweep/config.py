@@ -307,6 +307,12 @@ class SweepConfig:
                "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")
         if self.study_name is not None:
             _check(bool(self.study_name.strip()), "study_name", self.study_name, "must not be empty")
+            # it names MLflow runs (sweep-NAME-trial-N: 250 characters at most) and goes into their
+            # search filters, where quotes are escaped but a backslash is not
+            _check(len(self.study_name) <= 200, "study_name", self.study_name[:40] + "...",
+                   f"is {len(self.study_name)} characters long; at most 200")
+            _check(self.study_name.isprintable() and "\\" not in self.study_name, "study_name", self.study_name,
+                   "must not hold backslashes or control characters")
         _check(self.workers >= 1, "workers", self.workers, "must be >= 1")
         _check(self.heartbeat_interval >= 1, "heartbeat_interval", self.heartbeat_interval, "must be >= 1")
         _check(self.top >= 1, "top", self.top, "must be >= 1")
