@@ -1,7 +1,8 @@
-"""Replay buffer over preallocated numpy arrays."""
+"""Replay buffers of K members over preallocated numpy arrays (member axis first)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 
 
 class Batch(NamedTuple):
-    """A minibatch of transitions as float32/int64 tensors; ``terminated`` is 1.0 at true ends only."""
+    """Minibatches of transitions, ``(K, B, ...)`` float32/int64 tensors; ``terminated`` is 1.0 at
+    true ends only."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -19,37 +21,44 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
-    """Ring buffer of transitions. Truncated transitions are stored as non-terminal so they bootstrap."""
+    """One ring buffer per member. Members step together, so they share the write position;
+    each samples with its own generator. Truncated transitions are stored as non-terminal so they
+    bootstrap."""
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int | None, seed: int) -> None:
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int | None, seeds: Sequence[int],
+                 device: torch.device | str = "cpu") -> None:
         """``action_dim=None`` stores discrete (int64) actions, otherwise float32 vectors."""
-        self.capacity = capacity
-        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        k = len(seeds)
+        self.capacity, self.device = capacity, torch.device(device)
+        self.obs = np.zeros((k, capacity, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((k, capacity, obs_dim), dtype=np.float32)
         if action_dim is None:
-            self.actions = np.zeros(capacity, dtype=np.int64)
+            self.actions = np.zeros((k, capacity), dtype=np.int64)
         else:
-            self.actions = np.zeros((capacity, action_dim), dtype=np.float32)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminated = np.zeros(capacity, dtype=np.float32)
+            self.actions = np.zeros((k, capacity, action_dim), dtype=np.float32)
+        self.rewards = np.zeros((k, capacity), dtype=np.float32)
+        self.terminated = np.zeros((k, capacity), dtype=np.float32)
         self.pos = 0
         self.size = 0
-        self.rng = np.random.default_rng(seed)
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self._rows = np.arange(k)[:, None]
 
-    def add(self, obs: np.ndarray, action: np.ndarray | int, reward: float,
-            next_obs: np.ndarray, terminated: bool) -> None:
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray) -> None:
+        """One transition per member (arrays with the member axis first)."""
         i = self.pos
-        self.obs[i] = obs
-        self.actions[i] = action
-        self.rewards[i] = reward
-        self.next_obs[i] = next_obs
-        self.terminated[i] = terminated
+        self.obs[:, i] = obs
+        self.actions[:, i] = actions
+        self.rewards[:, i] = rewards
+        self.next_obs[:, i] = next_obs
+        self.terminated[:, i] = terminated
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, n_batches: int = 1) -> list[Batch]:
-        """``n_batches`` independent uniform minibatches, gathered and converted in one go."""
-        idx = self.rng.integers(0, self.size, size=batch_size * n_batches)
-        parts = [torch.from_numpy(a[idx]) for a in
+        """``n_batches`` independent uniform minibatches per member, gathered in one go."""
+        n = batch_size * n_batches
+        idx = np.stack([rng.integers(0, self.size, size=n) for rng in self.rngs])
+        parts = [torch.from_numpy(a[self._rows, idx]).to(self.device) for a in
                  (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)]
-        return [Batch(*(p[k * batch_size:(k + 1) * batch_size] for p in parts)) for k in range(n_batches)]
+        return [Batch(*(p[:, j * batch_size:(j + 1) * batch_size] for p in parts)) for j in range(n_batches)]

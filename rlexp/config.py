@@ -58,13 +58,11 @@ class EnvConfig:
     id: str = MISSING  # gymnasium id, e.g. CartPole-v1; any registered id works
     threshold: float | None = None  # solve threshold when the env registers none (Pendulum)
     num_envs: int = 1  # parallel envs for on-policy collection (gymnasium vector API)
-    vectorization: str = "sync"  # sync | async
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
 
     def __post_init__(self) -> None:
         _check(bool(self.id), "env.id", self.id, "must name a gymnasium environment")
         _check(self.num_envs >= 1, "env.num_envs", self.num_envs, "must be >= 1")
-        _choice("env.vectorization", self.vectorization, ("sync", "async"))
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -417,7 +415,7 @@ class TrainConfig:
     max_steps: int | None = None  # env-step budget; None: no step limit
     stop_on_solve: bool = True  # stop at the first episode where the solve criterion holds
     num_threads: int = 1  # torch intra-op threads; small MLPs are fastest on one
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (a GPU when one exists, else cpu)
     log_interval: int = 1_000  # env steps between training-diagnostic metrics
     save_model: bool = True  # log the trained weights as an MLflow artifact
     progress: bool | None = None  # None: show only when stderr is a terminal
@@ -428,6 +426,8 @@ class TrainConfig:
             _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "must be >= 1")
         _check(self.num_threads >= 1, "train.num_threads", self.num_threads, "must be >= 1")
         _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+        _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None, "train.device", self.device,
+               "must be cpu, cuda, cuda:N, mps or auto")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -43,31 +44,51 @@ def missing_dependency(env_id: str, e: Exception) -> str:
     return f"env.id={env_id!r} needs an optional dependency: {what}; {todo}"
 
 
-def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
-    """One environment, episode statistics recorded by the loop (not a wrapper)."""
-    env = gym.make(cfg.id, **cfg.kwargs)
-    if seed is not None:
-        env.action_space.seed(seed)
-    return env
+class EnvBatch:
+    """The environments of K members, ``n`` each; every env is its own gymnasium env with its own
+    random generator, so a member's episodes depend on its seed only.
 
-
-def make_vector_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> gym.vector.VectorEnv:
-    """``num_envs`` (default ``cfg.num_envs``) copies behind gymnasium's vector API.
-
-    Same-step autoreset: the step that ends an episode already returns the next episode's first
-    observation; the last one is in ``info["final_obs"][i]`` (masked by ``info["_final_obs"]``),
-    so every step the env takes is a real transition and a truncated one can be bootstrapped.
-    Sub-env ``i`` is seeded with ``seed + i`` by the first ``reset(seed=seed)``.
+    Member ``k``'s env ``i`` is seeded with ``seeds[k] + i`` at the first reset. Same-step autoreset:
+    the step that ends an episode returns the next episode's first observation in ``obs`` and the
+    true last one in ``next_obs``, so every step is a real transition and a truncated one can be
+    bootstrapped. Only the envs of the members given to :meth:`step` move.
     """
-    n = cfg.num_envs if num_envs is None else num_envs
-    fns = [lambda: gym.make(cfg.id, **cfg.kwargs) for _ in range(n)]
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    if cfg.vectorization == "async":
-        envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
-    else:
-        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    envs.action_space.seed(seed)
-    return envs
+
+    def __init__(self, cfg: EnvConfig, seeds: Sequence[int], n: int = 1) -> None:
+        self.seeds, self.n = [int(s) for s in seeds], n
+        self.envs = [[gym.make(cfg.id, **cfg.kwargs) for _ in range(n)] for _ in self.seeds]
+        for seed, member in zip(self.seeds, self.envs, strict=True):
+            for i, env in enumerate(member):
+                env.action_space.seed(seed + i)
+        self.obs: np.ndarray = np.zeros(0, dtype=np.float32)
+
+    def reset(self) -> np.ndarray:
+        """Every env's first observation, ``(K, n, obs_dim)``."""
+        self.obs = np.stack([np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(member)])
+                             for seed, member in zip(self.seeds, self.envs, strict=True)]).astype(np.float32)
+        return self.obs
+
+    def step(self, actions: np.ndarray, members: Sequence[int]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step the envs of ``members`` with ``actions`` (``(K, n, ...)``); returns ``obs`` (after
+        autoreset), ``next_obs`` (the true next states), ``rewards``, ``terminated``, ``truncated``,
+        each ``(K, n, ...)``; the other members' entries are zeros and their ``obs`` unchanged."""
+        k = len(self.envs)
+        next_obs = np.zeros_like(self.obs)
+        rewards = np.zeros((k, self.n), dtype=np.float32)
+        terminated = np.zeros((k, self.n), dtype=bool)
+        truncated = np.zeros((k, self.n), dtype=bool)
+        for m in members:
+            for i, env in enumerate(self.envs[m]):
+                o, r, te, tr, _ = env.step(actions[m, i])
+                next_obs[m, i], rewards[m, i], terminated[m, i], truncated[m, i] = o, r, te, tr
+                self.obs[m, i] = env.reset()[0] if te or tr else o
+        return self.obs.copy(), next_obs, rewards, terminated, truncated
+
+    def close(self) -> None:
+        for member in self.envs:
+            for env in member:
+                env.close()
 
 
 def describe(cfg: EnvConfig) -> EnvSpec:

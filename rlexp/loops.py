@@ -1,8 +1,11 @@
-"""The shared training loops and the episode recorder every algorithm reports through.
+"""The shared off-policy loop, and what every loop reports through: a batch's members and their
+episode recorders.
 
-An algorithm plugs in through a small protocol: ``act`` and ``update`` for the off-policy loop
-(DQN family, DDPG), ``collect``-free ``act``/``update`` on rollouts for the on-policy loop. The loop
-owns the environment, the budgets, the solve criterion, tracking and the progress display.
+A batch trains K members (the seeds of one configuration) together: one agent with stacked
+networks, K environments, K replay buffers. Each member has its own :class:`EpisodeRecorder`
+(solve criterion, metrics, ``episodes.csv``) and ends on its own (:class:`Members`): solved (with
+``train.stop_on_solve``), out of budget, or diverged; from then on it no longer acts or learns and
+its run is closed at once, while the others go on.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import csv
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -20,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from rlexp.buffer import Batch, ReplayBuffer
+from rlexp.envs import EnvBatch
 from rlexp.metrics import SolveTracker
 from rlexp.tracking import Tracker
 
@@ -30,11 +34,13 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class Counters:
-    """Progress counters the loop advances and the agents read (schedules depend on them)."""
+    """Progress counters the loop advances and the agents read (schedules depend on them).
 
-    step: int = 0  # env steps taken
-    episode: int = 0  # episodes finished
+    Members step together, so ``step`` and ``updates`` are shared; episodes are per member."""
+
+    step: int = 0  # env steps taken by each active member
     updates: int = 0  # gradient updates done
+    episodes: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # (K,) finished
 
 
 @dataclass(frozen=True)
@@ -49,58 +55,12 @@ class EpisodeInfo:
     solved_at: int | None
 
 
-class OffPolicyAgent(Protocol):
-    """What the off-policy loop needs from an algorithm."""
-
-    def act(self, obs: np.ndarray, counters: Counters) -> Any: ...
-
-    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> dict[str, float]:
-        """One gradient step per minibatch; the metrics averaged over them."""
-        ...
-
-    def on_episode_start(self) -> None: ...
-
-    def diagnostics(self) -> dict[str, float]: ...
-
-    def modules(self) -> Iterator[tuple[str, nn.Module]]: ...
-
-
-def check_finite(metrics: dict[str, float], step: int) -> None:
-    """Raise :class:`DivergenceError` naming the first non-finite metric."""
-    for k, v in metrics.items():
-        if not math.isfinite(v):
-            raise DivergenceError(f"{k} became {v} at env step {step}; the run diverged")
-
-
-def mean_metrics(metrics: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Key-wise mean of metric dicts (for agents that update one minibatch at a time)."""
-    acc = MeanAccumulator()
-    for m in metrics:
-        acc.add(m)
-    return acc.pop()
-
-
-class MeanAccumulator:
-    """Running means of update metrics between two log points."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n = 0
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n += 1
-
-    def pop(self) -> dict[str, float]:
-        out = {k: v / self.n for k, v in self.sums.items()} if self.n else {}
-        self.sums, self.n = {}, 0
-        return out
+Metrics = Mapping[str, np.ndarray | float]  # per-member values, ``(K,)`` arrays (or one for all)
 
 
 @dataclass
 class EpisodeRecorder:
-    """Records finished episodes: solve criterion, metrics, ``episodes.csv`` and a progress line.
+    """Records one member's finished episodes: solve criterion, metrics and ``episodes.csv``.
 
     Episodes are numbered from 1 in the order they finish, whatever the algorithm or the number
     of parallel environments, so episodes-to-solve means the same thing everywhere.
@@ -112,10 +72,11 @@ class EpisodeRecorder:
     stop_on_solve: bool
     tracker: Tracker
     csv_path: Path | None = None
-    progress: bool = False
     callback: Callable[[EpisodeInfo], None] | None = None
+    seed: int = 0  # the member's seed
     returns: list[float] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
+    env_steps: int = 0  # at the last finished episode
 
     def __post_init__(self) -> None:
         self.solve = SolveTracker(self.window, self.threshold)
@@ -126,7 +87,6 @@ class EpisodeRecorder:
             self._csv = open(self.csv_path, "w", newline="", buffering=1)  # noqa: SIM115
             self._writer = csv.writer(self._csv)
             self._writer.writerow(["episode", "return", "length", "env_step", "wall_time_s"])
-        self._last_print = 0.0
 
     @property
     def episodes(self) -> int:
@@ -135,6 +95,12 @@ class EpisodeRecorder:
     @property
     def solved_at(self) -> int | None:
         return self.solve.solved_at
+
+    @property
+    def mean(self) -> float:
+        """Mean return of the last ``window`` episodes (NaN before the first)."""
+        recent = self.returns[-self.window:]
+        return float(np.mean(recent)) if recent else math.nan
 
     @property
     def finished(self) -> bool:
@@ -146,69 +112,179 @@ class EpisodeRecorder:
         mean = self.solve.add(ret)
         ep = self.solve.episodes
         self.returns.append(ret)
+        self.env_steps = env_step
         wall = time.perf_counter() - self.start
         self.tracker.log_metrics({"episode_return": ret, "episode_return_mean": mean,
                                   "episode_length": float(length)}, step=ep)
         if self._writer is not None:
             self._writer.writerow([ep, ret, length, env_step, f"{wall:.3f}"])
-        if self.progress:
-            self._print_progress(ep, mean, env_step, wall)
         if self.callback is not None:
             self.callback(EpisodeInfo(ep, ret, length, env_step, mean, self.solved_at))
 
-    def _print_progress(self, ep: int, mean: float, env_step: int, wall: float, final: bool = False) -> None:
-        now = time.perf_counter()
-        if not final and now - self._last_print < 0.25:
-            return
-        self._last_print = now
-        sps = env_step / wall if wall > 0 else 0.0
-        solved = f"  solved@{self.solved_at}" if self.solved_at else ""
-        sys.stderr.write(f"\repisode {ep:>6}/{self.max_episodes}  mean{self.window} {mean:9.2f}"
-                         f"  steps {env_step:>9}  {sps:7.0f} steps/s{solved}   ")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def close(self, env_step: int) -> None:
-        if self.progress and self.returns:
-            mean = float(np.mean(self.returns[-self.window:]))
-            self._print_progress(self.episodes, mean, env_step, time.perf_counter() - self.start, final=True)
+    def close(self) -> None:
         if self._csv is not None:
             self._csv.close()
             self._csv = None
 
 
-def off_policy_loop(agent: OffPolicyAgent, env: Any, buffer: ReplayBuffer, rec: EpisodeRecorder, *,
-                    seed: int, max_steps: int | None, learning_starts: int, train_freq: int,
-                    gradient_steps: int, batch_size: int, log_interval: int) -> Counters:
-    """Collect one transition at a time, train every ``train_freq`` steps; returns the counters."""
-    c = Counters()
-    acc = MeanAccumulator()
-    obs, _ = env.reset(seed=seed)
-    agent.on_episode_start()
-    ep_ret, ep_len = 0.0, 0
-    limit = max_steps if max_steps is not None else math.inf
-    while not rec.finished and c.step < limit:
-        action = agent.act(obs, c)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
+def non_finite(metrics: Mapping[str, float], step: int) -> str | None:
+    """Why a member diverged: its first non-finite metric, or None."""
+    for k, v in metrics.items():
+        if not math.isfinite(v):
+            return f"{k} became {v} at env step {step}; the run diverged"
+    return None
+
+
+class Members:
+    """The members of a batch: which still train, their recorders, and how each one ends.
+
+    ``on_end(k, status, error)`` is called exactly once per member, when it ends: ``FINISHED``
+    (budget spent or solved), ``FAILED`` (diverged: ``error`` says which metric) or ``KILLED``
+    (stopped on purpose). Update metrics are averaged per member between log points; a member whose
+    metrics are not finite ends FAILED there (or when it ends, for the last ones).
+    """
+
+    def __init__(self, recs: Sequence[EpisodeRecorder], max_steps: int | None,
+                 on_end: Callable[[int, str, str | None], None], progress: bool = False) -> None:
+        self.recs = list(recs)
+        self.max_steps = max_steps if max_steps is not None else math.inf
+        self.on_end = on_end
+        self.active: list[int] = list(range(len(self.recs)))
+        self.status: list[str | None] = [None] * len(self.recs)
+        self.progress = progress
+        self._sums: dict[str, np.ndarray] = {}
+        self._n = 0
+        self._last_print = 0.0
+        self.start = time.perf_counter()
+        self.step = 0
+
+    def __len__(self) -> int:
+        return len(self.recs)
+
+    # ------------------------------------------------------------------ update metrics
+    def add_metrics(self, metrics: Metrics) -> None:
+        """Accumulate one update's per-member metrics."""
+        for key, v in metrics.items():
+            arr = np.broadcast_to(np.asarray(v, dtype=np.float64), (len(self),))
+            self._sums[key] = self._sums.get(key, 0.0) + arr
+        self._n += 1
+
+    def _member_metrics(self, k: int, extra: Metrics | None = None) -> dict[str, float]:
+        out = {key: float(s[k]) / self._n for key, s in self._sums.items()} if self._n else {}
+        for key, v in (extra or {}).items():
+            out[key] = float(np.broadcast_to(np.asarray(v, dtype=np.float64), (len(self),))[k])
+        return out
+
+    def log(self, step: int, extra: Metrics | None = None) -> None:
+        """Log the update metrics averaged since the last call (and ``extra``) for every active
+        member at env step ``step``; a member with a non-finite one fails."""
+        for k in list(self.active):
+            m = self._member_metrics(k, extra)
+            why = non_finite(m, step)
+            if why is not None:
+                self.end(k, "FAILED", why)
+            elif m:
+                self.recs[k].tracker.log_metrics(m, step=step)
+        self._sums, self._n = {}, 0
+
+    # ------------------------------------------------------------------ episodes and ends
+    def episode(self, k: int, ret: float, length: int, env_step: int) -> None:
+        """Member ``k`` finished an episode; it ends if that spent its budget or solved the task."""
+        self.recs[k].add(ret, length, env_step)
+        if self.recs[k].finished:
+            why = non_finite(self._member_metrics(k), env_step)
+            self.end(k, "FAILED" if why else "FINISHED", why)
+        self._show(env_step)
+
+    def advance(self, steps: int) -> None:
+        """Every active member took ``steps`` env steps in all; the step budget ends them all."""
+        self.step = steps
+        if steps >= self.max_steps:
+            for k in list(self.active):
+                why = non_finite(self._member_metrics(k), steps)
+                self.end(k, "FAILED" if why else "FINISHED", why)
+
+    def end(self, k: int, status: str, error: str | None = None) -> None:
+        if k not in self.active:
+            return
+        self.active.remove(k)
+        self.status[k] = status
+        self.on_end(k, status, error)
+        self._show(self.step, final=not self.active)
+
+    def end_all(self, status: str, error: str | None = None) -> None:
+        for k in list(self.active):
+            self.end(k, status, error)
+
+    # ------------------------------------------------------------------ progress
+    def _show(self, env_step: int, final: bool = False) -> None:
+        if not self.progress:
+            return
+        now = time.perf_counter()
+        if not final and now - self._last_print < 0.25:
+            return
+        self._last_print = now
+        wall = now - self.start
+        sps = env_step * max(len(self.active), 1) / wall if wall > 0 else 0.0
+        eps = [r.episodes for r in self.recs]
+        means = [r.mean for r in self.recs if r.returns]
+        solved = sum(r.solved_at is not None for r in self.recs)
+        mean = f"{np.median(means):9.2f}" if means else "      nan"
+        head = f"{len(self)} seeds  episodes {min(eps)}-{max(eps)}" if len(self) > 1 else f"episode {eps[0]:>6}"
+        sys.stderr.write(f"\r{head}/{self.recs[0].max_episodes}  mean{self.recs[0].window} {mean}"
+                         f"  steps {env_step:>9}  {sps:7.0f} steps/s  solved {solved}/{len(self)}   ")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+class OffPolicyAgent(Protocol):
+    """What the off-policy loop needs from an algorithm (arrays have the member axis first)."""
+
+    def act(self, obs: np.ndarray, counters: Counters) -> np.ndarray:
+        """One action per member for ``(K, obs_dim)`` observations."""
+        ...
+
+    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> Metrics:
+        """One gradient step per minibatch (each ``(K, B, ...)``); per-member metrics averaged over them."""
+        ...
+
+    def on_episode_start(self, members: Sequence[int]) -> None: ...
+
+    def diagnostics(self) -> Metrics: ...
+
+    def modules(self) -> Iterator[tuple[str, nn.Module]]: ...
+
+
+def off_policy_loop(agent: OffPolicyAgent, envs: EnvBatch, buffer: ReplayBuffer, members: Members, *,
+                    learning_starts: int, train_freq: int, gradient_steps: int, batch_size: int,
+                    log_interval: int) -> Counters:
+    """Collect one transition per member at a time, train every ``train_freq`` steps, until every
+    member has ended; returns the counters."""
+    k = len(members)
+    c = Counters(episodes=np.zeros(k, dtype=np.int64))
+    obs = envs.reset()[:, 0]
+    agent.on_episode_start(range(k))
+    ep_ret, ep_len = np.zeros(k), np.zeros(k, dtype=np.int64)
+    while members.active:
+        actions = agent.act(obs, c)
+        obs_after, next_obs, reward, terminated, truncated = envs.step(actions[:, None], members.active)
         c.step += 1
-        buffer.add(obs, action, reward, next_obs, terminated)
-        ep_ret += float(reward)
+        buffer.add(obs, actions, reward[:, 0], next_obs[:, 0], terminated[:, 0])
+        ep_ret += reward[:, 0]
         ep_len += 1
         if c.step > learning_starts and c.step % train_freq == 0 and buffer.size >= batch_size:
-            acc.add(agent.update_batches(buffer.sample(batch_size, gradient_steps), c))
+            members.add_metrics(agent.update_batches(buffer.sample(batch_size, gradient_steps), c))
             c.updates += gradient_steps
         if c.step % log_interval == 0:
-            m = acc.pop()
-            check_finite(m, c.step)
-            rec.tracker.log_metrics({**m, **agent.diagnostics()}, step=c.step)
-        if terminated or truncated:
-            c.episode += 1
-            rec.add(ep_ret, ep_len, c.step)
-            obs, _ = env.reset()
-            agent.on_episode_start()
-            ep_ret, ep_len = 0.0, 0
-        else:
-            obs = next_obs
-    check_finite(acc.pop(), c.step)
+            members.log(c.step, agent.diagnostics())
+        ended = [m for m in members.active if terminated[m, 0] or truncated[m, 0]]
+        if ended:
+            agent.on_episode_start(ended)
+        for m in ended:
+            c.episodes[m] += 1
+            members.episode(m, float(ep_ret[m]), int(ep_len[m]), c.step)
+            ep_ret[m], ep_len[m] = 0.0, 0
+        members.advance(c.step)
+        obs = obs_after[:, 0]
     return c

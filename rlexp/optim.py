@@ -1,103 +1,122 @@
-"""Optimizer construction from :class:`OptimizerConfig`."""
+"""Optimizers over stacked parameters (member axis first), with a step count per member.
+
+Adam, RMSprop and SGD are elementwise, so one step over ``(K, ...)`` tensors is K independent
+optimizers' steps; the formulas are torch.optim's (single-tensor form). What is not elementwise is
+computed per member: Adam's bias correction from each member's own step count, and gradient-norm
+clipping from each member's own norm. ``step(members)`` updates only the
+given members (their parameters and state), as when only some have finished an episode or some
+have stopped their policy updates early; the others are left exactly as they were.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import nn
 
 from rlexp.config import OptimizerConfig
 
+Members = torch.Tensor | None  # int64 member indices, or None for all
 
-class LeanAdam(torch.optim.Adam):
-    """torch's fused CPU Adam, stepped with one kernel call and no per-step bookkeeping.
 
-    ``torch.optim.Adam(fused=True)`` already updates every tensor in one kernel, but each
-    ``step()`` also pays for a profiler scope, step hooks, and re-gathering the parameter, gradient
-    and state lists (about 60 us on this CPU, as much as the kernel itself; the DQN family takes
-    one step per env step). Here the lists are gathered once; when every parameter of every group
-    has a gradient and no closure is given, ``step`` increments the step counters and calls the
-    same fused kernel directly, with the group's current ``lr`` (so schedulers still work). Any
-    other case (first step, missing gradients, amsgrad, closure) goes through ``Adam.step``
-    unchanged; the result is identical to ``torch.optim.Adam`` (tested).
+class StackedOptimizer:
+    """``optimizer.name`` over one network's stacked parameters, optionally clipping each member's
+    gradient norm to ``max_grad_norm`` first; ``lr`` overrides ``cfg.lr`` (a second network's rate).
+
+    The parameters are re-pointed at views of one ``(K, P)`` buffer (their ``.data``; the modules,
+    ``state_dict`` and in-place updates all see the same numbers), so a step is a dozen tensor ops
+    over that buffer, however many layers the network has.
     """
 
-    def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
-        super().__init__(params, fused=True, **kwargs)
-        self._cache: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None = None
+    def __init__(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig, size: int,
+                 lr: float | None = None, max_grad_norm: float | None = None) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        assert all(p.shape[0] == size for p in self.params), "stacked parameters: (K, ...)"
+        rate = lr if lr is not None else cfg.lr
+        assert rate is not None, "optimizer.lr is resolved in Config.__post_init__"
+        self.cfg, self.lr, self.size, self.max_grad_norm = cfg, float(rate), size, max_grad_norm
+        with torch.no_grad():
+            self.flat = torch.cat([p.detach().reshape(size, -1) for p in self.params], dim=1)
+            offset = 0
+            for p in self.params:
+                n = p[0].numel()
+                p.data = self.flat[:, offset:offset + n].view(p.shape)
+                offset += n
+        self.steps = torch.zeros(size, 1, dtype=torch.float64)  # updates each member has taken
+        names = {"adam": ["exp_avg", "exp_avg_sq"], "rmsprop": ["square_avg"], "sgd": []}[cfg.name]
+        if cfg.momentum != 0:
+            names.append("momentum_buffer")
+        self.state = {name: torch.zeros_like(self.flat) for name in names}
 
-    def _lists(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None:
-        if self._cache is None:
-            out = []
-            for g in self.param_groups:
-                ps = list(g["params"])
-                if (not ps or g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"]
-                        or g.get("decoupled_weight_decay", False) or any(
-                        p not in self.state or "exp_avg" not in self.state[p] for p in ps)):
-                    return None
-                st = [self.state[p] for p in ps]
-                out.append((g, ps, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                            [s["step"] for s in st]))
-            self._cache = out
-        return self._cache
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        lists = None if closure is not None else self._lists()
-        if lists is None or any(p.grad is None for _, ps, *_ in lists for p in ps):
-            self._cache = None
-            return super().step(closure)  # type: ignore[no-any-return]
-        for g, ps, exp_avgs, exp_avg_sqs, steps in lists:
-            beta1, beta2 = g["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(ps, [p.grad for p in ps], exp_avgs, exp_avg_sqs, [], steps,  # type: ignore[misc]
-                               amsgrad=False, lr=g["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=g["weight_decay"], eps=g["eps"], maximize=False,
-                               grad_scale=None, found_inf=None)
-        return None
+    def step(self, members: Members = None) -> torch.Tensor | None:
+        """One update of ``members`` (all by default) from the parameters' ``.grad``; returns the
+        members' gradient norms before clipping when ``max_grad_norm`` is set."""
+        idx = members
+        if idx is not None and len(idx) == self.size:
+            idx = None
+        if idx is not None and len(idx) == 0:
+            return None
+        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.size, -1)
+                          for p in self.params], dim=1)
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
+        param, grad, steps = pick(self.flat), pick(grad), pick(self.steps)
+        state = {k: pick(v) for k, v in self.state.items()}
+        norms = None
+        if self.max_grad_norm is not None:
+            norms = torch.linalg.vector_norm(grad, 2.0, dim=1, keepdim=True)
+            grad.mul_(torch.clamp(self.max_grad_norm / (norms + 1e-6), max=1.0))
+        steps += 1
+        self._update(param, grad, state, steps)
+        if idx is not None:  # write the members' new values back
+            self.flat[idx] = param
+            self.steps[idx] = steps
+            for k, v in self.state.items():
+                v[idx] = state[k]
+        return norms
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        if not set_to_none:
-            super().zero_grad(set_to_none=False)
-            return
-        for g in self.param_groups:
-            for p in g["params"]:
-                p.grad = None
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
+                steps: torch.Tensor) -> None:
+        """torch.optim's update on ``(members, P)`` rows; ``steps``: each row's step count, ``(members, 1)``."""
+        cfg, lr = self.cfg, self.lr
+        if cfg.weight_decay:
+            grad = grad.add(param, alpha=cfg.weight_decay)
+        if cfg.name == "adam":
+            beta1, beta2 = cfg.betas
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = (lr / (1 - beta1**steps)).float()
+            bc2_sqrt = (1 - beta2**steps).sqrt().float()
+            denom = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
+            param.sub_(m.div(denom).mul_(step_size))
+        elif cfg.name == "rmsprop":
+            sq = state["square_avg"]
+            sq.mul_(cfg.alpha).addcmul_(grad, grad, value=1 - cfg.alpha)
+            avg = sq.sqrt().add_(cfg.eps)
+            if cfg.momentum > 0:
+                buf = state["momentum_buffer"]
+                buf.mul_(cfg.momentum).addcdiv_(grad, avg)
+                param.add_(buf, alpha=-lr)
+            else:
+                param.addcdiv_(grad, avg, value=-lr)
+        else:
+            if cfg.momentum != 0:
+                buf = state["momentum_buffer"]
+                buf.mul_(cfg.momentum).add_(grad)  # a zero buffer makes the first step grad itself
+                grad = grad.add(buf, alpha=cfg.momentum) if cfg.nesterov else buf
+            param.add_(grad, alpha=-lr)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:  # copy / pickle: rebuild the lists
-        super().__setstate__(state)
-        self._cache = None
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps.clone(), "state": {k: v.clone() for k, v in self.state.items()}}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._cache = None
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        self._cache = None
-
-
-# Optimizer wraps a class's ``step`` in a profiler scope and hook runner unless it is marked as
-# already wrapped; the lean step skips that on purpose (step hooks are not supported on it).
-LeanAdam.step.hooked = True  # type: ignore[attr-defined]
-
-
-def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig,
-                   lr: float | None = None) -> torch.optim.Optimizer:
-    """Build the configured optimizer; ``lr`` overrides ``cfg.lr`` (second networks' own rates).
-
-    Adam is :class:`LeanAdam`: the fused CPU kernel, one call per step.
-    """
-    rate = lr if lr is not None else cfg.lr
-    assert rate is not None, "optimizer.lr is resolved in Config.__post_init__"
-    params = list(params)
-    if cfg.name == "adam":
-        return LeanAdam(params, lr=rate, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
-                        weight_decay=cfg.weight_decay)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=rate, alpha=cfg.alpha, eps=cfg.eps,
-                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum, foreach=True)
-    return torch.optim.SGD(params, lr=rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, foreach=True)
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.steps.copy_(sd["steps"])
+        for k, v in sd["state"].items():
+            self.state[k].copy_(v)

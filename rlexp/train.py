@@ -12,7 +12,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,9 +24,10 @@ import yaml
 
 from rlexp.algos import get_algorithm
 from rlexp.buffer import ReplayBuffer
-from rlexp.config import Config
-from rlexp.envs import EnvSpec, check_compatible, make_env, solve_threshold
-from rlexp.loops import Counters, EpisodeInfo, EpisodeRecorder, off_policy_loop
+from rlexp.config import Config, ConfigError
+from rlexp.envs import EnvBatch, EnvSpec, check_compatible, solve_threshold
+from rlexp.loops import DivergenceError, EpisodeInfo, EpisodeRecorder, Members, off_policy_loop
+from rlexp.nets import member_state
 from rlexp.onpolicy import run_on_policy
 from rlexp.tracking import (
     MlflowTracker,
@@ -75,83 +76,147 @@ def config_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def seed_everything(seed: int, num_threads: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(num_threads)
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; ``auto`` is a GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}: torch sees no CUDA device here; use cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device='mps': torch sees no MPS device here; use cpu or auto")
+    return torch.device(name)
 
 
-def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, rec: EpisodeRecorder) -> Counters:
+def check_batch(cfgs: Sequence[Config]) -> None:
+    """Refuse a batch whose members differ in anything but their seed (or repeat a seed)."""
+    if not cfgs:
+        raise ConfigError("a batch needs at least one config")
+    first = dataclasses.replace(cfgs[0], seed=0)
+    for c in cfgs[1:]:
+        if dataclasses.replace(c, seed=0) != first:
+            raise ConfigError(f"seed={c.seed}: a batch's configs may differ only in their seed")
+    seeds = [c.seed for c in cfgs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed={seeds}: a batch's seeds must be distinct")
+
+
+def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, members: Members) -> None:
     a = cfg.algo
-    env = make_env(cfg.env, cfg.seed)
+    seeds = [r.seed for r in members.recs]
+    envs = EnvBatch(cfg.env, seeds)
     try:
-        buffer = ReplayBuffer(a.buffer_size, spec.obs_dim, None if spec.discrete else spec.n_actions, cfg.seed)
-        return off_policy_loop(agent, env, buffer, rec, seed=cfg.seed, max_steps=cfg.train.max_steps,
-                               learning_starts=a.learning_starts, train_freq=a.train_freq,
-                               gradient_steps=a.gradient_steps, batch_size=a.batch_size,
-                               log_interval=cfg.train.log_interval)
+        buffer = ReplayBuffer(a.buffer_size, spec.obs_dim, None if spec.discrete else spec.n_actions, seeds,
+                              device=agent.device)
+        off_policy_loop(agent, envs, buffer, members, learning_starts=a.learning_starts, train_freq=a.train_freq,
+                        gradient_steps=a.gradient_steps, batch_size=a.batch_size,
+                        log_interval=cfg.train.log_interval)
     finally:
-        env.close()
+        envs.close()
 
 
-LOOPS: dict[str, Callable[[Any, Config, EnvSpec, EpisodeRecorder], Counters]] = {
+LOOPS: dict[str, Callable[[Any, Config, EnvSpec, Members], None]] = {
     "off_policy": _run_off_policy,
     "on_policy": run_on_policy,
 }
 
 
+def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = None, *,
+                workdirs: Sequence[Path | None] | None = None,
+                callback: Callable[[int, EpisodeInfo], None] | None = None, progress: bool = False,
+                on_end: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+    """Train the seeds of one configuration together, each member to its own end.
+
+    Every member's episodes go to its tracker; when a member ends (solved, out of budget, or
+    diverged: ``status`` FAILED) its summary metrics, ``episodes.csv`` and model go to its tracker
+    at that moment and ``on_end(k, result)`` is called. An exception (Ctrl-C, SIGTERM,
+    :class:`RunInterrupted` from ``callback``) ends every member still training, KILLED or FAILED,
+    with what it recorded kept, and propagates.
+    """
+    check_batch(cfgs)
+    cfg, size = cfgs[0], len(cfgs)
+    spec = check_compatible(cfg)
+    algo = get_algorithm(cfg.algo.name)
+    if size > 1 and not algo.batched:
+        raise ConfigError(f"algo={cfg.algo.name!r} trains one seed per run; it cannot batch {size} seeds")
+    device = resolve_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.num_threads)
+    random.seed(cfg.seed)  # members draw from their own generators; this only pins stray global draws
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    trackers = list(trackers) if trackers is not None else [NullTracker() for _ in cfgs]
+    stack = ExitStack()
+    dirs: list[Path] = []
+    for wd in (workdirs or [None] * size):
+        if wd is None:
+            wd = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlexp-")))
+        wd.mkdir(parents=True, exist_ok=True)
+        dirs.append(wd)
+    threshold = solve_threshold(cfg, spec)
+    recs = [EpisodeRecorder(cfg.solve.window, threshold, cfg.train.max_episodes, cfg.train.stop_on_solve,
+                            trackers[k], dirs[k] / "episodes.csv",
+                            None if callback is None else partial(callback, k), seed=c.seed)
+            for k, c in enumerate(cfgs)]
+    results: list[TrainResult | None] = [None] * size
+    agent: Any = None
+    t0 = time.perf_counter()
+
+    def end(k: int, status: str, error: str | None) -> None:
+        rec, tracker = recs[k], trackers[k]
+        rec.close()
+        result = TrainResult(rec.solved_at is not None, rec.solved_at, rec.episodes, members.step,
+                             time.perf_counter() - t0, list(rec.returns), status=status, error=error)
+        tracker.log_metrics(result.summary(), step=rec.episodes)
+        tracker.log_artifact(dirs[k] / "episodes.csv")
+        if cfg.train.save_model and agent is not None and hasattr(agent, "modules"):
+            path = dirs[k] / "model.pt"
+            torch.save({name: member_state(m, k, size) for name, m in agent.modules()}, path)
+            tracker.log_artifact(path, "model")
+        tracker.flush()
+        results[k] = result
+        if on_end is not None:
+            on_end(k, result)
+
+    members = Members(recs, cfg.train.max_steps, end, progress)
+    with stack:
+        try:
+            agent = algo.build(cfg, spec, [c.seed for c in cfgs], device)
+            loop = LOOPS.get(algo.loop)
+            if loop is not None:
+                loop(agent, cfg, spec, members)
+            else:
+                agent.learn(cfg, spec, members)
+            members.end_all("FINISHED")
+        except (KeyboardInterrupt, RunInterrupted) as e:
+            members.end_all("KILLED", str(e) or type(e).__name__)
+            raise
+        except BaseException as e:
+            members.end_all("FAILED", f"{type(e).__name__}: {e}")
+            raise
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _raise_failed(result: TrainResult) -> TrainResult:
+    """One run's contract: a diverged run raises :class:`DivergenceError` (after it is recorded)."""
+    if result.status == "FAILED":
+        raise DivergenceError(result.error or "the run failed")
+    return result
+
+
 def train(cfg: Config, tracker: Tracker | None = None, *, workdir: Path | None = None,
           callback: Callable[[EpisodeInfo], None] | None = None, progress: bool = False) -> TrainResult:
-    """Train ``cfg`` to its budget (or until solved); every episode goes to ``tracker``.
+    """Train ``cfg`` (one seed) to its budget or until solved; every episode goes to ``tracker``.
 
     Whatever happens, the episodes recorded so far are written to ``episodes.csv`` in ``workdir``
     and handed to the tracker with the end-of-run metrics before the exception propagates.
     """
-    tracker = tracker or NullTracker()
-    spec = check_compatible(cfg)
-    algo = get_algorithm(cfg.algo.name)
-    seed_everything(cfg.seed, cfg.train.num_threads)
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="rlexp-")
-        workdir = Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
-    rec = EpisodeRecorder(cfg.solve.window, solve_threshold(cfg, spec), cfg.train.max_episodes,
-                          cfg.train.stop_on_solve, tracker, workdir / "episodes.csv", progress, callback)
-    agent = algo.build(cfg, spec)
-    counters = Counters()
-    t0 = time.perf_counter()
-    ok = False
-    try:
-        loop = LOOPS.get(algo.loop)
-        counters = loop(agent, cfg, spec, rec) if loop else agent.learn(cfg, spec, rec)
-        ok = True
-    finally:
-        wall = time.perf_counter() - t0
-        env_steps = counters.step if ok else _last_env_step(rec, workdir)
-        rec.close(env_steps)
-        result = TrainResult(rec.solved_at is not None, rec.solved_at, rec.episodes, env_steps, wall,
-                             list(rec.returns))
-        tracker.log_metrics(result.summary(), step=rec.episodes)
-        tracker.log_artifact(workdir / "episodes.csv")
-        if cfg.train.save_model and hasattr(agent, "modules"):
-            path = workdir / "model.pt"
-            torch.save({name: m.state_dict() for name, m in agent.modules()}, path)
-            tracker.log_artifact(path, "model")
-        tracker.flush()
-        if tmp is not None:
-            tmp.cleanup()
-    return result
-
-
-def _last_env_step(rec: EpisodeRecorder, workdir: Path) -> int:
-    """Env steps at the last finished episode (what is known after a crash)."""
-    try:
-        *_, last = (workdir / "episodes.csv").read_text().splitlines()
-        return int(last.split(",")[3]) if rec.episodes else 0
-    except (OSError, ValueError, IndexError):
-        return 0
+    cb = None if callback is None else (lambda _k, info: callback(info))
+    return _raise_failed(train_batch([cfg], None if tracker is None else [tracker],
+                                     workdirs=[workdir], callback=cb, progress=progress)[0])
 
 
 @contextmanager
@@ -187,76 +252,77 @@ def run(cfg: Config, *, label: str | None = None, group: str | None = None,
 
     ``label`` is the ``algo`` tag (the Hydra choice, e.g. a preset name; default ``algo.name``).
     The run ends FINISHED, KILLED (Ctrl-C, SIGTERM, :class:`RunInterrupted`) or FAILED (any other
-    exception, NaN included) with everything logged so far kept, and the exception re-raised.
+    exception, a diverged loss included) with everything logged so far kept, and the exception
+    (:class:`DivergenceError` for a diverged loss) raised.
     """
-    if not cfg.tracking.enabled:
-        return train(cfg, workdir=workdir, callback=callback, progress=progress)
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    spec = check_compatible(cfg)  # refuse bad input before anything is written
-    client, exp_id = open_experiment(experiment_name(cfg))
-    all_tags = {**runtime_tags(), "algo": label or cfg.algo.name, "algo_name": cfg.algo.name, "env": cfg.env.id,
-                "seed": str(cfg.seed), **cfg.tracking.tags, **(tags or {})}
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    mlrun = retry_locked(lambda: client.create_run(exp_id, run_name=run_name(cfg, label),
-                                                   tags={k: str(v) for k, v in all_tags.items()}))
-    run_id = mlrun.info.run_id
-    tracker = MlflowTracker(client, run_id)
-    tracker.set_tags({"group": cfg.tracking.group or group or run_id})
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="rlexp-")
-        workdir = Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
-    status = "FAILED"
-    try:
-        data = config_dict(cfg)
-        data["solve"]["threshold"] = solve_threshold(cfg, spec)  # the threshold in force, not None
-        tracker.log_params(flatten(data))
-        (workdir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        tracker.log_artifact(workdir / "config.yaml")
-        with _sigterm_as_interrupt():
-            result = train(cfg, tracker, workdir=workdir, callback=callback, progress=progress)
-        result.run_id = run_id
-        status = "FINISHED"
-        return result
-    except (KeyboardInterrupt, RunInterrupted) as e:
-        status = "KILLED"
-        tracker.set_tags({"stop_reason": str(e) or type(e).__name__})
-        raise
-    except Exception as e:
-        tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
-        raise
-    finally:
-        tracker.terminate(status)
-        if tmp is not None:
-            tmp.cleanup()
+    cb = None if callback is None else (lambda _k, info: callback(info))
+    return _raise_failed(run_batch([cfg], label=label, group=group, tags=tags, parent_run_id=parent_run_id,
+                                   workdirs=[workdir], callback=cb, progress=progress)[0])
 
 
-def run_batch(cfgs: Sequence[Config], *, labels: Sequence[str | None] | None = None, group: str | None = None,
+def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | None = None,
               tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
               workdirs: Sequence[Path | None] | None = None,
               callback: Callable[[int, EpisodeInfo], None] | None = None,
               progress: bool = False) -> list[TrainResult]:
-    """Train configs that differ only in ``seed`` as one batch: one tracked run per member.
+    """Train configs that differ only in ``seed`` as one batch: one MLflow run per member.
 
-    ``callback(i, info)`` follows member ``i``'s episodes; raising :class:`RunInterrupted` from it
-    stops every member (their runs end KILLED) and propagates. A member that fails (a diverged
-    loss, say) ends FAILED with ``result.error`` set while the others go on.
+    Each member's run ends when the member does (FINISHED, or FAILED with an ``error`` tag when its
+    loss diverged, while the others go on). ``callback(i, info)`` follows member ``i``'s episodes;
+    raising :class:`RunInterrupted` from it stops every member (their runs end KILLED) and
+    propagates, as Ctrl-C and SIGTERM do.
     """
-    n = len(cfgs)
-    out: list[TrainResult] = []
-    for i, cfg in enumerate(cfgs):
-        cb = None if callback is None else partial(callback, i)
+    check_batch(cfgs)
+    cfg = cfgs[0]
+    if not cfg.tracking.enabled:
+        return train_batch(cfgs, workdirs=workdirs, callback=callback, progress=progress)
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    spec = check_compatible(cfg)  # refuse bad input before anything is written
+    resolve_device(cfg.train.device)
+    client, exp_id = open_experiment(experiment_name(cfg))
+    data = config_dict(cfg)
+    data["solve"]["threshold"] = solve_threshold(cfg, spec)  # the threshold in force, not None
+    trackers: list[MlflowTracker] = []
+    run_ids: list[str] = []
+    dirs: list[Path] = []
+    stack = ExitStack()
+    with stack:
         try:
-            out.append(run(cfg, label=labels[i] if labels else None, group=group, tags=tags,
-                           parent_run_id=parent_run_id, workdir=workdirs[i] if workdirs else None,
-                           callback=cb, progress=progress))
-        except (KeyboardInterrupt, RunInterrupted):
+            for k, c in enumerate(cfgs):
+                all_tags = {**runtime_tags(), "algo": label or c.algo.name, "algo_name": c.algo.name,
+                            "env": c.env.id, "seed": str(c.seed), **c.tracking.tags, **(tags or {})}
+                if parent_run_id:
+                    all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+                mlrun = retry_locked(lambda c=c, t=all_tags: client.create_run(
+                    exp_id, run_name=run_name(c, label), tags={key: str(v) for key, v in t.items()}))
+                tracker = MlflowTracker(client, mlrun.info.run_id)
+                trackers.append(tracker)
+                run_ids.append(mlrun.info.run_id)
+                tracker.set_tags({"group": c.tracking.group or group or run_ids[0]})
+                wd = workdirs[k] if workdirs else None
+                if wd is None:
+                    wd = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlexp-")))
+                wd.mkdir(parents=True, exist_ok=True)
+                dirs.append(wd)
+                member = {**data, "seed": c.seed}
+                tracker.log_params(flatten(member))
+                (wd / "config.yaml").write_text(yaml.safe_dump(member, sort_keys=False))
+                tracker.log_artifact(wd / "config.yaml")
+        except BaseException as e:
+            for tracker in trackers:
+                tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+                tracker.terminate("FAILED")
             raise
-        except Exception as e:
-            out.append(TrainResult(False, None, 0, 0, 0.0, [], status="FAILED",
-                                   error=f"{type(e).__name__}: {e}"))
-    assert len(out) == n
-    return out
+
+        def on_end(k: int, result: TrainResult) -> None:
+            result.run_id = run_ids[k]
+            if result.status == "KILLED":
+                trackers[k].set_tags({"stop_reason": result.error or "stopped"})
+            elif result.error:
+                trackers[k].set_tags({"error": result.error[:5000]})
+            trackers[k].terminate(result.status)
+
+        with _sigterm_as_interrupt():
+            return train_batch(cfgs, trackers, workdirs=dirs, callback=callback, progress=progress,
+                               on_end=on_end)

@@ -20,8 +20,9 @@ class Algorithm:
     name: str
     loop: str  # off_policy | on_policy | external
     action_spaces: tuple[str, ...]  # subset of ("discrete", "continuous")
-    build: Callable[..., Any]  # (cfg: Config, spec: EnvSpec) -> agent
+    build: Callable[..., Any]  # (cfg: Config, spec: EnvSpec, seeds: list[int], device) -> agent of len(seeds) members
     vectorized: bool = False  # accepts env.num_envs > 1
+    batched: bool = True  # trains several seeds at once (False: one seed per run)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -24,9 +24,9 @@ from torch import nn
 from rlexp.buffer import Batch
 from rlexp.config import DDPGConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, mean_metrics
-from rlexp.nets import mlp, out_features
-from rlexp.optim import make_optimizer
+from rlexp.loops import Counters, Metrics
+from rlexp.nets import MLP, generators
+from rlexp.optim import StackedOptimizer
 
 
 class OUNoise:
@@ -57,19 +57,20 @@ class OUNoise:
 
 
 class Actor(nn.Module):
-    """``mu(s) = center + half_range * tanh(MLP(s))``."""
+    """``mu(s) = center + half_range * tanh(MLP(s))`` for K members."""
 
     center: torch.Tensor
     half_range: torch.Tensor
 
-    def __init__(self, obs_dim: int, spec: EnvSpec, cfg: DDPGConfig) -> None:
+    def __init__(self, obs_dim: int, spec: EnvSpec, cfg: DDPGConfig, gens: Sequence[torch.Generator]) -> None:
         super().__init__()
         assert spec.action_low is not None and spec.action_high is not None
-        self.net = mlp(obs_dim, cfg.hidden, spec.n_actions, cfg.activation)
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.uniform_(last.weight, -cfg.final_init, cfg.final_init)
-        nn.init.zeros_(last.bias)
+        self.net = MLP(obs_dim, cfg.hidden, spec.n_actions, gens, cfg.activation)
+        last = self.net.last
+        with torch.no_grad():  # the output layer starts near zero: first actions near the middle
+            for k, g in enumerate(gens):
+                last.weight[k].uniform_(-cfg.final_init, cfg.final_init, generator=g)
+            last.bias.zero_()
         low, high = torch.as_tensor(spec.action_low), torch.as_tensor(spec.action_high)
         self.register_buffer("center", (high + low) / 2)
         self.register_buffer("half_range", (high - low) / 2)
@@ -79,87 +80,92 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """``Q(s, a)``: separate state and action branches, concatenated into an MLP head."""
+    """``Q(s, a)`` for K members: separate state and action branches, concatenated into an MLP head."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: DDPGConfig) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DDPGConfig, gens: Sequence[torch.Generator]) -> None:
         super().__init__()
-        self.state = mlp(obs_dim, cfg.critic_state_hidden, None, cfg.activation)
-        self.action = mlp(act_dim, cfg.critic_action_hidden, None, cfg.activation)
-        width = out_features(self.state, obs_dim) + out_features(self.action, act_dim)
-        self.head = mlp(width, cfg.critic_hidden, 1, cfg.activation)
+        self.state = MLP(obs_dim, cfg.critic_state_hidden, None, gens, cfg.activation)
+        self.action = MLP(act_dim, cfg.critic_action_hidden, None, gens, cfg.activation)
+        self.head = MLP(self.state.out_dim + self.action.out_dim, cfg.critic_hidden, 1, gens, cfg.activation)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.state(obs), self.action(action)], dim=-1)).squeeze(-1)
 
 
 class DDPGAgent:
-    """Actor, critic, their targets and the exploration noise."""
+    """Actor, critic, their targets and the exploration noise, for K members."""
 
-    def __init__(self, cfg: DDPGConfig, spec: EnvSpec, opt_cfg: OptimizerConfig, seed: int) -> None:
+    def __init__(self, cfg: DDPGConfig, spec: EnvSpec, opt_cfg: OptimizerConfig, seeds: Sequence[int],
+                 device: torch.device) -> None:
         assert spec.action_low is not None and spec.action_high is not None
-        self.cfg = cfg
+        self.cfg, self.size, self.device = cfg, len(seeds), device
         self.low, self.high = spec.action_low, spec.action_high
-        self.actor = Actor(spec.obs_dim, spec, cfg)
-        self.critic = Critic(spec.obs_dim, spec.n_actions, cfg)
+        gens = generators(seeds)
+        self.actor = Actor(spec.obs_dim, spec, cfg, gens).to(device)
+        self.critic = Critic(spec.obs_dim, spec.n_actions, cfg, gens).to(device)
+        self.actor_optimizer = StackedOptimizer(self.actor.parameters(), opt_cfg, self.size,
+                                                max_grad_norm=cfg.max_grad_norm)
+        self.critic_optimizer = StackedOptimizer(self.critic.parameters(), opt_cfg, self.size, lr=cfg.critic_lr,
+                                                 max_grad_norm=cfg.max_grad_norm)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params = list(self.actor.parameters())
-        # (target, online) parameter lists for the soft updates, built once
-        self.soft_pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [
-            (list(t.parameters()), list(n.parameters()))
-            for t, n in ((self.actor_target, self.actor), (self.critic_target, self.critic))]
-        self.actor_optimizer = make_optimizer(self.actor_params, opt_cfg)
-        self.critic_optimizer = make_optimizer(self.critic.parameters(), opt_cfg, lr=cfg.critic_lr)
-        self.rng = np.random.default_rng(seed + 1)
-        self.ou = OUNoise(spec.n_actions, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt, self.rng)
+        self.online = [p for n in (self.actor, self.critic) for p in n.parameters()]
+        self.target = [p for n in (self.actor_target, self.critic_target) for p in n.parameters()]
+        self.rngs = [np.random.default_rng(s + 1) for s in seeds]
+        self.noise = [OUNoise(spec.n_actions, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt, rng)
+                      for rng in self.rngs]
         self.updates = 0
 
     # ------------------------------------------------------------------ acting
+    @torch.no_grad()
     def act(self, obs: np.ndarray, counters: Counters) -> np.ndarray:
-        with torch.no_grad():
-            a = self.actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
-        if self.cfg.noise == "ou":
-            a = a + self.ou()
-        elif self.cfg.noise == "gaussian":
-            a = a + self.cfg.noise_sigma * self.rng.standard_normal(a.shape)
+        """Each member's ``mu(s)`` plus its own noise, clipped to the bounds: ``(K, act_dim)``."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
+        a = self.actor(x)[:, 0].cpu().numpy().astype(np.float64)
+        for k, rng in enumerate(self.rngs):
+            if self.cfg.noise == "ou":
+                a[k] = a[k] + self.noise[k]()
+            elif self.cfg.noise == "gaussian":
+                a[k] = a[k] + self.cfg.noise_sigma * rng.standard_normal(a.shape[1])
         return np.clip(a, self.low, self.high).astype(np.float32)
 
-    def on_episode_start(self) -> None:
-        self.ou.reset()
+    def on_episode_start(self, members: Sequence[int]) -> None:
+        for k in members:
+            self.noise[k].reset()
 
     # ------------------------------------------------------------------ learning
-    def update(self, batch: Batch, counters: Counters) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step of critic then actor, and the soft target update; per-member metrics."""
         cfg = self.cfg
         with torch.no_grad():
             next_q = self.critic_target(batch.next_obs, self.actor_target(batch.next_obs))
             y = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * next_q
         q = self.critic(batch.obs, batch.actions)
-        critic_loss = F.mse_loss(q, y) if cfg.loss == "mse" else F.smooth_l1_loss(q, y)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm, foreach=True)
+        loss_fn = F.mse_loss if cfg.loss == "mse" else F.smooth_l1_loss
+        critic_loss = loss_fn(q, y, reduction="none").mean(dim=-1)  # (K,)
+        self.critic_optimizer.zero_grad()
+        critic_loss.sum().backward()
         self.critic_optimizer.step()
 
-        actor_loss = -self.critic(batch.obs, self.actor(batch.obs)).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=self.actor_params)  # the critic's gradients are not needed here
-        if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm, foreach=True)
+        actor_loss = -self.critic(batch.obs, self.actor(batch.obs)).mean(dim=-1)  # (K,)
+        self.actor_optimizer.zero_grad()
+        actor_loss.sum().backward(inputs=self.actor_params)  # the critic's gradients are not needed here
         self.actor_optimizer.step()
 
         with torch.no_grad():
-            for tgt, net in self.soft_pairs:
-                torch._foreach_lerp_(tgt, net, cfg.tau)
+            torch._foreach_lerp_(self.target, self.online, cfg.tau)
         self.updates += 1
-        return {"train/critic_loss": critic_loss.item(), "train/actor_loss": actor_loss.item(),
-                "train/q_mean": q.mean().item()}
+        return {"train/critic_loss": critic_loss.detach(), "train/actor_loss": actor_loss.detach(),
+                "train/q_mean": q.detach().mean(dim=-1)}
 
-    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> dict[str, float]:
-        return mean_metrics(self.update(b, counters) for b in batches)
+    def update_batches(self, batches: Sequence[Batch], counters: Counters) -> Metrics:
+        steps = [self.update(b) for b in batches]
+        return {key: torch.stack([m[key] for m in steps]).mean(dim=0).cpu().numpy() for key in steps[0]}
 
-    def diagnostics(self) -> dict[str, float]:
-        return {"train/updates": float(self.updates), "train/noise": float(np.abs(self.ou.x).mean())}
+    def diagnostics(self) -> Metrics:
+        return {"train/updates": float(self.updates),
+                "train/noise": np.array([float(np.abs(n.x).mean()) for n in self.noise])}
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor", self.actor

@@ -25,7 +25,7 @@ from torch import nn
 
 from rlexp.config import Config, ConfigError, SB3Config
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, EpisodeRecorder
+from rlexp.loops import Members
 from rlexp.nets import _ACT
 from rlexp.onpolicy import num_envs
 from rlexp.tracking import Tracker
@@ -77,30 +77,32 @@ def _tracker_writer(tracker: Tracker) -> Any:
     return TrackerWriter()
 
 
-def _episode_callback(rec: EpisodeRecorder, max_steps: int | None) -> Any:
+def _episode_callback(members: Members) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
     class EpisodeCallback(BaseCallback):
-        """Records finished episodes in order (env index within a step); stops when rec is finished."""
+        """Records finished episodes in order (env index within a step); stops when the run ends."""
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 ep = info.get("episode")
-                if ep is not None:
-                    rec.add(ep["r"], int(ep["l"]), self.num_timesteps)
-            return not (rec.finished or (max_steps is not None and self.num_timesteps >= max_steps))
+                if ep is not None and members.active:
+                    members.episode(0, ep["r"], int(ep["l"]), self.num_timesteps)
+            members.advance(self.num_timesteps)
+            return bool(members.active)
 
     return EpisodeCallback()
 
 
 class SB3Agent:
-    """Builds and trains one SB3 model; ``modules()`` yields its policy once trained."""
+    """Builds and trains one SB3 model (one seed: SB3 has no seed axis); ``modules()`` yields its
+    policy once trained."""
 
     def __init__(self, cfg: Config, spec: EnvSpec) -> None:
         self.sb3 = _import_sb3(cfg.algo.name)
         self.model: Any = None
 
-    def learn(self, cfg: Config, spec: EnvSpec, rec: EpisodeRecorder) -> Counters:
+    def learn(self, cfg: Config, spec: EnvSpec, members: Members) -> None:
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.logger import Logger
 
@@ -113,13 +115,12 @@ class SB3Agent:
         cls = getattr(self.sb3, _CLASSES[a.name])
         self.model = cls("MlpPolicy", venv, seed=cfg.seed, device=cfg.train.device, verbose=0,
                          **sb3_kwargs(cfg, horizon))
-        self.model.set_logger(Logger(None, [_tracker_writer(rec.tracker)]))
+        self.model.set_logger(Logger(None, [_tracker_writer(members.recs[0].tracker)]))
         try:
-            self.model.learn(total_timesteps=horizon, callback=_episode_callback(rec, cfg.train.max_steps))
+            self.model.learn(total_timesteps=horizon, callback=_episode_callback(members))
         finally:
             venv.close()
-        return Counters(step=self.model.num_timesteps, episode=rec.episodes,
-                        updates=int(getattr(self.model, "_n_updates", 0)))
+        members.end_all("FINISHED")
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         if self.model is not None:
