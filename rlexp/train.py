@@ -294,8 +294,8 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
                             "env": c.env.id, "seed": str(c.seed), **c.tracking.tags, **(tags or {})}
                 if parent_run_id:
                     all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-                mlrun = retry_locked(lambda c=c, t=all_tags: client.create_run(
-                    exp_id, run_name=run_name(c, label), tags={key: str(v) for key, v in t.items()}))
+                mlrun = retry_locked(partial(client.create_run, exp_id, run_name=run_name(c, label),
+                                             tags={key: str(v) for key, v in all_tags.items()}))
                 tracker = MlflowTracker(client, mlrun.info.run_id)
                 trackers.append(tracker)
                 run_ids.append(mlrun.info.run_id)

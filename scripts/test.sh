@@ -21,7 +21,7 @@ if [ "${CI:-}" = "true" ]; then  # CI must exercise the server and browser tests
   command -v chromium >/dev/null || { echo "scripts/test.sh: CI needs chromium"; exit 1; }
 fi
 . .venv/bin/activate
-ruff check rlexp analysis benchmarks tests
+ruff check rlexp analysis benchmarks tests hydra_plugins
 mypy
 set +e
 python -m pytest -q -rs -p no:cacheprovider "$@"

@@ -110,8 +110,8 @@ class DDPGAgent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params = list(self.actor.parameters())
-        self.online = [p for n in (self.actor, self.critic) for p in n.parameters()]
-        self.target = [p for n in (self.actor_target, self.critic_target) for p in n.parameters()]
+        self.online: list[torch.Tensor] = [p for n in (self.actor, self.critic) for p in n.parameters()]
+        self.target: list[torch.Tensor] = [p for n in (self.actor_target, self.critic_target) for p in n.parameters()]
         self.rngs = [np.random.default_rng(s + 1) for s in seeds]
         self.noise = [OUNoise(spec.n_actions, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt, rng)
                       for rng in self.rngs]

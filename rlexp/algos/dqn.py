@@ -101,8 +101,8 @@ class DQNAgent:
             self.targets = [copy.deepcopy(n).requires_grad_(False) for n in self.nets]
         self.optimizers = [StackedOptimizer(n.parameters(), opt_cfg, self.size, max_grad_norm=cfg.max_grad_norm)
                            for n in self.nets]
-        self.params = [p for n in self.nets for p in n.parameters()]
-        self.target_params = [p for n in self.targets for p in n.parameters()]
+        self.params: list[torch.Tensor] = [p for n in self.nets for p in n.parameters()]
+        self.target_params: list[torch.Tensor] = [p for n in self.targets for p in n.parameters()]
         self.updates = 0
         self._last_sync = 0
         self.eps = np.full(self.size, cfg.exploration.start)

@@ -1,0 +1,179 @@
+"""``python -m rlexp [overrides] [-m]``: train one configuration, or many with Hydra's multirun.
+
+Before Hydra starts any job, every job of the command line is composed and validated; a bad key,
+value, option or algorithm/env pairing stops everything with one line naming it (exit 2) and
+nothing is written to MLflow. With the default launcher (``hydra/launcher=batch``) the jobs of a
+multirun that differ only in ``seed`` train together as one batch; each job still gets its own
+MLflow run and output directory.
+
+Exit status: 0 when every job finished; 1 when any job failed (after one summary line per failed
+job: its overrides, the reason, its MLflow run); 130 after Ctrl-C and 143 after SIGTERM, which stop
+the whole command (the running jobs end KILLED with what they recorded, no further job starts).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rlexp.compose import CONF_DIR, preflight, to_config
+from rlexp.config import ConfigError, register_configs
+
+_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
+                     "--shell-completion", "-sc", "--version", "--package", "-p"}
+OUTCOME_FILE = "rlexp-job.json"  # a job's outcome, in its output directory
+
+register_configs()
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the command: stop everything (not an ``Exception``, so no launcher or
+    Hydra wrapper records it as one failed job and goes on)."""
+
+
+_failed: list[str] = []  # summary lines of this process's failed jobs
+
+
+def _outcome(hc: Any, cfg: Any, status: str, reason: str | None, run_id: str | None) -> None:
+    """Record a job's outcome (in its output directory, for the multirun summary) and say it."""
+    overrides = " ".join(hc.overrides.task)
+    line = f"rlexp: FAILED [{overrides}]: {reason} (run {run_id})"
+    if status != "FINISHED":
+        _failed.append(line)
+    out = Path(hc.runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTCOME_FILE).write_text(json.dumps({"status": status, "overrides": list(hc.overrides.task),
+                                                "reason": reason, "run_id": run_id, "seed": cfg.seed}))
+
+
+def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
+    """Train a batch of jobs (the same config but the seed) and report each; the return values are
+    the jobs' episodes-to-solve (None when unsolved or failed)."""
+    from hydra.types import RunMode
+
+    from rlexp.algos import get_algorithm
+    from rlexp.train import RunInterrupted, run_batch
+
+    cfgs = [to_config(c) for c, _ in jobs]
+    hcs = [h.hydra for _, h in jobs]
+    hc = hcs[0]
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = hc.sweep.dir if multirun else None
+    label = hc.runtime.choices.get("algo")
+    cfg = cfgs[0]
+    progress = cfg.train.progress if cfg.train.progress is not None else sys.stderr.isatty()
+    # an algorithm without a seed axis (sb3_*) trains its jobs one after another
+    parts = [list(range(len(cfgs)))] if get_algorithm(cfg.algo.name).batched else [[i] for i in range(len(cfgs))]
+    out: list[float | None] = [None] * len(cfgs)
+    for part in parts:
+        try:
+            results = run_batch([cfgs[i] for i in part], label=label, group=group,
+                                workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=progress)
+        except RunInterrupted as e:
+            if "SIGTERM" in str(e):
+                raise Terminated() from None
+            raise
+        except Exception as e:  # the batch could not run: every job of it failed
+            for i in part:
+                _outcome(hcs[i], cfgs[i], "FAILED", f"{type(e).__name__}: {e}", None)
+                print(f"rlexp: {label} seed={cfgs[i].seed} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        for i, r in zip(part, results, strict=True):
+            _outcome(hcs[i], cfgs[i], r.status, r.error, r.run_id)
+            name = f"{label} seed={cfgs[i].seed}"
+            if r.status != "FINISHED":
+                print(f"rlexp: {name} {r.status}: {r.error} (run {r.run_id})", file=sys.stderr)
+                continue
+            verdict = f"solved at episode {r.episodes_to_solve}" if r.solved else "not solved"
+            print(f"rlexp: {name}: {verdict} ({r.episodes} episodes, {r.env_steps} env steps, "
+                  f"{r.wall_time_s:.1f} s, {r.sps:.0f} steps/s, run {r.run_id})", file=sys.stderr)
+            out[i] = float(r.episodes_to_solve) if r.episodes_to_solve is not None else None
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _job(dcfg: DictConfig) -> float | None:
+    """One job (a single run, or a multirun job under a launcher that does not batch)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return _train([(dcfg, OmegaConf.create({"hydra": HydraConfig.get()}))])[0]
+
+
+_job.__wrapped__.batch = _train  # type: ignore[attr-defined]  # what the batch launcher calls
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class MultirunSummary(Callback):
+    """At the end of a multirun: one line per failed job (from the jobs' outcome files, so jobs run
+    by any launcher, in any process, count) and the command's exit status."""
+
+    status = 0
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        lines = []
+        for path in sorted(Path(str(config.hydra.sweep.dir)).glob(f"*/{OUTCOME_FILE}")):
+            o = json.loads(path.read_text())
+            if o["status"] != "FINISHED":
+                lines.append(f"rlexp: {o['status']} [{' '.join(o['overrides'])}]: {o['reason']} (run {o['run_id']})")
+        if lines:
+            print(f"rlexp: {len(lines)} job(s) did not finish:", file=sys.stderr)
+            for line in lines:
+                print(line, file=sys.stderr)
+            MultirunSummary.status = 1
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if {"-m", "--multirun"}.intersection(argv):  # argparse refuses overrides on both sides of -m: move it last
+        argv = [a for a in argv if a not in ("-m", "--multirun")] + ["-m"]
+        sys.argv[1:] = argv
+    multirun = "-m" in argv
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # between runs; a run turns it into KILLED
+    try:
+        if not _HYDRA_INFO_FLAGS.intersection(argv):
+            _preflight([a for a in argv if not a.startswith("-")])
+        _job()
+    except KeyboardInterrupt:
+        print("\nrlexp: interrupted; the running jobs are recorded as KILLED with all they logged; "
+              "no further job started", file=sys.stderr)
+        sys.exit(130)
+    except Terminated:
+        print("rlexp: terminated (SIGTERM); the running jobs are recorded as KILLED with all they logged; "
+              "no further job started", file=sys.stderr)
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if multirun:
+        sys.exit(MultirunSummary.status)
+    if _failed:
+        sys.exit(1)
+
+
+def _preflight(overrides: list[str]) -> None:
+    """Compose and check every job, the tracking store and the experiments before any job starts."""
+    from rlexp.tracking import check_tracking, open_experiment
+
+    try:
+        configs = preflight(overrides)
+        if any(c.tracking.enabled for c in configs):
+            check_tracking()  # an unwritable store or a silent server: refused in seconds
+    except ConfigError as e:
+        print(f"rlexp: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    # create the store and the experiments once, here, before parallel jobs race to do it
+    from rlexp.runs import note_stale
+    from rlexp.train import experiment_name
+
+    for name in sorted({experiment_name(c) for c in configs if c.tracking.enabled}):
+        if note := note_stale(*open_experiment(name), name):
+            print(note, file=sys.stderr)
