@@ -19,7 +19,7 @@ SEED_PRESETS = ["dqn_seed", "dqn_target_seed", "double_dqn_seed", "clipped_doubl
 
 
 def test_the_presets_are_experiments():
-    assert {*SEED_PRESETS, "clipped_double_dqn_steady", "dqn_cartpole_tuned"} <= set(PRESETS)
+    assert {*SEED_PRESETS, "clipped_double_dqn_steady"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("algo", group_options("algo"))
