@@ -65,3 +65,10 @@ def test_the_cli_refuses_an_old_algo_name_in_one_line():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip() == "rlexp: error: algo='ppo_seed' is now a preset: use +experiment=ppo_seed"
+
+
+def test_the_readme_configuration_table_names_every_algorithm_and_preset():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### Configuration"):text.index("### What each run records")]
+    missing = [n for n in [*group_options("algo"), *SEED_PRESETS, "clipped_double_dqn_steady"] if f"`{n}`" not in table]
+    assert not missing, f"README's configuration table does not name {missing}"
