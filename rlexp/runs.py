@@ -143,7 +143,7 @@ def close(client: Any, run: Any, reason: str) -> None:
     run_id = run.info.run_id
     tags = [RunTag("stop_reason", f"stale: {reason} (closed by python -m rlexp.runs close-stale)")]
     retry_locked(lambda: client.log_batch(run_id, tags=tags))
-    end_ms = int(last_seen(run.info, run.data.tags) * 1000)
+    end_ms = max(int(last_seen(run.info, run.data.tags) * 1000), run.info.start_time or 0)
     retry_locked(lambda: client.set_terminated(run_id, status="KILLED", end_time=end_ms))
 
 

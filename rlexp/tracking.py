@@ -282,7 +282,7 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         # each batch of metrics carries a heartbeat: how rlexp.runs tells a silent run from a live one
-        beat = [RunTag(HEARTBEAT_TAG, str(int(time.time())))]
+        beat = [RunTag(HEARTBEAT_TAG, f"{time.time():.3f}")]
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk, tags=beat))
