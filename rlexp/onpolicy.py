@@ -1,38 +1,43 @@
-"""The shared on-policy loop: collect a rollout from N envs at once, then ``agent.update(rollout)``.
+"""The shared on-policy loop over a batch of members: collect from K members x N envs at once, then
+``agent.update(rollout, members)``.
 
 Two ways to cut a rollout:
 
-- ``n_steps`` per env (PPO): a ``[T, N]`` block of steps; episodes run across rollouts and the
-  value of the state after the block bootstraps the last step;
-- whole episodes (REINFORCE, actor-critic): every episode finished since the last update,
-  concatenated in finishing order as ``[T, 1]``. With several envs the episodes still running
-  carry over to the next update (their first steps come from the previous policy); with one env
-  an update always falls on an episode boundary.
+- ``n_steps`` per env (PPO): every member collects a ``(T, K, N)`` block in lockstep; episodes run
+  across rollouts and the value of the state after the block bootstraps the last step; the members
+  still training at the end of the block update together;
+- whole episodes (REINFORCE, actor-critic): each member's episodes finished since its last update,
+  concatenated in finishing order as ``(T, 1, 1)``. A member is due once it has
+  ``episodes_per_update`` episodes and ``min_steps_per_update`` steps, so members update at
+  different times: each due member updates on its own (the ops a member runs alone). With several
+  envs the episodes still running carry over to the next update (their first steps come from the
+  previous policy); with one env an update always falls on an episode boundary.
 
+Acting is one forward pass for all K members; each member draws its actions and minibatch orders
+from its own generator, so a member's trajectory depends on its seed only, not on the batch.
 Either way ``terminated`` and ``truncated`` stay apart: the true next state of a truncated step
-(``final_obs`` of gymnasium's same-step autoreset) is valued by the critic and bootstraps, a
-terminated one does not. Episodes are recorded in the order they finish (by env index within a
-step), so episodes-to-solve means the same for every algorithm and every ``num_envs``.
+(the env batch's ``next_obs``) is valued by the critic and bootstraps, a terminated one does not.
+A member's episodes are recorded in the order they finish (by env index within a step), so
+episodes-to-solve means the same for every algorithm and every ``num_envs``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from rlexp.config import Config
-from rlexp.envs import EnvSpec, make_vector_env
-from rlexp.loops import Counters, EpisodeRecorder, check_finite
+from rlexp.envs import EnvBatch, EnvSpec
+from rlexp.loops import Counters, Members, Metrics, non_finite
 
 
 class Rollout(NamedTuple):
-    """Time-major ``[T, N]`` tensors (``obs``: ``[T, N, obs_dim]``) of one collection phase."""
+    """Time-major ``(T, K, N)`` tensors (``obs``: ``(T, K, N, obs_dim)``) of one collection phase,
+    for the K members being updated (their order: the ``members`` handed to ``update``)."""
 
     obs: torch.Tensor
     actions: torch.Tensor  # int64 action indices
@@ -45,15 +50,20 @@ class Rollout(NamedTuple):
 
 
 class OnPolicyAgent(Protocol):
-    """What the on-policy loop needs from an algorithm."""
+    """What the on-policy loop needs from an algorithm (arrays have the member axis first)."""
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Actions, their log-probabilities and V(obs) for a ``[N, obs_dim]`` batch."""
+        """Actions, their log-probabilities and V(obs), each ``(K, N)``, for ``(K, N, obs_dim)``
+        observations of every member."""
         ...
 
-    def value(self, obs: np.ndarray) -> np.ndarray: ...
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """V(obs), ``(K, N)``."""
+        ...
 
-    def update(self, rollout: Rollout, counters: Counters) -> dict[str, float]: ...
+    def update(self, rollout: Rollout, members: torch.Tensor, counters: Counters) -> Metrics:
+        """Learn from the rollout of ``members`` (int64 indices); their metrics, ``(len(members),)`` arrays."""
+        ...
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]: ...
 
@@ -61,7 +71,8 @@ class OnPolicyAgent(Protocol):
 # --------------------------------------------------------------------------- returns and advantages
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
         dones: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and lambda-returns over ``[T, N]`` tensors.
+    """Generalised advantage estimates and lambda-returns over time-major ``(T, ...)`` tensors
+    (every other axis, members and envs, is independent).
 
     ``delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)`` and
     ``A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}``; returns ``(A, A + V)``. With
@@ -81,9 +92,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
 
 def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
                        dones: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Reward-to-go over ``[T, N]`` tensors: ``G_t = r_t + gamma * (1 - terminated_t) * X`` with
-    ``X = G_{t+1}`` inside an episode and ``X = next_values_t`` where it was cut (a truncation, or
-    the last row of a step block); a terminal step does not bootstrap."""
+    """Reward-to-go over time-major ``(T, ...)`` tensors: ``G_t = r_t + gamma * (1 - terminated_t) * X``
+    with ``X = G_{t+1}`` inside an episode and ``X = next_values_t`` where it was cut (a truncation,
+    or the last row of a step block); a terminal step does not bootstrap."""
     r, nv = rewards.numpy(), next_values.numpy()
     not_term, done = 1.0 - terminated.numpy(), dones.numpy() > 0
     g = np.zeros_like(r)
@@ -94,18 +105,23 @@ def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, termina
     return torch.from_numpy(g)
 
 
-def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / (std + eps)`` with the population std (as numpy's ``np.std``)."""
-    return (x - x.mean()) / (x.std(correction=0) + eps)
+def standardize(x: torch.Tensor, eps: float = 1e-8, dim: int | None = None) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` with the population std (as numpy's ``np.std``), over ``dim``
+    (each member's own: ``dim=-1`` of ``(K, n)``) or the whole tensor."""
+    return (x - x.mean(dim, keepdim=True)) / (x.std(dim, correction=0, keepdim=True) + eps)
+
+
+def per_member(x: torch.Tensor) -> torch.Tensor:
+    """A rollout tensor ``(T, K, N, ...)`` as ``(K, T * N, ...)``: each member's steps in time-major order."""
+    return x.transpose(0, 1).flatten(1, 2)
 
 
 # --------------------------------------------------------------------------- categorical policies
-def sample_categorical(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one action per row of ``logits``; returns ``(actions, log_probs)``."""
+def sample_categorical(logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One action per row of ``logits`` by inverse CDF from the uniforms ``u`` (``logits.shape[:-1]``);
+    returns ``(actions, log_probs)``."""
     logp_all = torch.log_softmax(logits, dim=-1)
-    # inverse-CDF sampling: a few cheap ops instead of torch.multinomial's per-call overhead
-    u = torch.rand(logits.shape[:-1] + (1,))
-    actions = (logp_all.exp().cumsum(-1) < u).sum(-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)
+    actions = (logp_all.exp().cumsum(-1) < u.unsqueeze(-1)).sum(-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)
     return actions.squeeze(-1), logp_all.gather(-1, actions).squeeze(-1)
 
 
@@ -120,146 +136,182 @@ def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp_all.exp() * logp_all).sum(-1)
 
 
+class MemberRandom:
+    """Each member's own random stream for its actions and minibatch orders.
+
+    Seeded ``(seed, 1)``: a stream apart from the member's network initialisation (torch, ``seed``)
+    and from its envs (gymnasium's ``seed + i``), so nearby seeds share nothing.
+    """
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.rngs = [np.random.default_rng([int(s), 1]) for s in seeds]
+
+    def uniforms(self, n: int) -> torch.Tensor:
+        """``(K, n)`` float32 uniforms, row ``k`` from member ``k``'s stream."""
+        return torch.from_numpy(np.stack([g.random(n, dtype=np.float32) for g in self.rngs]))
+
+    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`sample_categorical` over ``(K, N, n_actions)`` logits of every member."""
+        return sample_categorical(logits, self.uniforms(logits.shape[1]).to(logits.device))
+
+    def permutations(self, members: torch.Tensor, n: int) -> torch.Tensor:
+        """``(len(members), n)``: a random order of ``n`` items per member."""
+        return torch.from_numpy(np.stack([self.rngs[k].permutation(n) for k in members.tolist()]))
+
+
+def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Each member's rows ``idx`` (``(K, m)``) of ``x`` (``(K, n, ...)``)."""
+    return torch.take_along_dim(x, idx.view(*idx.shape, *([1] * (x.dim() - 2))), dim=1)
+
+
 # --------------------------------------------------------------------------- the loop
-class _Episodes:
-    """Per-env running return and length; records finished episodes in finishing order."""
+class _Step(NamedTuple):
+    """One env step of every member, ``(K, N)`` arrays (``obs``: ``(K, N, obs_dim)``)."""
 
-    def __init__(self, n: int, rec: EpisodeRecorder, counters: Counters) -> None:
-        self.ret = np.zeros(n)
-        self.len = np.zeros(n, dtype=np.int64)
-        self.rec, self.c = rec, counters
+    obs: np.ndarray
+    actions: np.ndarray
+    log_probs: np.ndarray
+    values: np.ndarray
+    rewards: np.ndarray
+    final_values: np.ndarray  # V(true last obs) where truncated, else 0
+    terminated: np.ndarray
+    dones: np.ndarray
 
-    def step(self, rewards: np.ndarray, done: np.ndarray) -> None:
+
+class _Collector:
+    """Acts for every member, steps the active members' envs, records their finished episodes."""
+
+    def __init__(self, agent: OnPolicyAgent, envs: EnvBatch, members: Members) -> None:
+        self.agent, self.envs, self.members = agent, envs, members
+        k = len(members)
+        self.c = Counters(episodes=np.zeros(k, dtype=np.int64))
+        self.obs = envs.reset()
+        self.ret = np.zeros((k, envs.n))
+        self.len = np.zeros((k, envs.n), dtype=np.int64)
+
+    def step(self) -> _Step:
+        obs, members = self.obs, self.members
+        actions, log_probs, values = self.agent.act(obs)
+        self.obs, next_obs, rewards, terminated, truncated = self.envs.step(actions, members.active)
+        self.c.step += self.envs.n
+        cut = truncated & ~terminated
+        final_values = np.zeros(rewards.shape, dtype=np.float32)
+        if cut.any():  # every member's rows: a member's values do not depend on the others'
+            final_values[cut] = self.agent.value(next_obs)[cut]
+        dones = terminated | truncated
         self.ret += rewards
         self.len += 1
-        for i in np.flatnonzero(done):
-            self.c.episode += 1
-            self.rec.add(self.ret[i], int(self.len[i]), self.c.step)
-            self.ret[i], self.len[i] = 0.0, 0
+        for k in list(members.active):
+            for i in np.flatnonzero(dones[k]):
+                if k in members.active:  # not past its episode budget
+                    self.c.episodes[k] += 1
+                    members.episode(k, float(self.ret[k, i]), int(self.len[k, i]), self.c.step)
+                self.ret[k, i], self.len[k, i] = 0.0, 0
+        members.advance(self.c.step)
+        return _Step(obs, actions, log_probs, values, rewards, final_values, terminated.astype(np.float32),
+                     dones.astype(np.float32))
 
 
-def _final_values(agent: OnPolicyAgent, info: dict[str, Any], idx: np.ndarray) -> np.ndarray:
-    """V of the last observations of the episodes truncated at this step (``idx``)."""
-    final = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
-    return agent.value(final)
+def _spread(metrics: Metrics, members: torch.Tensor, size: int) -> dict[str, np.ndarray]:
+    """The updated members' metrics as ``(K,)`` arrays (0 for the others, which are no longer active)."""
+    out = {}
+    for key, v in metrics.items():
+        out[key] = np.zeros(size)
+        out[key][members.numpy()] = v
+    return out
 
 
-def on_policy_loop(agent: OnPolicyAgent, envs: Any, rec: EpisodeRecorder, *, seed: int,
-                   max_steps: int | None, n_steps: int | None = None, episodes_per_update: int = 1,
-                   min_steps_per_update: int = 1) -> Counters:
-    """Collect and update until ``rec.finished`` or ``max_steps``; returns the counters.
-
-    ``n_steps`` set: rollouts of ``n_steps`` per env; otherwise rollouts of at least
-    ``episodes_per_update`` whole episodes and ``min_steps_per_update`` steps.
-    """
-    c = Counters()
-    limit = max_steps if max_steps is not None else math.inf
-    obs, _ = envs.reset(seed=seed)
-    state = _State(obs, [[] for _ in range(envs.num_envs)], _Episodes(envs.num_envs, rec, c))
-    while not rec.finished and c.step < limit:
-        if n_steps is not None:
-            rollout = _collect_steps(agent, envs, state, n_steps, c, rec, limit)
-        else:
-            rollout = _collect_episodes(agent, envs, state, episodes_per_update, min_steps_per_update,
-                                        c, rec, limit)
-        if rollout is None:  # budget spent or solved mid-collection
-            break
-        metrics = agent.update(rollout, c)
-        c.updates += 1
-        check_finite(metrics, c.step)
-        rec.tracker.log_metrics(metrics, step=c.step)
-    return c
+def _log_member(members: Members, k: int, metrics: Metrics, step: int) -> None:
+    """Log member ``k``'s update metrics at ``step``, or fail it if one is not finite (what
+    ``Members.log`` does for all members, for a member that updates on its own)."""
+    m = {key: float(np.asarray(v).reshape(-1)[0]) for key, v in metrics.items()}
+    why = non_finite(m, step)
+    if why is not None:
+        members.end(k, "FAILED", why)
+    else:
+        members.recs[k].tracker.log_metrics(m, step=step)
 
 
-@dataclass
-class _State:
-    """What carries over from one collection to the next."""
-
-    obs: np.ndarray  # the envs' current observations
-    running: list[list[list[Any]]]  # whole-episode mode: per env, the steps of its unfinished episode
-    episodes: _Episodes
-
-
-def _collect_steps(agent: OnPolicyAgent, envs: Any, state: _State, n_steps: int, c: Counters,
-                   rec: EpisodeRecorder, limit: float) -> Rollout | None:
-    T, N = n_steps, envs.num_envs
-    obs = state.obs
-    buf_obs = np.zeros((T, N, obs.shape[1]), dtype=np.float32)
-    actions = np.zeros((T, N), dtype=np.int64)
-    log_probs, values, rewards, next_values, terminated, dones = (
-        np.zeros((T, N), dtype=np.float32) for _ in range(6))
-    for t in range(T):
-        a, logp, v = agent.act(obs)
-        buf_obs[t], actions[t], log_probs[t], values[t] = obs, a, logp, v
-        obs, r, term, trunc, info = envs.step(a)
-        c.step += N
-        done = term | trunc
-        rewards[t], terminated[t], dones[t] = r, term, done
-        cut = np.flatnonzero(trunc & ~term)
-        if cut.size:
-            next_values[t, cut] = _final_values(agent, info, cut)
-        state.episodes.step(r, done)
-        if rec.finished or c.step >= limit:
-            return None
-    state.obs = obs
-    # the next state of a step that did not end its episode is the next row's state
-    nv = np.concatenate([values[1:], agent.value(obs)[None]])
-    next_values = np.where(dones > 0, next_values, nv)
-    return Rollout(*(torch.from_numpy(x) for x in (buf_obs, actions, log_probs, values, rewards,
-                                                   next_values, terminated, dones)))
+def step_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_steps: int) -> Counters:
+    """Rollouts of ``n_steps`` per env in lockstep, then one update of the members still training."""
+    col, size = _Collector(agent, envs, members), len(members)
+    while members.active:
+        steps = []
+        for _ in range(n_steps):
+            steps.append(col.step())
+            if not members.active:
+                return col.c
+        obs, actions, log_probs, values, rewards, next_values, terminated, dones = (np.stack(x) for x in zip(*steps, strict=True))
+        # the next state of a step that did not end its episode is the next row's state
+        nv = np.concatenate([values[1:], agent.value(col.obs)[None]])
+        next_values = np.where(dones > 0, next_values, nv)
+        idx = np.asarray(members.active)
+        rollout = Rollout(*(torch.from_numpy(x[:, idx]) for x in (obs, actions, log_probs, values, rewards,
+                                                                  next_values, terminated, dones)))
+        who = torch.from_numpy(idx)
+        members.add_metrics(_spread(agent.update(rollout, who, col.c), who, size))
+        col.c.updates += 1
+        members.log(col.c.step)
+    return col.c
 
 
-def _collect_episodes(agent: OnPolicyAgent, envs: Any, state: _State, n_episodes: int, min_steps: int,
-                      c: Counters, rec: EpisodeRecorder, limit: float) -> Rollout | None:
-    N = envs.num_envs
-    obs, running = state.obs, state.running
-    finished: list[list[list[Any]]] = []
-    steps = 0
-    while len(finished) < n_episodes or steps < min_steps:
-        a, logp, v = agent.act(obs)
-        next_obs, r, term, trunc, info = envs.step(a)
-        c.step += N
-        done = term | trunc
-        cut = np.flatnonzero(trunc & ~term)
-        final_v = {}
-        if cut.size:
-            final_v = dict(zip(cut.tolist(), _final_values(agent, info, cut).tolist(), strict=True))
-        for i in range(N):
-            # obs, action, log prob, value, reward, next value (filled below), terminated, done
-            running[i].append([obs[i], a[i], logp[i], v[i], r[i], 0.0, float(term[i]), float(done[i])])
-            if done[i]:
-                ep = running[i]
-                for k in range(len(ep) - 1):
-                    ep[k][5] = ep[k + 1][3]
-                ep[-1][5] = final_v.get(i, 0.0)  # V(final obs) if truncated; masked if terminated
-                finished.append(ep)
-                steps += len(ep)
-                running[i] = []
-        state.episodes.step(r, done)
-        obs = next_obs
-        if rec.finished or c.step >= limit:
-            return None
-    state.obs = obs
-    cols = list(zip(*(row for ep in finished for row in ep), strict=True))
-    o = np.stack(cols[0]).astype(np.float32)[:, None]
-    act = np.asarray(cols[1], dtype=np.int64)[:, None]
-    rest = [np.asarray(col, dtype=np.float32)[:, None] for col in cols[2:]]
-    return Rollout(torch.from_numpy(o), torch.from_numpy(act), *(torch.from_numpy(x) for x in rest))
+def episode_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_episodes: int = 1,
+                     min_steps: int = 1) -> Counters:
+    """Each member updates once it has ``n_episodes`` whole episodes and ``min_steps`` steps."""
+    col, n = _Collector(agent, envs, members), envs.n
+    running: list[list[list[list[float]]]] = [[[] for _ in range(n)] for _ in range(len(members))]
+    finished: list[list[list[list[float]]]] = [[] for _ in range(len(members))]
+    steps_since = np.zeros(len(members), dtype=np.int64)
+    while members.active:
+        stepped = list(members.active)
+        s = col.step()
+        for k in stepped:
+            for i in range(n):
+                ep = running[k][i]
+                if ep:  # within an episode the next state's value is the next row's
+                    ep[-1][5] = s.values[k, i]
+                # obs, action, log prob, value, reward, next value (set later), terminated, done
+                ep.append([s.obs[k, i], s.actions[k, i], s.log_probs[k, i], s.values[k, i], s.rewards[k, i],
+                           s.final_values[k, i], s.terminated[k, i], s.dones[k, i]])
+                if s.dones[k, i]:
+                    finished[k].append(ep)
+                    steps_since[k] += len(ep)
+                    running[k][i] = []
+        for k in list(members.active):
+            if len(finished[k]) >= n_episodes and steps_since[k] >= min_steps:
+                rollout = _stack([row for ep in finished[k] for row in ep])
+                metrics = agent.update(rollout, torch.tensor([k]), col.c)
+                col.c.updates += 1
+                finished[k], steps_since[k] = [], 0
+                _log_member(members, k, metrics, col.c.step)
+    return col.c
+
+
+def _stack(rows: list[list[float]]) -> Rollout:
+    """One member's steps as a ``(T, 1, 1)`` rollout."""
+    cols = list(zip(*rows, strict=True))
+    obs = np.stack(cols[0]).astype(np.float32)[:, None, None]
+    actions = np.asarray(cols[1], dtype=np.int64)[:, None, None]
+    rest = [np.asarray(c, dtype=np.float32)[:, None, None] for c in cols[2:]]
+    return Rollout(torch.from_numpy(obs), torch.from_numpy(actions), *(torch.from_numpy(x) for x in rest))
 
 
 def num_envs(cfg: Config) -> int:
-    """Envs to collect from: ``env.num_envs`` when above 1, else the algorithm's tuned ``num_envs``."""
+    """Envs per member: ``env.num_envs`` when above 1, else the algorithm's tuned ``num_envs``."""
     return cfg.env.num_envs if cfg.env.num_envs > 1 else int(getattr(cfg.algo, "num_envs", 1))
 
 
-def run_on_policy(agent: OnPolicyAgent, cfg: Config, spec: EnvSpec, rec: EpisodeRecorder) -> Counters:
-    """``train.LOOPS["on_policy"]``: build the vector env and run :func:`on_policy_loop`."""
+def run_on_policy(agent: OnPolicyAgent, cfg: Config, spec: EnvSpec, members: Members) -> None:
+    """``train.LOOPS["on_policy"]``: the members' envs, then step or episode rollouts until every
+    member has ended."""
     a = cfg.algo
-    envs = make_vector_env(cfg.env, cfg.seed, num_envs(cfg))
+    envs = EnvBatch(cfg.env, [r.seed for r in members.recs], num_envs(cfg))
     try:
-        return on_policy_loop(agent, envs, rec, seed=cfg.seed, max_steps=cfg.train.max_steps,
-                              n_steps=getattr(a, "n_steps", None),
-                              episodes_per_update=getattr(a, "episodes_per_update", 1),
-                              min_steps_per_update=getattr(a, "min_steps_per_update", 1))
+        n_steps = getattr(a, "n_steps", None)
+        if n_steps is not None:
+            step_rollouts(agent, envs, members, n_steps)
+        else:
+            episode_rollouts(agent, envs, members, getattr(a, "episodes_per_update", 1),
+                             getattr(a, "min_steps_per_update", 1))
     finally:
         envs.close()

@@ -15,7 +15,7 @@ from rlexp.config import ConfigError
 from rlexp.envs import check_compatible
 from rlexp.loops import DivergenceError
 from rlexp.tracking import NullTracker
-from rlexp.train import train
+from rlexp.train import train, train_batch
 
 from .conftest import PYTHON, cli_env, pick
 
@@ -85,12 +85,12 @@ def test_ddpg_gaussian_noise_and_bounds():
 
     cfg = compose_config(["algo=ddpg", "env=pendulum", "algo.noise=gaussian", "algo.noise_sigma=10",
                           *tiny("ddpg")])
-    agent = DDPGAgent(cfg.algo, check_compatible(cfg), cfg.optimizer, 0)
-    actions = np.array([agent.act(np.zeros(3, np.float32), Counters()) for _ in range(200)])
+    agent = DDPGAgent(cfg.algo, check_compatible(cfg), cfg.optimizer, [0], torch.device("cpu"))
+    actions = np.array([agent.act(np.zeros((1, 3), np.float32), Counters())[0] for _ in range(200)])
     assert actions.dtype == np.float32 and actions.shape == (200, 1)
     assert actions.min() == -2.0 and actions.max() == 2.0  # huge noise, clipped to the bounds
     with torch.no_grad():  # the initial actor is near the middle of the range (last layer +-3e-3)
-        assert agent.actor(torch.randn(64, 3)).abs().max() < 0.5
+        assert agent.actor(torch.randn(1, 64, 3)).abs().max() < 0.5
 
 
 SB3_PAIRS = [(a, e) for a in SB3 for e in DISCRETE_ENVS] + [("sb3_ppo", "pendulum"), ("sb3_a2c", "pendulum")]
@@ -208,7 +208,8 @@ def test_kl_early_stop_cuts_the_policy_passes():
 def test_nan_update_raises_divergence(monkeypatch):
     from rlexp.algos import ppo
 
-    monkeypatch.setattr(ppo.PPOAgent, "update", lambda self, ro, c: {"train/policy_loss": float("nan")})
+    monkeypatch.setattr(ppo.PPOAgent, "update",
+                        lambda self, ro, members, c: {"train/policy_loss": np.full(len(members), np.nan)})
     with pytest.raises(DivergenceError, match="train/policy_loss became nan"):
         train(compose_config(["algo=ppo", *BASE, *tiny("ppo")]))
 
@@ -216,13 +217,11 @@ def test_nan_update_raises_divergence(monkeypatch):
 # --------------------------------------------------------------------------- slow: learning, determinism
 @pytest.mark.slow
 def test_ppo_learns_cartpole():
-    """Learnability: default PPO passes 195 over 20 episodes within 300 episodes (2 of 3 seeds)."""
-    solved = 0
-    for seed in range(3):
-        cfg = compose_config(["algo=ppo", f"seed={seed}", "solve.threshold=195", "solve.window=20",
-                              "train.max_episodes=300", "tracking.enabled=false", "train.save_model=false"])
-        solved += train(cfg).solved
-    assert solved >= 2
+    """Learnability: default PPO passes 195 over 20 episodes within 300 episodes (2 of 3 seeds, one batch)."""
+    cfgs = [compose_config(["algo=ppo", f"seed={seed}", "solve.threshold=195", "solve.window=20",
+                            "train.max_episodes=300", "tracking.enabled=false", "train.save_model=false"])
+            for seed in range(3)]
+    assert sum(r.solved for r in train_batch(cfgs)) >= 2
 
 
 @pytest.mark.slow

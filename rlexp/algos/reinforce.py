@@ -1,6 +1,6 @@
 """REINFORCE (seed 004), with and without a learned state-value baseline.
 
-Each update takes a batch of whole episodes (``episodes_per_update``, at least
+Each update takes a batch of one member's whole episodes (``episodes_per_update``, at least
 ``min_steps_per_update`` steps) and makes one policy gradient step on
 
     loss = -mean_t log pi(a_t|s_t) * (G_t - V(s_t))
@@ -8,12 +8,13 @@ Each update takes a batch of whole episodes (``episodes_per_update``, at least
 with ``G_t`` the discounted reward-to-go and ``V = 0`` without a baseline. The baseline is its
 own MLP regressed on ``G_t`` (MSE, ``value_iters`` steps); with it, a truncated episode's
 reward-to-go bootstraps from V of its last observation (without it there is nothing to bootstrap
-from, as in the seed).
+from, as in the seed). K members (seeds) share the stacked networks (``rlexp.nets``); each acts
+from its own generator and updates when its own episodes are in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,68 +23,73 @@ from torch import nn
 
 from rlexp.config import OptimizerConfig, ReinforceConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters
-from rlexp.nets import mlp
+from rlexp.loops import Counters, Metrics
+from rlexp.nets import MLP, generators
 from rlexp.onpolicy import (
+    MemberRandom,
     Rollout,
     categorical_entropy,
     categorical_log_prob,
     discounted_returns,
-    sample_categorical,
+    per_member,
     standardize,
 )
-from rlexp.optim import make_optimizer
+from rlexp.optim import StackedOptimizer
 
 
 class ReinforceAgent:
-    """Softmax policy MLP, optional value MLP baseline."""
+    """Softmax policy MLP, optional value MLP baseline, for K members."""
 
-    def __init__(self, cfg: ReinforceConfig, spec: EnvSpec, opt_cfg: OptimizerConfig) -> None:
-        self.cfg = cfg
-        self.policy = mlp(spec.obs_dim, cfg.hidden, spec.n_actions, cfg.activation)
-        self.optimizer = make_optimizer(self.policy.parameters(), opt_cfg)
-        self.baseline: nn.Module | None = None
+    def __init__(self, cfg: ReinforceConfig, spec: EnvSpec, opt_cfg: OptimizerConfig, seeds: Sequence[int],
+                 device: torch.device) -> None:
+        self.cfg, self.size, self.device = cfg, len(seeds), device
+        gens = generators(seeds)
+        self.policy = MLP(spec.obs_dim, cfg.hidden, spec.n_actions, gens, cfg.activation).to(device)
+        self.optimizer = StackedOptimizer(self.policy.parameters(), opt_cfg, self.size,
+                                          max_grad_norm=cfg.max_grad_norm)
+        self.baseline: MLP | None = None
         if cfg.baseline:
-            self.baseline = mlp(spec.obs_dim, cfg.hidden, 1, cfg.activation)
-            self.value_optimizer = make_optimizer(self.baseline.parameters(), opt_cfg, lr=cfg.value_lr)
+            self.baseline = MLP(spec.obs_dim, cfg.hidden, 1, gens, cfg.activation).to(device)
+            self.value_optimizer = StackedOptimizer(self.baseline.parameters(), opt_cfg, self.size,
+                                                    lr=cfg.value_lr)
+        self.random = MemberRandom(seeds)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = torch.from_numpy(obs)
-        actions, logp = sample_categorical(self.policy(x))
-        return actions.numpy(), logp.numpy(), self.value(obs)
+        actions, logp = self.random.sample(self.policy(torch.as_tensor(obs, device=self.device)))
+        return actions.cpu().numpy(), logp.cpu().numpy(), self.value(obs)
 
     @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
         if self.baseline is None:
-            return np.zeros(len(obs), dtype=np.float32)
-        return self.baseline(torch.from_numpy(obs)).squeeze(-1).numpy()
+            return np.zeros(obs.shape[:-1], dtype=np.float32)
+        return self.baseline(torch.as_tensor(obs, device=self.device)).squeeze(-1).cpu().numpy()
 
-    def update(self, ro: Rollout, counters: Counters) -> dict[str, float]:
+    def update(self, ro: Rollout, members: torch.Tensor, counters: Counters) -> Metrics:
         cfg = self.cfg
-        returns = discounted_returns(ro.rewards, ro.next_values, ro.terminated, ro.dones, cfg.gamma).flatten()
-        obs, actions = ro.obs.flatten(0, 1), ro.actions.flatten()
-        adv = returns - ro.values.flatten()
+        returns = discounted_returns(ro.rewards, ro.next_values, ro.terminated, ro.dones, cfg.gamma)
+        obs, actions, values, returns = (per_member(x).to(self.device) for x in
+                                         (ro.obs, ro.actions, ro.values, returns))
+        idx = members.to(self.device)
+        adv = returns - values
         if cfg.normalize_advantages:
-            adv = standardize(adv)
-        logits = self.policy(obs)
+            adv = standardize(adv, dim=-1)
+        logits = self.policy(obs, idx)
         logp, entropy = categorical_log_prob(logits, actions), categorical_entropy(logits)
-        loss = -(logp * adv).mean() - cfg.ent_coef * entropy.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm, foreach=True)
-        self.optimizer.step()
-        out = {"train/policy_loss": loss.item(), "train/entropy": entropy.mean().item(),
-               "train/return_mean": returns.mean().item()}
+        loss = -(logp * adv).mean(-1) - cfg.ent_coef * entropy.mean(-1)
+        self.optimizer.zero_grad()
+        loss.sum().backward()  # each member's gradient is its own loss's
+        self.optimizer.step(members)
+        out = {"train/policy_loss": loss.detach(), "train/entropy": entropy.detach().mean(-1),
+               "train/return_mean": returns.mean(-1)}
         if self.baseline is not None:
             for _ in range(cfg.value_iters):
-                v_loss = F.mse_loss(self.baseline(obs).squeeze(-1), returns)
-                self.value_optimizer.zero_grad(set_to_none=True)
-                v_loss.backward()
-                self.value_optimizer.step()
-            out["train/value_loss"] = v_loss.item()
-        return out
+                v_loss = F.mse_loss(self.baseline(obs, idx).squeeze(-1), returns, reduction="none").mean(-1)
+                self.value_optimizer.zero_grad()
+                v_loss.sum().backward()
+                self.value_optimizer.step(members)
+            out["train/value_loss"] = v_loss.detach()
+        return {key: v.cpu().numpy() for key, v in out.items()}
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "policy", self.policy
