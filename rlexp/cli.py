@@ -33,6 +33,10 @@ OUTCOME_FILE = "rlexp-job.json"  # a job's outcome, in its output directory
 register_configs()
 
 
+class FailFast(BaseException):
+    """A job failed and ``hydra.launcher.fail_fast`` is set: start no further job."""
+
+
 class Terminated(BaseException):
     """SIGTERM reached the command: stop everything (not an ``Exception``, so no launcher or
     Hydra wrapper records it as one failed job and goes on)."""
@@ -95,6 +99,8 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
             print(f"rlexp: {name}: {verdict} ({r.episodes} episodes, {r.env_steps} env steps, "
                   f"{r.wall_time_s:.1f} s, {r.sps:.0f} steps/s, run {r.run_id})", file=sys.stderr)
             out[i] = float(r.episodes_to_solve) if r.episodes_to_solve is not None else None
+    if _failed and multirun and hc.launcher.get("fail_fast", False):
+        raise FailFast()
     return out
 
 
@@ -147,6 +153,11 @@ def main() -> None:
         print("\nrlexp: interrupted; the running jobs are recorded as KILLED with all they logged; "
               "no further job started", file=sys.stderr)
         sys.exit(130)
+    except FailFast:
+        for line in _failed:
+            print(line, file=sys.stderr)
+        print("rlexp: hydra.launcher.fail_fast: a job failed, no further job started", file=sys.stderr)
+        sys.exit(1)
     except Terminated:
         print("rlexp: terminated (SIGTERM); the running jobs are recorded as KILLED with all they logged; "
               "no further job started", file=sys.stderr)

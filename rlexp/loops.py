@@ -190,6 +190,7 @@ class Members:
     # ------------------------------------------------------------------ episodes and ends
     def episode(self, k: int, ret: float, length: int, env_step: int) -> None:
         """Member ``k`` finished an episode; it ends if that spent its budget or solved the task."""
+        self.step = max(self.step, env_step)
         self.recs[k].add(ret, length, env_step)
         if self.recs[k].finished:
             why = non_finite(self._member_metrics(k), env_step)

@@ -1,0 +1,104 @@
+"""Multirun commands that fail loudly (issue 29), through the real command line: the exit status,
+one line per failed job, SIGTERM and Ctrl-C stopping the whole command, and other launchers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PYTHON, ROOT, cli_env, sigint_default
+
+FAST = ["train.max_episodes=8", "algo.hidden=[8]", "algo.learning_starts=30", "train.log_interval=30",
+        "train.save_model=false"]
+
+
+def _popen(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return subprocess.Popen([PYTHON, "-m", "rlexp", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
+
+
+def _runs(tmp_path: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def _outcomes(tmp_path: Path) -> dict[str, str]:
+    return {p.parent.name: json.loads(p.read_text())["status"]
+            for p in (tmp_path / "sweep").glob("*/rlexp-job.json")}
+
+
+def test_a_failed_job_makes_the_multirun_exit_1_after_every_job_ran(tmp_path):
+    """The lr=1e38 jobs diverge; the others still run; the command ends with one line per failed
+    job (its overrides, the reason, its run) and exit status 1."""
+    p = _popen(tmp_path, "algo=dqn_target", "optimizer.lr=1e38,1e-3", "seed=1,2", *FAST, "-m")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    summary = [ln for ln in err.splitlines() if ln.startswith("rlexp: FAILED [")]
+    outcomes = _outcomes(tmp_path)
+    failed = sorted(k for k, v in outcomes.items() if v == "FAILED")
+    assert len(outcomes) == 4 and failed and len(summary) == len(failed)
+    assert all("optimizer.lr=1e+38" in ln and "the run diverged" in ln and "(run " in ln for ln in summary)
+    assert f"{len(failed)} job(s) did not finish" in err
+    assert all(v == "FINISHED" for k, v in outcomes.items() if k.startswith(("2-", "3-")))  # lr=1e-3
+    assert sorted(r.info.status for r in _runs(tmp_path)) == sorted(outcomes.values())
+
+
+def test_fail_fast_starts_no_further_batch(tmp_path):
+    p = _popen(tmp_path, "algo=dqn_target", "optimizer.lr=1e38,1e-3", *FAST, "hydra.launcher.fail_fast=true", "-m")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    assert _outcomes(tmp_path) == {"0-dqn_target-0": "FAILED"}  # the lr=1e-3 job never started
+
+
+def test_a_single_run_that_fails_exits_1_with_one_line(tmp_path):
+    p = _popen(tmp_path, "algo=dqn_target", "optimizer.lr=1e38", *FAST)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1 and "Traceback" not in err
+    assert "FAILED" in err and "became nan" in err
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_whole_multirun(tmp_path, sig, code):
+    """SIGTERM (what SLURM sends) or Ctrl-C while the first batch trains: its runs end KILLED with
+    what they logged, the second batch never starts, no traceback."""
+    p = _popen(tmp_path, "algo=dqn,dqn_target", "seed=1,2", "train.max_episodes=100000", "algo.hidden=[8]",
+               "train.save_model=false", "-m")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        try:
+            runs = _runs(tmp_path)
+        except Exception:
+            continue
+        if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
+            break
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    runs = _runs(tmp_path)
+    assert len(runs) == 2 and {r.data.tags["algo"] for r in runs} == {"dqn"}  # the second batch never started
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert all(r.data.metrics.get("episodes", 0) > 0 for r in runs)
+
+
+def test_another_launcher_runs_one_seed_per_job(tmp_path):
+    """With hydra/launcher=joblib each job trains alone in a worker; the summary and the exit
+    status still hold."""
+    p = _popen(tmp_path, "algo=dqn_target", "optimizer.lr=1e38,1e-3", *FAST, "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", "-m")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    assert "did not finish" in err
+    assert sorted(r.info.status for r in _runs(tmp_path)) == ["FAILED", "FINISHED"]
+    assert sorted(_outcomes(tmp_path).values()) == ["FAILED", "FINISHED"]
