@@ -211,7 +211,9 @@ def _members(size: int, max_steps: int) -> Members:
 @pytest.mark.parametrize("n_steps", [7, None])
 def test_loop_bootstraps_truncations_with_the_final_observation(n_steps):
     # always pushing left ends CartPole in ~9 steps: a 9-step limit mixes truncations and terminations
-    envs = EnvBatch(EnvConfig(id="CartPole-v1", kwargs={"max_episode_steps": 9}), seeds=[0, 10], n=3)
+    env_cfg = EnvConfig(id="CartPole-v1", kwargs={"max_episode_steps": 9})
+    envs = EnvBatch(env_cfg, seeds=[0, 10], n=3)
+    first = EnvBatch(env_cfg, seeds=[0, 10], n=3).reset()  # what the loop's first rows must hold
     agent, members = _Probe(2), _members(2, 600)
     if n_steps is not None:
         c = step_rollouts(agent, envs, members, n_steps)
@@ -230,6 +232,7 @@ def test_loop_bootstraps_truncations_with_the_final_observation(n_steps):
         assert (ro.next_values[trunc] != 0).all()
         if n_steps is not None:
             assert (ro.next_values[:-1][trunc[:-1]] != ro.values[1:][trunc[:-1]]).all()
+            assert torch.equal(ro.obs[0], torch.from_numpy(first[k]))
         # every finished episode was recorded once, numbered in finishing order
         rec = members.recs[k]
         assert rec.episodes == c.episodes[k] >= sum(int(r.dones.sum()) for r in rollouts)
