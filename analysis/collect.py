@@ -48,6 +48,7 @@ RUN_COLUMNS = [
     "start_time",
     "git_commit",
     "cpu",
+    "budget",
 ]
 EPISODE_COLUMNS = ["run_id", "algo", "env", "seed", "episode", "return", "length", "env_step", "wall_time_s"]
 _FINAL_METRICS = ("episodes_to_solve", "episodes", "env_steps", "wall_time_s", "sps")
@@ -68,7 +69,8 @@ class RunQuery:
     sweeps: Sequence[str] = ()  # Optuna study name tag
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tag equalities, AND-ed
     run_ids: Sequence[str] = ()
-    statuses: Sequence[str] = ("FINISHED",)
+    statuses: Sequence[str] = ("FINISHED", "FAILED", "KILLED")  # FAILED/KILLED: censored where they stopped
+    exclude_run_ids: Sequence[str] = ()
 
     def describe(self) -> str:
         """Human-readable summary of the filter, for messages and the report."""
@@ -77,6 +79,8 @@ class RunQuery:
             if vals := getattr(self, name):
                 parts.append(f"{name}={','.join(vals)}")
         parts += [f"tag {k}={v}" for k, v in self.tags.items()]
+        if self.exclude_run_ids:
+            parts.append(f"not runs {','.join(self.exclude_run_ids)}")
         parts.append(f"status in {','.join(self.statuses)}")
         return "; ".join(parts)
 
@@ -141,6 +145,8 @@ def matches(run: Run, query: RunQuery) -> bool:
             return False
     if any(tags.get(k) != v for k, v in query.tags.items()):
         return False
+    if run.info.run_id in query.exclude_run_ids:
+        return False
     return not query.run_ids or run.info.run_id in query.run_ids
 
 
@@ -154,6 +160,13 @@ def _int_or_none(value: str | None) -> int | None:
         return int(float(value)) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def _float_or_nan(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
 
 
 def run_row(run: Run) -> dict[str, object]:
@@ -187,6 +200,7 @@ def run_row(run: Run) -> dict[str, object]:
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
         "git_commit": tags.get("mlflow.source.git.commit"),
         "cpu": tags.get("runtime.cpu"),  # seeded runs reproduce only on the same CPU type
+        "budget": _float_or_nan(params.get("train.max_episodes")),  # planned episodes
     }
     row.update({f"param.{k}": v for k, v in sorted(params.items())})
     return row
@@ -229,9 +243,12 @@ def read_episodes(client: MlflowClient, run_id: str, tmp: Path) -> pd.DataFrame:
             dst_path=str(tmp / run_id),
             tracking_uri=client.tracking_uri,
         )
-        return pd.read_csv(path)
-    except (MlflowException, OSError):
+        table = pd.read_csv(path)
+    except (MlflowException, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return _episodes_from_metrics(client, run_id)
+    if not {"episode", "return"} <= set(table.columns):  # not the contract's file
+        return _episodes_from_metrics(client, run_id)
+    return table
 
 
 @contextmanager
@@ -299,28 +316,84 @@ def search(client: MlflowClient, experiment_ids: list[str], filter_str: str) -> 
             return runs
 
 
-def collect(query: RunQuery, tracking_uri: str | None = None, *, with_episodes: bool = True) -> Collection:
-    """Read the runs matching ``query``; raises :class:`CollectionError` if there are none.
+def _store_error(uri: str, e: Exception) -> CollectionError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return CollectionError(
+        f"cannot read the MLflow store at {uri} ({type(e).__name__}: {first}); "
+        "check the tracking URI, or restore the database from a backup"
+    )
 
-    ``tracking_uri`` defaults to the core's (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
+
+def check_arms(runs: pd.DataFrame, query: RunQuery) -> None:
+    """Every value asked for by name (``--algo a b``, ...) must have runs: an empty arm is an error."""
+    for column, asked in (
+        ("algo", query.algos),
+        ("env", query.envs),
+        ("group", query.groups),
+        ("sweep", query.sweeps),
+    ):
+        present = set(runs[column].dropna().astype(str))
+        missing = [v for v in asked if v not in present]
+        if missing:
+            raise CollectionError(
+                f"no runs of {column} {', '.join(map(repr, missing))} match {query.describe()} "
+                f"(found: {', '.join(sorted(present)) or 'none'}); check the name or drop it"
+            )
+
+
+def check_episodes(runs: pd.DataFrame) -> pd.DataFrame:
+    """FINISHED runs must have episodes (else one-line error); a run that died early counts 0."""
+    bad = runs[(runs["status"] == "FINISHED") & ~(runs["episodes"] > 0)]
+    if len(bad):
+        r = bad.iloc[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CollectionError(
+            f"run {r['run_id']} ({r['algo']}, seed {r['seed']}) is FINISHED but recorded no episodes"
+            f"{more}: it cannot be placed; delete it in MLflow or leave it out with "
+            f"--exclude-run-ids {' '.join(bad['run_id'])}"
+        )
+    return runs.assign(episodes=runs["episodes"].fillna(0.0))
+
+
+def collect(query: RunQuery, tracking_uri: str | None = None, *, with_episodes: bool = True) -> Collection:
+    """Read the runs matching ``query``; raises :class:`CollectionError` (one line) on any problem.
+
+    ``tracking_uri`` defaults to the core's (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``). Unknown
+    experiment, no matching run, an empty arm, a FINISHED run without episodes, a missing, empty
+    or unreadable store: each is a :class:`CollectionError` naming the cause and the fix.
     """
     uri = tracking_uri or default_tracking_uri()
     db = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and db != ":memory:" and not Path(db).exists():
-        raise CollectionError(f"no MLflow database at {db} (tracking URI {uri})")  # don't create one
-    client = MlflowClient(uri)
-    exp_ids = _experiment_ids(client, query)
-    found = [r for r in search(client, exp_ids, filter_string(query)) if matches(r, query)]
+    if uri.startswith("sqlite:///") and db != ":memory:":
+        if not Path(db).exists():
+            raise CollectionError(f"no MLflow database at {db} (tracking URI {uri})")  # don't create one
+        if Path(db).stat().st_size == 0:
+            raise CollectionError(
+                f"the MLflow database at {db} is empty (0 bytes): no runs were ever recorded there"
+            )
+    try:
+        client = MlflowClient(uri)
+        exp_ids = _experiment_ids(client, query)
+        found = [r for r in search(client, exp_ids, filter_string(query)) if matches(r, query)]
+    except CollectionError:
+        raise
+    except Exception as e:  # a corrupt or foreign file: sqlalchemy, MLflow or OS errors
+        raise _store_error(uri, e) from e
     kept = [r for r in found if r.info.status in query.statuses]
     excluded = dict(Counter(r.info.status for r in found if r.info.status not in query.statuses))
     if not kept:
         other = f" ({sum(excluded.values())} with another status)" if excluded else ""
         raise CollectionError(f"no runs match {query.describe()}{other} at {uri}")
     runs = runs_table(kept)
-    episodes = episodes_table(client, runs) if with_episodes else pd.DataFrame(columns=EPISODE_COLUMNS)
+    check_arms(runs, query)
+    try:
+        episodes = episodes_table(client, runs) if with_episodes else pd.DataFrame(columns=EPISODE_COLUMNS)
+    except Exception as e:
+        raise _store_error(uri, e) from e
     if with_episodes:  # a run that died before logging ``episodes``: count its episodes.csv rows
         last = episodes.groupby("run_id")["episode"].max()
         runs["episodes"] = runs["episodes"].fillna(runs["run_id"].map(last))
+    runs = check_episodes(runs)
     return Collection(runs, episodes, uri, exp_ids, excluded)
 
 

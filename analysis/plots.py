@@ -111,9 +111,9 @@ def solve_curves_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`solve_curves`."""
     return (
         f"Kaplan-Meier estimate of the fraction of runs solved by each episode, with a "
-        f"pointwise {confidence:.0%} log-log band. Unsolved runs are right-censored at their "
-        "episode count (tick marks); the dotted line at 0.5 crosses each curve at its KM "
-        "median."
+        f"pointwise {confidence:.0%} exact-binomial band (none for a single run). Unsolved, "
+        "FAILED and KILLED runs are right-censored at their episode count (tick marks); the "
+        "dotted line at 0.5 crosses each curve at its KM median."
     )
 
 
@@ -166,9 +166,10 @@ def episodes_to_solve_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`episodes_to_solve`."""
     return (
         f"Each grey mark is a run; '>' marks a run that never solved, placed at its episode "
-        f"count (its true value is larger). Diamonds: median (black) and interquartile mean "
-        f"(red) with seeded {confidence:.0%} bootstrap CIs; with censored runs they are "
-        "lower bounds."
+        f"count (its true value is larger). Diamonds: KM median (black) and interquartile mean "
+        f"(red) with {confidence:.0%} CIs (an end the runs cannot bound is not drawn); an arm "
+        "with more than half its runs unsolved has its median drawn at its last episode, a lower "
+        "bound."
     )
 
 
@@ -208,6 +209,7 @@ def improvement_matrix_caption(confidence: float = stats.CONFIDENCE) -> str:
     """Caption of :func:`improvement_matrix`."""
     return (
         f"Probability that a random run of the row arm solves in fewer episodes than a random "
-        f"run of the column arm (ties and undecidable censored pairs count 1/2), with "
-        f"seeded {confidence:.0%} bootstrap CIs. 0.5 means no difference."
+        f"run of the column arm, both censored at the smaller budget of the two (ties and "
+        f"undecidable censored pairs count 1/2), with {confidence:.0%} Newcombe score CIs. 0.5 "
+        "means no difference."
     )

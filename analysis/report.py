@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import logging
 import math
@@ -83,34 +84,61 @@ def limitations(summary: pd.DataFrame, pairs: pd.DataFrame, by: str) -> list[str
         elif r["runs"] < stats.MIN_SEEDS:
             notes.append(
                 f"{arm} has only {r['runs']} runs (fewer than {stats.MIN_SEEDS} seeds): its "
-                "intervals are wide and comparisons involving it are weak."
+                "intervals are wide (its median cannot be bounded) and comparisons involving it are weak."
             )
-        if r["solved"] == 0:
+        if r["cannot_solve"] == r["runs"]:
+            notes.append(
+                f"No run of {arm} could solve: its budget ({r['budgets']} episodes) is shorter than "
+                "solve.window, the episodes a solve needs."
+            )
+        elif r["cannot_solve"]:
+            notes.append(
+                f"{r['cannot_solve']} of {arm}'s runs could not solve: budget shorter than solve.window."
+            )
+        elif r["solved"] == 0:
             notes.append(
                 f"{arm} never solved (up to {r['max_episodes']:.0f} episodes): its "
-                "episodes-to-solve is only known to exceed its episode counts."
+                "episodes-to-solve is only known to exceed its episode counts; it is ranked by its "
+                "final return."
+            )
+        if r["failed"]:
+            notes.append(
+                f"{arm} has {r['failed']} FAILED/KILLED run(s), counted as unsolved where they "
+                "stopped (flagged in the runs table); a run stopped by a pruner because it looked "
+                "slow makes the arm look faster than it is."
+            )
+        if r["mixed_budgets"]:
+            notes.append(
+                f"{arm}'s runs had different budgets ({r['budgets']} episodes): comparisons "
+                "censor them all at the smallest."
             )
     if len(pairs) and not pairs["verdict"].str.contains("solves in fewer").any():
         notes.append(
-            f"No pair differs clearly (Holm-adjusted log-rank p < {stats.ALPHA} and a "
-            "P(improvement) CI excluding 0.5)."
+            f"No pair differs clearly (Holm-adjusted Gehan permutation p < {stats.ALPHA} and a "
+            "P(A faster) CI excluding 0.5)."
         )
     return notes
 
 
 def analyse(
-    collection: Collection, by: str = "algo", *, seed: int = 0, n_resamples: int = stats.N_RESAMPLES
+    collection: Collection, by: str = "algo", *, seed: int = 0, n_permutations: int = stats.N_PERMUTATIONS
 ) -> list[EnvAnalysis]:
     """Statistics for each environment in the collection (arms compared within an env only)."""
-    runs = collection.runs.assign(**{by: collection.runs[by].astype(str)})
-    episodes = collection.episodes
-    if by not in episodes.columns:
-        episodes = episodes.merge(runs[["run_id", by]], on="run_id")
+    runs = collection.runs.assign(
+        **{
+            by: collection.runs[by]
+            .astype(str)
+            .replace({"nan": "(not recorded)", "None": "(not recorded)", "<NA>": "(not recorded)"})
+        }
+    )
+    episodes = collection.episodes.drop(columns=[by], errors="ignore").merge(
+        runs[["run_id", by]], on="run_id"
+    )
     out = []
     for env, g in runs.groupby("env", sort=True):
-        summary = stats.summarize(g, by, n_resamples=n_resamples, seed=seed)
-        pairs = stats.compare(g, by, n_resamples=n_resamples, seed=seed)
-        ep = episodes[episodes["run_id"].isin(g["run_id"])].assign(**{by: lambda d: d[by].astype(str)})
+        ep = episodes[episodes["run_id"].isin(g["run_id"])]
+        summary = stats.summarize(g, by, ep)
+        pairs = stats.compare(g, by, ep, n_permutations=n_permutations, seed=seed, summary=summary)
         out.append(
             EnvAnalysis(
                 env=str(env),
@@ -150,39 +178,66 @@ class Section:
 
 
 def _num(x: float, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return "not reached" if math.isinf(x) else f"{x:.{digits}f}"
+    return f"{x:.{digits}f}"
 
 
 def _ci(est: float, lo: float, hi: float, digits: int = 1, prefix: str = "") -> str:
-    interval = f" [{_num(lo, digits)}, {_num(hi, digits)}]" if math.isfinite(lo) or math.isfinite(hi) else ""
-    return f"{prefix}{_num(est, digits)}{interval}"
+    """``est [lo, hi]``; an end the data cannot bound reads "unbounded", no interval at all: none."""
+    if not math.isfinite(est):
+        return "n/a"
+    if math.isnan(lo) and math.isnan(hi):
+        return f"{prefix}{_num(est, digits)} (no interval)"
+    lo_s = _num(lo, digits) if math.isfinite(lo) else "unbounded"
+    hi_s = _num(hi, digits) if math.isfinite(hi) else "unbounded"
+    return f"{prefix}{_num(est, digits)} [{lo_s}, {hi_s}]"
+
+
+def median_text(r: dict) -> str:
+    """The KM median cell: a value, '≥ value' or '> budget', with its interval and odd levels named."""
+    if r["median_kind"] == "not reached":
+        text = f"> {r['median']:.0f} (fewer than half solved)"
+        return text + (f" [{_num(r['median_lo'], 0)}, unbounded]" if math.isfinite(r["median_lo"]) else "")
+    if math.isnan(r["median_level"]):
+        return f"{r['median']:.1f} (no interval from {r['runs']} runs)"
+    prefix = "≥ " if r["median_kind"] == "lower bound" else ""
+    text = _ci(r["median"], r["median_lo"], r["median_hi"], 1, prefix)
+    if r["median_level"] < stats.CONFIDENCE:
+        text += f" ({r['median_level']:.2%} interval, the most {r['runs']} runs give)"
+    return text
+
+
+def iqm_text(r: dict) -> str:
+    """The IQM cell: exact with its interval, or '≥ value' with a lower limit only."""
+    if r["iqm_exact"]:
+        return _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 1)
+    return _ci(r["iqm"], r["iqm_lo"], math.inf, 1, "≥ ") + " (over a quarter unsolved: a lower bound)"
 
 
 def summary_display(a: EnvAnalysis) -> pd.DataFrame:
-    """The per-arm table as strings (≥ marks a lower bound: the arm has unsolved runs)."""
+    """The per-arm table as strings, ranked (≥ and > mark bounds: the arm has unsolved runs)."""
     rows = []
-    for r in a.summary.to_dict("records"):
-        lb = "≥ " if r["lower_bound"] else ""
-        km = (
-            f"> {r['max_episodes']:.0f}"
-            if math.isinf(r["km_median"])
-            else _ci(r["km_median"], r["km_median_lo"], r["km_median_hi"], 0)
-        )
-        rows.append(
-            {
-                a.by: r[a.by],
-                "runs": r["runs"],
-                "seeds": r["seeds"],
-                "solved": f"{r['solved']}/{r['runs']}",
-                "median episodes [95% CI]": _ci(r["median"], r["median_lo"], r["median_hi"], 1, lb),
-                "IQM [95% CI]": _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 1, lb),
-                "KM median [95% CI]": km,
-                "wall time s (median)": _num(r["wall_time_s"]),
-                "steps/s (median)": _num(r["sps"], 0),
-            }
-        )
+    for rank, r in enumerate(a.summary.to_dict("records"), 1):
+        row = {
+            "rank": rank,
+            a.by: r[a.by],
+            "runs": r["runs"],
+            "solved": f"{r['solved']}/{r['runs']}",
+            "FAILED/KILLED": r["failed"],
+            "budget (episodes)": r["budgets"] + (" (mixed)" if r["mixed_budgets"] else ""),
+            "median episodes [95% CI]": median_text(r),
+            "IQM episodes [95% CI]": iqm_text(r),
+        }
+        if "final_return" in r:
+            row["final return [95% CI]"] = _ci(r["final_return"], r["final_return_lo"], r["final_return_hi"])
+            row["IQM final return [95% CI]"] = _ci(
+                r["final_return_iqm"], r["final_return_iqm_lo"], r["final_return_iqm_hi"]
+            )
+            row[f"AUC to ep. {_num(r['auc_horizon'], 0)} [95% CI]"] = _ci(r["auc"], r["auc_lo"], r["auc_hi"])
+        row["wall time s (median)"] = _num(r["wall_time_s"])
+        row["steps/s (median)"] = _num(r["sps"], 0)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -197,11 +252,11 @@ def pairs_display(a: EnvAnalysis) -> pd.DataFrame:
             {
                 "A": r["a"],
                 "B": r["b"],
+                "compared up to episode": _num(r["horizon"], 0),
+                "solved by then (A, B)": f"{r['solved_a']}/{r['n_a']}, {r['solved_b']}/{r['n_b']}",
                 "P(A faster) [95% CI]": _ci(r["p_a_faster"], r["p_lo"], r["p_hi"], 2),
-                "log-rank p (Holm)": p(r["logrank_p_holm"]),
-                "Mann-Whitney p (Holm)": p(r["mannwhitney_p_holm"]),
-                "paired seeds": r["paired_n"],
-                "Wilcoxon p (Holm)": p(r["wilcoxon_p_holm"]),
+                "Gehan perm. p (Holm)": p(r["gehan_p_holm"]),
+                "log-rank perm. p (Holm)": p(r["logrank_p_holm"]),
                 "warnings": r["warnings"] or "-",
             }
             for r in a.pairs.to_dict("records")
@@ -209,17 +264,25 @@ def pairs_display(a: EnvAnalysis) -> pd.DataFrame:
     )
 
 
+def slug(name: str, limit: int = 60) -> str:
+    """A file-name-safe form of ``name``; long names are cut and keep a short hash to stay unique."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
+    if len(safe) <= limit:
+        return safe
+    return f"{safe[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def figures(a: EnvAnalysis) -> list[Fig]:
     """The figures of one environment."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.env)
+    stem = slug(a.env)
     figs = [
         Fig(
-            f"{slug}-episodes-to-solve",
+            f"{stem}-episodes-to-solve",
             plots.episodes_to_solve_caption(),
             plots.png(plots.episodes_to_solve(a.runs, a.summary, a.by)),
         ),
         Fig(
-            f"{slug}-solve-curves",
+            f"{stem}-solve-curves",
             plots.solve_curves_caption(),
             plots.png(plots.solve_curves(a.km, a.arms, a.by)),
         ),
@@ -227,7 +290,7 @@ def figures(a: EnvAnalysis) -> list[Fig]:
     if not a.curve.empty:
         figs.append(
             Fig(
-                f"{slug}-learning-curves",
+                f"{stem}-learning-curves",
                 plots.learning_curve_caption(a.curve, min_frac=MIN_FRAC),
                 plots.png(plots.learning_curves(a.curve, a.arms, a.by, a.threshold)),
             )
@@ -235,7 +298,7 @@ def figures(a: EnvAnalysis) -> list[Fig]:
     if len(a.arms) > 1:
         figs.append(
             Fig(
-                f"{slug}-p-improvement",
+                f"{stem}-p-improvement",
                 plots.improvement_matrix_caption(),
                 plots.png(plots.improvement_matrix(a.pairs, a.arms)),
             )
@@ -246,27 +309,39 @@ def figures(a: EnvAnalysis) -> list[Fig]:
 METHODS = [
     "Episodes-to-solve is the first episode at which the mean return of the last `solve.window` "
     "episodes reaches `solve.threshold`. A run that never solved is right-censored at its episode "
-    "count: we only know it needs more episodes than it ran.",
-    "Median and IQM (interquartile mean, the mean of the middle 50% of runs) count unsolved runs at "
-    "their episode count, so for an arm with unsolved runs (marked ≥) they are lower bounds. The "
-    "Kaplan-Meier (KM) median handles censoring exactly; 'not reached' / '> N' means fewer than "
-    "half the runs solved.",
-    f"Confidence intervals: seeded bootstrap ({stats.BOOTSTRAP_METHOD} method, "
-    "scipy.stats.bootstrap), resampling runs. The expanded percentile interval is the percentile "
-    "interval taken at a higher level for small samples (98.3% at 10 runs, Hesterberg 2015): the "
-    "plain percentile, BCa and basic intervals of the median under-cover at 10 seeds "
-    "(benchmarks/bench_stats.py). KM bands are pointwise log-log intervals (scipy.stats.ecdf); "
-    "the KM median CI inverts that band.",
+    "count: we only know it needs more episodes than it ran. FAILED and KILLED runs are counted the "
+    "same way, censored at the episodes they reached (flagged in the runs table), never left out.",
+    "Common footing: each pair of arms is compared up to the smaller of their episode budgets "
+    "(`train.max_episodes`); a run solved later than that counts as unsolved there, so a longer "
+    "budget cannot make an arm look faster or slower.",
+    "Test: a permutation test (exact over every relabelling of the runs when there are at most "
+    f"{stats.EXACT_LIMIT:,}, else {stats.N_PERMUTATIONS:,} seeded random ones) of Gehan's generalised "
+    "Wilcoxon statistic, which uses the censoring and keeps its 5% level at 3-5 seeds a side; a "
+    "permutation log-rank p is shown alongside. p-values are Holm-corrected over all pairs of the "
+    f"environment. A difference is claimed only when the Holm Gehan p < {stats.ALPHA} and the P(A "
+    "faster) CI excludes 0.5.",
     "P(A faster) is the probability that a random run of A solves in fewer episodes than a random "
-    "run of B: ties count 1/2, a solved run beats a censored run that ran at least as many "
-    "episodes, and pairs whose order the censoring hides (two unsolved runs, or an unsolved run "
-    "against one that solved later than it stopped) count 1/2.",
-    "Tests: log-rank (scipy.stats.logrank, uses censoring), Mann-Whitney U and, where both arms ran "
-    "the same seeds, Wilcoxon signed-rank on matched seeds (both on episode counts for unsolved "
-    "runs). Each test's p-values are Holm-corrected over all pairs of the environment. A "
-    f"difference is claimed only when the Holm log-rank p < {stats.ALPHA} and the P(A faster) "
-    f"CI excludes 0.5. Fewer than {stats.MIN_SEEDS} seeds, overlapping median CIs or a P CI "
-    "containing 0.5 are flagged as warnings.",
+    "run of B on the common footing: ties count 1/2, a solved run beats a run unsolved at least as "
+    "long, and pairs whose order the censoring hides count 1/2. Its CI is Newcombe's score "
+    "interval (method 5), which is not a point even when every pair agrees.",
+    "Median: the Kaplan-Meier median (the midpoint of two runs when the curve sits at exactly 1/2, "
+    "as R's survfit, so numpy's median without censoring); '> N' when fewer than half the runs "
+    "solved by N. Its CI inverts the KM band (Brookmeyer-Crowley); 5 runs give at most the exact "
+    "93.75% interval [fastest, slowest] (labelled so), fewer cannot bound a median.",
+    "IQM (mean of the middle half of the runs, scipy's trim_mean as rliable) counts an unsolved "
+    "run at its episode count: exact while the unsolved runs are all in the trimmed top quarter, "
+    "otherwise a lower bound (≥) with only a lower confidence limit. Its CI is the hull of the "
+    "Tukey-McLaughlin and the percentile-bootstrap intervals, each at Hesterberg's expanded level "
+    "for small samples (seeded).",
+    "KM bands: pointwise exact binomial (Clopper-Pearson) intervals on the Greenwood effective "
+    "number of runs, exact without censoring at any number of runs; none for a single run.",
+    "Secondary outcomes, so that arms that do not solve still compare: final return (mean of a "
+    "run's last `solve.window` returns) with a t-interval, its IQM across runs, and the area under "
+    "the learning curve (mean return over the first N episodes, N the smallest budget; a run that "
+    "stopped earlier counts its final return for the rest). Arms are ranked by KM median, then by "
+    "the fraction solved by the smallest budget, then by final return.",
+    "Coverage and false-positive rates of all of this are simulated by `python -m "
+    "benchmarks.bench_stats` (benchmarks/results/bench_stats-*.md).",
 ]
 
 
@@ -339,7 +414,12 @@ def build_sections(
     )
     t, solved = stats.solve_times(collection.runs)
     runs_tab = collection.runs[["run_id", "env", by, "seed", "group", "status"]].assign(
+        status=[
+            f"{x} (censored where it stopped)" if x in stats.FAILED_STATUSES else x
+            for x in collection.runs["status"]
+        ],
         solved=solved,
+        budget=[_num(b, 0) for b in stats.budgets(collection.runs)],
         episodes_to_solve=[f"{x:.0f}" if s else f"> {x:.0f}" for x, s in zip(t, solved, strict=True)],
     )
     prov.tables.append(("Runs", runs_tab))
@@ -482,7 +562,7 @@ def make_report(
     tracking_uri: str | None = None,
     by: str = "algo",
     seed: int = 0,
-    n_resamples: int = stats.N_RESAMPLES,
+    n_permutations: int = stats.N_PERMUTATIONS,
     log: bool = True,
     command: str = "",
 ) -> ReportResult:
@@ -494,7 +574,7 @@ def make_report(
         raise CollectionError(f"--by {by!r} is not a run column (try algo, group or param.<key>)")
     seconds["collect"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    analyses = analyse(collection, by, seed=seed, n_resamples=n_resamples)
+    analyses = analyse(collection, by, seed=seed, n_permutations=n_permutations)
     seconds["statistics"] = time.perf_counter() - t0
     run_id = start_report_run(collection, by, query) if log else None
     ok = False
@@ -533,11 +613,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", nargs="+", default=[], help="only these Optuna studies")
     p.add_argument("--tag", nargs="+", type=_tag, default=[], metavar="K=V", help="tag equalities")
     p.add_argument("--run-ids", nargs="+", default=[], help="only these runs")
-    p.add_argument("--status", nargs="+", default=["FINISHED"], help="run statuses to include")
+    p.add_argument("--exclude-run-ids", nargs="+", default=[], help="leave these runs out")
+    p.add_argument(
+        "--status",
+        nargs="+",
+        default=["FINISHED", "FAILED", "KILLED"],
+        help="run statuses to include (FAILED/KILLED count as unsolved where they stopped)",
+    )
     p.add_argument("--by", default="algo", help="column defining the compared arms (default algo)")
     p.add_argument("--out", help="output directory (default reports/<experiment>)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--n-resamples", type=int, default=stats.N_RESAMPLES)
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations and bootstraps")
+    p.add_argument("--permutations", type=int, default=stats.N_PERMUTATIONS, help="Monte Carlo permutations")
     p.add_argument("--no-log", action="store_true", help="do not log the report run to MLflow")
     return p
 
@@ -558,9 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tags=dict(args.tag),
         run_ids=args.run_ids,
         statuses=tuple(args.status),
+        exclude_run_ids=args.exclude_run_ids,
     )
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.experiment or "runs")
-    out = Path(args.out or Path("reports") / name)
+    out = Path(args.out or Path("reports") / slug(args.experiment or "runs"))
     command = "python -m analysis.report " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         result = make_report(
@@ -569,12 +655,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracking_uri=args.tracking_uri,
             by=args.by,
             seed=args.seed,
-            n_resamples=args.n_resamples,
+            n_permutations=args.permutations,
             log=not args.no_log,
             command=command,
         )
     except CollectionError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the output folder cannot be written
+        print(
+            f"error: cannot write the report to {out}: {e.strerror or e}; choose another --out",
+            file=sys.stderr,
+        )
         return 1
     for a in result.analyses:
         for line in list(a.pairs["verdict"]) + a.notes:

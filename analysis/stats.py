@@ -1,56 +1,53 @@
 """Statistics of episodes-to-solve: pure functions over the tidy run table of :mod:`analysis.collect`.
 
 Censoring. A run that never solved is *right-censored* at its episode count: all we know is that
-its episodes-to-solve exceeds ``episodes``. Such runs are never dropped:
+its episodes-to-solve exceeds ``episodes``. FAILED and KILLED runs are censored at the episodes
+they reached (unless they solved first). Nothing is dropped.
 
-* :func:`kaplan_meier` and :func:`km_median` treat them exactly (Kaplan-Meier estimator), and
-  :func:`logrank` tests whole solve curves with them;
-* :func:`summarize`'s ``median`` and ``iqm`` count an unsolved run *at its episode count*, so when
-  any run of an arm is censored they are lower bounds of the true values (column ``lower_bound``);
-* :func:`prob_improvement` scores a pair of runs only when the order is known (Gehan's rule) and
-  calls it a tie (1/2) otherwise;
-* :func:`compare`'s Mann-Whitney and Wilcoxon tests use the censored-at-episode-count values: exact
-  orderings when all runs had the same episode budget, approximate otherwise.
+* :func:`kaplan_meier` gives the fraction solved by episode n with a pointwise exact-binomial
+  (Clopper-Pearson) band on the Greenwood effective sample size: without censoring before n it is
+  the exact binomial interval, so it covers at any number of runs.
+* :func:`km_median` is the KM median (midpoint rule of R's ``survfit`` where the curve sits at 1/2,
+  so numpy's median without censoring); "not reached" (more than half censored) is reported as
+  ``> budget``, never as a number. Its CI inverts the band (Brookmeyer-Crowley); with 5 runs the
+  widest interval the runs give, [first, last], has exact level 93.75% and is labelled so; with
+  fewer runs the median cannot be bounded and no interval is given.
+* :func:`iqm_ci`: the IQM with the Tukey-McLaughlin (trimmed-mean t) interval. Exact while the
+  censored runs are all among the trimmed top quarter; beyond that the IQM of the censored-at-count
+  values and its lower limit are lower bounds of the true ones (the upper end is unbounded).
+* Comparisons (:func:`compare`) put two arms on a *common footing*: every run is censored at the
+  smallest episode budget of the pair, so a longer budget cannot make an arm look slower or faster.
+  The test is a permutation test (exact enumeration up to :data:`EXACT_LIMIT` splits, else seeded
+  Monte Carlo) of Gehan's generalised Wilcoxon statistic, whose effect size is
+  :func:`prob_improvement` (P(A solves first), Gehan's rule for censored pairs) with Newcombe's
+  score interval; a permutation log-rank p is reported alongside.
 
-Arms are the distinct values of a column (``by``, default ``algo``). All bootstraps are seeded.
+Arms are the distinct values of a column (``by``, default ``algo``). Random draws are seeded.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
 MIN_SEEDS = 5  # fewer runs per arm than this: a comparison says little, and the report says so
-# scipy's percentile/BCa/basic CIs of the median cover 79-94% at 10 seeds; the expanded percentile
-# covers >= 95% (benchmarks/bench_stats.py), so it is the default.
-BOOTSTRAP_METHOD = "expanded-percentile"
-N_RESAMPLES = 5000
-
-Statistic = Callable[..., np.ndarray]
-
-
-# --------------------------------------------------------------------------- point statistics
-def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Interquartile mean: mean of the middle 50% (``scipy.stats.trim_mean`` cutting 25% each side).
-
-    With n values, ``int(0.25 * n)`` values are cut from each end (n=10: the middle 6).
-    """
-    return stats.trim_mean(x, 0.25, axis=axis)
+MIN_MEDIAN_LEVEL = 0.93  # below this exact level the runs cannot bound the median (n < 5)
+N_RESAMPLES = 2000  # bootstrap resamples of the IQM interval
+N_PERMUTATIONS = 10_000  # Monte Carlo permutations when exact enumeration is too long
+EXACT_LIMIT = 20_000  # enumerate every split of the pooled runs up to this many
+DEFAULT_WINDOW = 100  # solve.window when a run does not record it
+FAILED_STATUSES = ("FAILED", "KILLED")
 
 
-def median(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Median along ``axis`` (vectorised, for the bootstrap)."""
-    return np.median(x, axis=axis)
-
-
+# --------------------------------------------------------------------------- run table -> arrays
 def solve_times(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(t, solved)``: episodes-to-solve for solved runs, the episode count for censored ones."""
     solved = runs["solved"].astype(bool).to_numpy()
@@ -61,144 +58,229 @@ def solve_times(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return t, solved
 
 
-def censored(t: np.ndarray, solved: np.ndarray) -> stats.CensoredData:
-    """Right-censored sample: solved runs are events, unsolved runs censored at ``t``."""
-    return stats.CensoredData.right_censored(np.asarray(t, float), ~np.asarray(solved, bool))
+def _column(runs: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in runs:
+        return np.full(len(runs), np.nan)
+    return pd.to_numeric(runs[name], errors="coerce").to_numpy(float)
 
 
-# --------------------------------------------------------------------------- bootstrap
-def expanded_confidence(confidence: float, n: int) -> float:
-    """Percentile level of Hesterberg's "expanded percentile" interval for a sample of ``n``.
+def budgets(runs: pd.DataFrame) -> np.ndarray:
+    """Planned episode budget per run (``param.train.max_episodes``), NaN where not recorded."""
+    b = _column(runs, "budget")
+    return np.where(np.isnan(b), _column(runs, "param.train.max_episodes"), b)
 
-    The percentile bootstrap is too narrow for small samples; the expanded interval uses the level
-    whose normal quantile is ``sqrt(n / (n - 1)) * t_{n-1}`` quantile (n=10, 95% -> 98.3%).
+
+def windows(runs: pd.DataFrame) -> np.ndarray:
+    """``solve.window`` per run, NaN where not recorded."""
+    return _column(runs, "param.solve.window")
+
+
+def failed(runs: pd.DataFrame) -> np.ndarray:
+    """Runs that ended FAILED or KILLED (censored where they stopped)."""
+    if "status" not in runs:
+        return np.zeros(len(runs), bool)
+    return runs["status"].isin(FAILED_STATUSES).to_numpy()
+
+
+def horizon(runs: pd.DataFrame) -> float:
+    """The episode up to which every run of ``runs`` was meant to be followed: the smallest budget.
+
+    A run's budget is its recorded ``train.max_episodes``; without it, an unsolved FINISHED run's
+    episode count. ``inf`` when no run says (all solved, no budget recorded).
     """
+    t, s = solve_times(runs)
+    b = budgets(runs)
+    b = np.where(np.isnan(b) & ~s & ~failed(runs), t, b)
+    return float(np.nanmin(b)) if np.isfinite(b).any() else math.inf
+
+
+def common_footing(t: np.ndarray, solved: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Censor every run at ``horizon``: a run solved later counts as unsolved at ``horizon``."""
+    t, solved = np.asarray(t, float), np.asarray(solved, bool)
+    return np.minimum(t, horizon), solved & (t <= horizon)
+
+
+# --------------------------------------------------------------------------- Kaplan-Meier
+def clopper_pearson(
+    x: np.ndarray, n: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact binomial interval for ``x`` successes in ``n`` trials (real ``x``, ``n`` allowed)."""
+    x, n = np.asarray(x, float), np.asarray(n, float)
+    a = (1 - confidence) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(x <= 1e-12, 0.0, stats.beta.ppf(a, np.maximum(x, 1e-12), n - x + 1))
+        hi = np.where(x >= n - 1e-12, 1.0, stats.beta.ppf(1 - a, x + 1, np.maximum(n - x, 1e-12)))
+    return lo, hi
+
+
+def kaplan_meier(t: np.ndarray, solved: np.ndarray, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Fraction of runs solved by episode n (1 - Kaplan-Meier survival), with a pointwise CI.
+
+    One row per distinct positive time plus a first row at episode 0: ``episode, fraction_solved,
+    lo, hi, at_risk`` (runs with t >= episode), ``solved_here``, ``censored_here``, ``n_eff``. The
+    band is Clopper-Pearson on the effective sample size ``F(1-F)/Var_Greenwood`` (exactly the
+    number of runs while none is censored; the runs at risk before the first solve; the solves so
+    far once every run still followed has solved). NaN band with fewer than two runs.
+    """
+    t, solved = np.asarray(t, float), np.asarray(solved, bool)
+    times = np.unique(t[t > 0])
+    at_risk = np.array([(t >= x).sum() for x in times])
+    d = np.array([(solved & (t == x)).sum() for x in times])
+    c = np.array([(~solved & (t == x)).sum() for x in times])
+    surv = np.cumprod(1 - d / np.maximum(at_risk, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gw = np.cumsum(np.where(at_risk > d, d / (at_risk * (at_risk - d)), 0.0))
+        n_eff = np.where(surv >= 1 - 1e-12, at_risk, (1 - surv) / (surv * gw))
+    n_eff = np.where(surv <= 1e-12, np.cumsum(d), n_eff)
+    episode = np.concatenate([[0.0], times])
+    f = np.concatenate([[0.0], 1 - surv])
+    n_eff = np.concatenate([[float((t > 0).sum())], n_eff])
+    if t.size >= 2:
+        lo, hi = clopper_pearson(f * n_eff, n_eff, confidence)
+    else:
+        lo = hi = np.full(episode.size, np.nan)
+    return pd.DataFrame(
+        {
+            "episode": episode,
+            "fraction_solved": f,
+            "lo": lo,
+            "hi": hi,
+            "at_risk": np.concatenate([[t.size], at_risk]),
+            "solved_here": np.concatenate([[0], d]),
+            "censored_here": np.concatenate([[int((~solved & (t <= 0)).sum())], c]),
+            "n_eff": n_eff,
+        }
+    )
+
+
+def median_level(n: int, confidence: float = CONFIDENCE) -> float:
+    """Confidence level of the median interval from ``n`` runs: ``confidence`` when reachable,
+    else the exact level of [first, last] run (1 - 2^(1-n): 93.75% at 5 runs); NaN below 93%."""
+    widest = 1 - 2 * 0.5**n if n >= 1 else 0.0
+    if widest >= confidence:
+        return confidence
+    return widest if widest >= MIN_MEDIAN_LEVEL else math.nan
+
+
+def _first(episode: np.ndarray, ok: np.ndarray) -> float:
+    hit = np.flatnonzero(ok)
+    return float(episode[hit[0]]) if hit.size else math.nan
+
+
+def km_median(t: np.ndarray, solved: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, object]:
+    """KM median episodes-to-solve with its CI.
+
+    ``median``: the first episode where the fraction solved reaches 1/2, or the midpoint to the
+    next solve when it sits exactly at 1/2 (numpy's median without censoring). ``kind``:
+    ``exact``; ``lower bound`` (the curve stops at exactly 1/2); ``not reached`` (fewer than half
+    solved; ``median`` is then the last episode observed, the true median exceeds it). ``lo``/``hi``:
+    the CI at level ``level`` (:func:`median_level`); NaN where the runs cannot bound that end
+    (``hi`` NaN: beyond the last episode observed), both NaN when no interval exists.
+    """
+    t, solved = np.asarray(t, float), np.asarray(solved, bool)
+    km = kaplan_meier(t, solved, confidence)
+    ep, f = km["episode"].to_numpy(), km["fraction_solved"].to_numpy()
+    out: dict[str, object] = {"median": math.nan, "kind": "not reached", "lo": math.nan, "hi": math.nan}
+    reach = np.flatnonzero(f >= 0.5 - 1e-9)
+    if not reach.size:
+        out["median"] = float(t.max()) if t.size else math.nan
+    else:
+        k = reach[0]
+        out["median"], out["kind"] = float(ep[k]), "exact"
+        if abs(f[k] - 0.5) < 1e-9:
+            later = np.flatnonzero(f > 0.5 + 1e-9)
+            if later.size:
+                out["median"] = (ep[k] + ep[later[0]]) / 2
+            else:
+                out["kind"] = "lower bound"
+    level = median_level(t.size, confidence)
+    out["level"] = level
+    if math.isnan(level):
+        return out
+    # widen the level a hair so that the exact order-statistic ends are inside at n = 5
+    band = kaplan_meier(t, solved, level * (1 - 1e-9))
+    lo_band, hi_band = band["lo"].to_numpy(), band["hi"].to_numpy()
+    if hi_band[0] < 0.5:  # bounded below
+        out["lo"] = _first(ep, hi_band >= 0.5)
+    out["hi"] = _first(ep, lo_band >= 0.5)
+    if math.isnan(out["lo"]) and hi_band[0] < 0.5:
+        out["lo"] = float(t.max())
+    return out
+
+
+# --------------------------------------------------------------------------- IQM
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: mean of the middle 50% (``scipy.stats.trim_mean`` cutting 25% each side).
+
+    With n values, ``int(0.25 * n)`` values are cut from each end (n=10: the middle 6).
+    """
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+def expanded_confidence(confidence: float, n: int) -> float:
+    """Hesterberg's "expanded" level for small samples: the level whose normal quantile is
+    ``sqrt(n / (n - 1)) * t_{n-1}`` quantile (n=10, 95% -> 98.3%; n=5 -> 99.8%)."""
     z = math.sqrt(n / (n - 1)) * stats.t.ppf(0.5 + confidence / 2, n - 1)
     return float(2 * stats.norm.cdf(z) - 1)
 
 
-def bootstrap_ci(
-    data: Sequence[np.ndarray],
-    statistic: Statistic,
-    *,
-    confidence: float = CONFIDENCE,
-    method: str = BOOTSTRAP_METHOD,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
+def trimmed_mean_ci(
+    x: np.ndarray, confidence: float = CONFIDENCE, *, n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
-    """Two-sided bootstrap CI of a vectorised ``statistic(*samples, axis=-1)`` (scipy.stats.bootstrap).
+    """CI of the IQM: the hull of two small-sample intervals at Hesterberg's expanded level.
 
-    ``method`` is one of scipy's (``percentile``, ``BCa``, ``basic``) or ``expanded-percentile``
-    (percentile at :func:`expanded_confidence` of the smallest sample). Samples are resampled
-    independently. NaNs if any sample has fewer than two values. A degenerate bootstrap
-    distribution (all values equal) gives the point value at both ends.
+    The Tukey-McLaughlin interval (winsorised SD, t with n - 2g - 1 df) under-covers on
+    multimodal data (a slow cluster of seeds) and the percentile bootstrap does at 5 runs; the
+    hull of both, each at :func:`expanded_confidence`, covers >= 93% at 5-20 runs on the
+    distributions of ``benchmarks/bench_stats.py``. NaN below 3 values.
     """
-    data = tuple(np.asarray(d, float) for d in data)
-    if any(d.size < 2 for d in data):
+    x = np.sort(np.asarray(x, float))
+    n = x.size
+    g = int(0.25 * n)
+    if n < 3:  # two runs: the expanded level is 100%, nothing to bound
         return math.nan, math.nan
-    if method == "expanded-percentile":
-        confidence = expanded_confidence(confidence, min(d.size for d in data))
-        method = "percentile"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap(
-            data,
-            statistic,
-            n_resamples=n_resamples,
-            vectorized=True,
-            confidence_level=confidence,
-            method=method,
-            rng=np.random.default_rng(seed),
-        )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        dist = res.bootstrap_distribution
-        if np.ptp(dist) == 0:
-            return float(dist.flat[0]), float(dist.flat[0])
-        if method != "percentile":
-            return bootstrap_ci(
-                data,
-                statistic,
-                confidence=confidence,
-                method="percentile",
-                n_resamples=n_resamples,
-                seed=seed,
-            )
-    return lo, hi
+    level = expanded_confidence(confidence, n)
+    w = np.clip(x, x[g], x[n - g - 1])
+    se = w.std(ddof=1) / ((1 - 2 * g / n) * math.sqrt(n))
+    half = stats.t.ppf(0.5 + level / 2, n - 2 * g - 1) * se if se > 0 else 0.0
+    m = float(iqm(x))
+    rng = np.random.default_rng(seed)
+    boot = iqm(x[rng.integers(0, n, (n_resamples, n))], axis=-1)
+    b_lo, b_hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return min(m - half, float(b_lo)), max(m + half, float(b_hi))
 
 
-# --------------------------------------------------------------------------- Kaplan-Meier
-def kaplan_meier(t: np.ndarray, solved: np.ndarray, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Fraction of runs solved by episode n (1 - Kaplan-Meier survival), with a pointwise CI.
+def iqm_ci(
+    t: np.ndarray, solved: np.ndarray, confidence: float = CONFIDENCE, *, seed: int = 0
+) -> dict[str, object]:
+    """IQM of episodes-to-solve with its CI (:func:`trimmed_mean_ci`), censored runs at their count.
 
-    One row per distinct time plus a first row at episode 0: ``episode, fraction_solved, lo, hi,
-    at_risk`` (runs with t >= episode), ``solved_here``, ``censored_here``. The CI is scipy's
-    "log-log" (exponential Greenwood) interval; where it is undefined (estimate 0 or 1) the band
-    collapses onto the estimate.
+    ``exact`` while every censored run sits among the trimmed top ``int(n/4)`` runs (censored no
+    earlier than the last run kept); otherwise ``iqm`` and ``lo`` are lower bounds and ``hi`` is NaN
+    (unbounded): censored-at-count values are below the true ones, and the IQM only grows with them.
     """
     t, solved = np.asarray(t, float), np.asarray(solved, bool)
-    res = stats.ecdf(censored(t, solved)).cdf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ci = res.confidence_interval(confidence, method="log-log")
-    times, f = res.quantiles, res.probabilities
-    lo = np.where(np.isnan(ci.low.probabilities), f, ci.low.probabilities)
-    hi = np.where(np.isnan(ci.high.probabilities), f, ci.high.probabilities)
-    table = pd.DataFrame(
-        {
-            "episode": times,
-            "fraction_solved": f,
-            "lo": lo,
-            "hi": hi,
-            "at_risk": [(t >= x).sum() for x in times],
-            "solved_here": [(solved & (t == x)).sum() for x in times],
-            "censored_here": [(~solved & (t == x)).sum() for x in times],
-        }
-    )
-    start = pd.DataFrame(
-        {
-            "episode": [0.0],
-            "fraction_solved": [0.0],
-            "lo": [0.0],
-            "hi": [0.0],
-            "at_risk": [t.size],
-            "solved_here": [0],
-            "censored_here": [0],
-        }
-    )
-    return pd.concat([start, table], ignore_index=True)
+    n = t.size
+    if n == 0:
+        return {"iqm": math.nan, "lo": math.nan, "hi": math.nan, "exact": False}
+    g = int(0.25 * n)
+    kept_max = np.sort(t)[n - g - 1]
+    exact = (~solved).sum() <= g and bool(np.all(t[~solved] >= kept_max))
+    lo, hi = trimmed_mean_ci(t, confidence, seed=seed)
+    return {"iqm": float(iqm(t)), "lo": lo, "hi": hi if exact else math.nan, "exact": exact}
 
 
-def _first_reaching(episode: np.ndarray, y: np.ndarray, level: float) -> float:
-    hit = np.flatnonzero(y >= level - 1e-12)
-    return float(episode[hit[0]]) if hit.size else math.inf
-
-
-def km_median(km: pd.DataFrame) -> tuple[float, float, float]:
-    """KM median episodes-to-solve with its CI, from a :func:`kaplan_meier` table.
-
-    The median is the first episode where the fraction solved reaches 1/2; its CI runs from the
-    first episode where the CI's upper end reaches 1/2 to the first where its lower end does
-    (Brookmeyer-Crowley inversion of the pointwise band). ``inf`` means "not reached": fewer
-    than half the runs (or their lower bound) solved within the episodes observed.
-    """
-    ep = km["episode"].to_numpy()
-    return (
-        _first_reaching(ep, km["fraction_solved"].to_numpy(), 0.5),
-        _first_reaching(ep, km["hi"].to_numpy(), 0.5),
-        _first_reaching(ep, km["lo"].to_numpy(), 0.5),
-    )
-
-
-def logrank(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndarray) -> tuple[float, float]:
-    """Two-sided log-rank test of equal solve curves: ``(statistic, p)``; NaN when no run solved."""
-    if not (np.any(sa) or np.any(sb)):
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.logrank(censored(ta, sa), censored(tb, sb))
-    return float(res.statistic), float(res.pvalue)
+def mean_ci(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean with its t-interval (NaN interval below two finite values)."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if x.size < 2:
+        return m, math.nan, math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return m, m - half, m + half
 
 
 # --------------------------------------------------------------------------- pairwise
@@ -221,36 +303,106 @@ def prob_improvement(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndar
     """P(A solves in fewer episodes than B): mean of :func:`win_matrix` over all run pairs.
 
     Without censoring this is P(T_A < T_B) + P(T_A = T_B) / 2, i.e. ``1 - U_A / (n_A n_B)`` with
-    Mann-Whitney's U of A.
+    Mann-Whitney's U of A. On a common footing (both censored at the same horizon) it is that
+    probability for the episodes-to-solve capped at the horizon, runs unsolved by then tying.
     """
     return float(win_matrix(ta, sa, tb, sb).mean())
 
 
-def prob_improvement_ci(
+def newcombe_ci(p: float, n_a: int, n_b: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Newcombe's (2006, method 5) score interval for P(A < B) from ``n_a`` and ``n_b`` runs.
+
+    Inverts ``|p - theta| <= z sqrt(V(theta))`` with Hanley-McNeil's variance in which both
+    ``n - 1`` are replaced by ``N* = (n_a + n_b) / 2 - 1``; like Wilson's interval it stays
+    inside [0, 1] and is not a point when every pair agrees. NaN with fewer than two runs a side.
+    """
+    if min(n_a, n_b) < 2 or not math.isfinite(p):
+        return math.nan, math.nan
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    n_star = (n_a + n_b) / 2 - 1
+
+    def gap(theta: float) -> float:
+        var = (
+            theta
+            * (1 - theta)
+            / (n_a * n_b)
+            * (1 + n_star * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+        )
+        return abs(p - theta) - z * math.sqrt(max(var, 0.0))
+
+    inner = min(max(p, 1e-12), 1 - 1e-12)  # gap < 0 here, even at p = 0 or 1
+    lo = 0.0 if gap(0.0) <= 0 else optimize.brentq(gap, 0.0, inner)
+    hi = 1.0 if gap(1.0) <= 0 else optimize.brentq(gap, inner, 1.0)
+    return float(lo), float(hi)
+
+
+def gehan_scores(t: np.ndarray, solved: np.ndarray) -> np.ndarray:
+    """Gehan's (Mantel's) scores of the pooled runs: wins minus losses against every other run."""
+    w = win_matrix(t, solved, t, solved)
+    return (2 * w - 1).sum(axis=1)
+
+
+def logrank_scores(t: np.ndarray, solved: np.ndarray) -> np.ndarray:
+    """Log-rank scores of the pooled runs: solved (0/1) minus the Nelson-Aalen hazard up to t."""
+    t, solved = np.asarray(t, float), np.asarray(solved, bool)
+    times = np.unique(t[solved])
+    hazard = np.array([(solved & (t == x)).sum() / (t >= x).sum() for x in times])
+    cum = np.concatenate([[0.0], np.cumsum(hazard)])
+    return solved - cum[np.searchsorted(times, t, side="right")]
+
+
+def _splits(n: int, k: int, n_permutations: int, seed: int) -> np.ndarray:
+    """Boolean (splits, n) matrix: every k-subset of n, or ``n_permutations`` random ones."""
+    if math.comb(n, k) <= EXACT_LIMIT:
+        idx = np.array(list(combinations(range(n), k)), dtype=int).reshape(-1, k)
+        out = np.zeros((idx.shape[0], n), bool)
+        np.put_along_axis(out, idx, True, axis=1)
+        return out
+    rng = np.random.default_rng(seed)
+    order = np.argsort(rng.random((n_permutations, n)), axis=1)
+    return order < k
+
+
+def permutation_test(
+    scores: np.ndarray, in_a: np.ndarray, *, n_permutations: int = N_PERMUTATIONS, seed: int = 0
+) -> float:
+    """Two-sided permutation p of the sum of ``scores`` over arm A (labels exchangeable under H0).
+
+    Exact when every split can be enumerated (:data:`EXACT_LIMIT`), else Monte Carlo with the
+    observed split counted (p = (1 + hits) / (1 + draws)), so the level is at most nominal.
+    """
+    scores, in_a = np.asarray(scores, float), np.asarray(in_a, bool)
+    n, k = scores.size, int(in_a.sum())
+    if k == 0 or k == n or np.ptp(scores) == 0:
+        return math.nan
+    centre = k * scores.mean()
+    obs = abs(scores[in_a].sum() - centre)
+    splits = _splits(n, k, n_permutations, seed)
+    dev = np.abs(splits @ scores - centre)
+    hits = int((dev >= obs - 1e-9 * max(1.0, obs)).sum())
+    if math.comb(n, k) <= EXACT_LIMIT:
+        return hits / splits.shape[0]
+    return (1 + hits) / (1 + splits.shape[0])
+
+
+def pair_tests(
     ta: np.ndarray,
     sa: np.ndarray,
     tb: np.ndarray,
     sb: np.ndarray,
     *,
-    confidence: float = CONFIDENCE,
-    method: str = BOOTSTRAP_METHOD,
-    n_resamples: int = N_RESAMPLES,
+    n_permutations: int = N_PERMUTATIONS,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Bootstrap CI of :func:`prob_improvement`, resampling the runs of A and of B independently."""
-    w = win_matrix(ta, sa, tb, sb)
-
-    def stat(ia: np.ndarray, ib: np.ndarray, axis: int = -1) -> np.ndarray:
-        ia, ib = ia.astype(int), ib.astype(int)
-        return w[ia[..., :, None], ib[..., None, :]].mean(axis=(-2, -1))
-
-    return bootstrap_ci(
-        (np.arange(len(ta)), np.arange(len(tb))),
-        stat,
-        confidence=confidence,
-        method=method,
-        n_resamples=n_resamples,
-        seed=seed,
+    """Permutation p-values ``(gehan, logrank)`` of equal solve curves; NaN when no run solved."""
+    t, s = np.concatenate([ta, tb]), np.concatenate([sa, sb]).astype(bool)
+    if not s.any():
+        return math.nan, math.nan
+    in_a = np.arange(t.size) < len(ta)
+    kw = {"n_permutations": n_permutations, "seed": seed}
+    return (
+        permutation_test(gehan_scores(t, s), in_a, **kw),
+        permutation_test(logrank_scores(t, s), in_a, **kw),
     )
 
 
@@ -268,27 +420,30 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _test_p(test: Callable[..., object], *args: np.ndarray) -> tuple[float, float]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = test(*args)
-    except ValueError:
-        return math.nan, math.nan
-    return float(res.statistic), float(res.pvalue)
+# --------------------------------------------------------------------------- secondary outcomes
+def run_outcomes(runs: pd.DataFrame, episodes: pd.DataFrame, auc_horizon: float) -> pd.DataFrame:
+    """Per run: ``final_return`` (mean of its last ``solve.window`` returns) and ``auc``.
 
-
-def paired_seeds(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Censored-at-count solve times of A and B on the seeds both ran exactly once (sorted by seed)."""
-
-    def by_seed(runs: pd.DataFrame) -> pd.Series:
-        runs = runs.dropna(subset=["seed"])
-        runs = runs[~runs["seed"].duplicated(keep=False)]
-        return pd.Series(solve_times(runs)[0], index=runs["seed"].to_numpy())
-
-    sa, sb = by_seed(a), by_seed(b)
-    common = sorted(set(sa.index) & set(sb.index))
-    return sa[common].to_numpy(), sb[common].to_numpy()
+    ``auc`` is the mean return over episodes 1..``auc_horizon`` (the area under the learning curve
+    per episode); a run that stopped earlier (solved, or FAILED/KILLED) counts its final return for
+    the episodes it did not run. NaN for a run without episodes.
+    """
+    win = windows(runs)
+    by_run = {k: g.sort_values("episode")["return"].to_numpy(float) for k, g in episodes.groupby("run_id")}
+    rows = []
+    for rid, w in zip(runs["run_id"], win, strict=True):
+        r = by_run.get(rid, np.empty(0))
+        r = r[np.isfinite(r)]
+        w = int(w) if math.isfinite(w) and w >= 1 else DEFAULT_WINDOW
+        if r.size == 0:
+            rows.append({"run_id": rid, "final_return": math.nan, "auc": math.nan})
+            continue
+        final = float(r[-w:].mean())
+        h = int(auc_horizon) if math.isfinite(auc_horizon) and auc_horizon >= 1 else r.size
+        head = r[:h]
+        auc = (head.sum() + final * (h - head.size)) / h
+        rows.append({"run_id": rid, "final_return": final, "auc": float(auc)})
+    return pd.DataFrame(rows, columns=["run_id", "final_return", "auc"])
 
 
 # --------------------------------------------------------------------------- tables
@@ -296,53 +451,92 @@ def _arm_groups(runs: pd.DataFrame, by: str) -> dict[str, pd.DataFrame]:
     return {str(k): g for k, g in runs.groupby(runs[by].astype(str), sort=True)}
 
 
+def _nanmedian(x: np.ndarray) -> float:
+    return float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan
+
+
+def _budget_text(b: np.ndarray) -> str:
+    vals = sorted({int(x) for x in b if math.isfinite(x)})
+    return ", ".join(map(str, vals)) if vals else "not recorded"
+
+
 def summarize(
     runs: pd.DataFrame,
     by: str = "algo",
+    episodes: pd.DataFrame | None = None,
     *,
     confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per arm: run/seed/solved counts, median and IQM with bootstrap CIs, KM median.
+    """One row per arm, ranked fastest first.
 
-    ``median``/``iqm`` count unsolved runs at their episode count (lower bounds when
-    ``censored > 0``, flagged in ``lower_bound``); ``km_median`` handles censoring exactly and is
-    ``inf`` when fewer than half the runs solved. Rows are sorted fastest first (KM median, then
-    median, then name).
+    Counts (``runs, seeds, solved, censored, failed``), budgets (``budget_min/max``,
+    ``mixed_budgets``, ``cannot_solve``: runs whose budget is shorter than ``solve.window``),
+    :func:`km_median` (``median, median_kind, median_lo, median_hi, median_level``),
+    :func:`iqm_ci` (``iqm, iqm_exact, iqm_lo, iqm_hi``), ``solved_frac_at_horizon`` (KM fraction
+    solved by ``horizon``, the smallest budget of all arms) and, with ``episodes``, the secondary
+    outcomes of :func:`run_outcomes` (``final_return``, ``final_return_iqm``, ``auc`` with CIs).
+    Ranking: arms whose median is reached by KM median; then by fraction solved by the common
+    horizon; then by final return (so an arm where nothing solves is ranked by how it learnt).
     """
+    h_all = horizon(runs) if len(runs) else math.inf
+    outcomes = run_outcomes(runs, episodes, h_all) if episodes is not None else None
     rows = []
     for arm, g in _arm_groups(runs, by).items():
         t, s = solve_times(g)
-        med_lo, med_hi = bootstrap_ci((t,), median, confidence=confidence, n_resamples=n_resamples, seed=seed)
-        iqm_lo, iqm_hi = bootstrap_ci((t,), iqm, confidence=confidence, n_resamples=n_resamples, seed=seed)
-        km_med, km_lo, km_hi = km_median(kaplan_meier(t, s, confidence))
-        rows.append(
-            {
-                by: arm,
-                "runs": len(g),
-                "seeds": g["seed"].nunique(),
-                "solved": int(s.sum()),
-                "censored": int((~s).sum()),
-                "median": float(np.median(t)),
-                "median_lo": med_lo,
-                "median_hi": med_hi,
-                "iqm": float(iqm(t)),
-                "iqm_lo": iqm_lo,
-                "iqm_hi": iqm_hi,
-                "lower_bound": bool((~s).any()),
-                "km_median": km_med,
-                "km_median_lo": km_lo,
-                "km_median_hi": km_hi,
-                "max_episodes": float(g["episodes"].max()),
-                "wall_time_s": float(g["wall_time_s"].median()),
-                "sps": float(g["sps"].median()),
-            }
-        )
+        b, w = budgets(g), windows(g)
+        med = km_median(t, s, confidence)
+        q = iqm_ci(t, s, confidence)
+        km = kaplan_meier(t, s, confidence)
+        at_h = km.loc[km["episode"] <= h_all, "fraction_solved"]
+        row = {
+            by: arm,
+            "runs": len(g),
+            "seeds": g["seed"].nunique() if "seed" in g else len(g),
+            "solved": int(s.sum()),
+            "censored": int((~s).sum()),
+            "failed": int(failed(g).sum()),
+            "budget_min": float(np.nanmin(b)) if np.isfinite(b).any() else math.nan,
+            "budget_max": float(np.nanmax(b)) if np.isfinite(b).any() else math.nan,
+            "budgets": _budget_text(b),
+            "mixed_budgets": len({x for x in b if math.isfinite(x)}) > 1,
+            "cannot_solve": int((b < w).sum()),
+            "max_episodes": float(t.max()),
+            "median": med["median"],
+            "median_kind": med["kind"],
+            "median_lo": med["lo"],
+            "median_hi": med["hi"],
+            "median_level": med["level"],
+            "iqm": q["iqm"],
+            "iqm_exact": q["exact"],
+            "iqm_lo": q["lo"],
+            "iqm_hi": q["hi"],
+            "solved_frac_at_horizon": float(at_h.iloc[-1]) if len(at_h) else 0.0,
+            "wall_time_s": _nanmedian(_column(g, "wall_time_s")),
+            "sps": _nanmedian(_column(g, "sps")),
+        }
+        if outcomes is not None:
+            o = outcomes[outcomes["run_id"].isin(g["run_id"])]
+            fr = o["final_return"].to_numpy(float)
+            row["final_return"], row["final_return_lo"], row["final_return_hi"] = mean_ci(fr, confidence)
+            fr = fr[np.isfinite(fr)]
+            row["final_return_iqm"] = float(iqm(fr)) if fr.size else math.nan
+            row["final_return_iqm_lo"], row["final_return_iqm_hi"] = trimmed_mean_ci(fr, confidence)
+            row["auc"], row["auc_lo"], row["auc_hi"] = mean_ci(o["auc"].to_numpy(float), confidence)
+            row["auc_horizon"] = h_all
+        rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values(["km_median", "median", by], ignore_index=True)
+    reached = table["median_kind"] != "not reached"
+    final = table["final_return"] if "final_return" in table else pd.Series(np.nan, index=table.index)
+    table = table.assign(
+        _reached=~reached,
+        _median=np.where(reached, table["median"], 0.0),
+        _frac=-table["solved_frac_at_horizon"],
+        _final=-final.fillna(-np.inf),
+    )
+    table = table.sort_values(["_reached", "_median", "_frac", "_final", by], ignore_index=True)
+    return table.drop(columns=["_reached", "_median", "_frac", "_final"])
 
 
 def km_curves(runs: pd.DataFrame, by: str = "algo", confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -354,127 +548,113 @@ def km_curves(runs: pd.DataFrame, by: str = "algo", confidence: float = CONFIDEN
     return pd.concat(frames, ignore_index=True)
 
 
-def _interval(lo: float, hi: float) -> str:
-    return f"[{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "[n/a]"
+def _interval(lo: float, hi: float, digits: int = 2) -> str:
+    if math.isnan(lo) and math.isnan(hi):
+        return "[no interval]"
+    lo_s = f"{lo:.{digits}f}" if math.isfinite(lo) else "unbounded"
+    hi_s = f"{hi:.{digits}f}" if math.isfinite(hi) else "unbounded"
+    return f"[{lo_s}, {hi_s}]"
 
 
-def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return all(map(math.isfinite, a + b)) and a[0] <= b[1] and b[0] <= a[1]
+COMPARE_COLUMNS = [
+    "a", "b", "n_a", "n_b", "horizon", "solved_a", "solved_b", "p_a_faster", "p_lo", "p_hi",
+    "gehan_p", "logrank_p",
+]  # fmt: skip
 
 
 def compare(
     runs: pd.DataFrame,
     by: str = "algo",
+    episodes: pd.DataFrame | None = None,
     *,
     alpha: float = ALPHA,
     confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
+    n_permutations: int = N_PERMUTATIONS,
     seed: int = 0,
+    summary: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """All pairwise comparisons of arms: one row per unordered pair ``(a, b)``, ``a`` ranked faster.
+    """All pairwise comparisons of arms: one row per unordered pair ``(a, b)``, ``a`` ranked first.
 
-    Columns: run counts; ``p_a_faster`` = :func:`prob_improvement` of a over b with bootstrap
-    CI; log-rank and Mann-Whitney statistics, p-values and Holm-adjusted p-values (each family
-    adjusted over all pairs in ``runs``); the Wilcoxon signed-rank test on matched seeds
-    (``paired_n`` seeds run exactly once by both; NaN when fewer than 2); ``warnings`` (too few
-    seeds, overlapping median CIs, a P CI containing 1/2) and a plain-language ``verdict``.
-    A difference is claimed only when the Holm-adjusted log-rank p < ``alpha`` *and* the
-    P(improvement) CI excludes 1/2.
+    Each pair is put on a common footing (:func:`common_footing` at ``horizon``, the smaller of
+    the two arms' :func:`horizon`). Columns: run counts, ``horizon``, runs solved by it,
+    ``p_a_faster`` (:func:`prob_improvement`) with Newcombe's CI, permutation p-values of Gehan's
+    and the log-rank statistic (:func:`pair_tests`) and their Holm adjustments over all pairs,
+    ``warnings`` and a plain-language ``verdict``. A difference is claimed only when the
+    Holm-adjusted Gehan p < ``alpha`` *and* the P(A faster) CI excludes 1/2.
     """
     arms = _arm_groups(runs, by)
-    summary = summarize(runs, by, confidence=confidence, n_resamples=n_resamples, seed=seed).set_index(by)
+    if summary is None:
+        summary = summarize(runs, by, episodes, confidence=confidence)
+    summary = summary.set_index(by)
     rows = []
-    for a, b in combinations(summary.index, 2):  # fastest arm first
-        (ta, sa), (tb, sb) = solve_times(arms[a]), solve_times(arms[b])
-        p_lo, p_hi = prob_improvement_ci(
-            ta, sa, tb, sb, confidence=confidence, n_resamples=n_resamples, seed=seed
-        )
-        lr_stat, lr_p = logrank(ta, sa, tb, sb)
-        mw_stat, mw_p = _test_p(stats.mannwhitneyu, ta, tb)
-        xa, xb = paired_seeds(arms[a], arms[b])
-        w_stat, w_p = _test_p(stats.wilcoxon, xa, xb) if xa.size >= 2 else (math.nan, math.nan)
+    for a, b in combinations(summary.index, 2):
+        h = min(horizon(arms[a]), horizon(arms[b]))
+        ta, sa = common_footing(*solve_times(arms[a]), h)
+        tb, sb = common_footing(*solve_times(arms[b]), h)
+        p = prob_improvement(ta, sa, tb, sb)
+        p_lo, p_hi = newcombe_ci(p, ta.size, tb.size, confidence)
+        gehan_p, logrank_p = pair_tests(ta, sa, tb, sb, n_permutations=n_permutations, seed=seed)
         rows.append(
             {
-                "a": a,
-                "b": b,
-                "n_a": ta.size,
-                "n_b": tb.size,
-                "p_a_faster": prob_improvement(ta, sa, tb, sb),
-                "p_lo": p_lo,
-                "p_hi": p_hi,
-                "logrank_stat": lr_stat,
-                "logrank_p": lr_p,
-                "mannwhitney_u": mw_stat,
-                "mannwhitney_p": mw_p,
-                "paired_n": xa.size,
-                "wilcoxon_stat": w_stat,
-                "wilcoxon_p": w_p,
+                "a": a, "b": b, "n_a": ta.size, "n_b": tb.size, "horizon": h,
+                "solved_a": int(sa.sum()), "solved_b": int(sb.sum()),
+                "p_a_faster": p, "p_lo": p_lo, "p_hi": p_hi, "gehan_p": gehan_p, "logrank_p": logrank_p,
             }
-        )
-    table = pd.DataFrame(
-        rows,
-        columns=[
-            "a",
-            "b",
-            "n_a",
-            "n_b",
-            "p_a_faster",
-            "p_lo",
-            "p_hi",
-            "logrank_stat",
-            "logrank_p",
-            "mannwhitney_u",
-            "mannwhitney_p",
-            "paired_n",
-            "wilcoxon_stat",
-            "wilcoxon_p",
-        ],
-    )
-    table.insert(table.columns.get_loc("logrank_p") + 1, "logrank_p_holm", holm(table["logrank_p"]))
-    table.insert(
-        table.columns.get_loc("mannwhitney_p") + 1, "mannwhitney_p_holm", holm(table["mannwhitney_p"])
-    )
-    table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"])
+        )  # fmt: skip
+    table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    table.insert(table.columns.get_loc("gehan_p") + 1, "gehan_p_holm", holm(table["gehan_p"]))
+    table["logrank_p_holm"] = holm(table["logrank_p"])
     table["warnings"] = [
         "; ".join(comparison_warnings(r, summary.loc[r["a"]], summary.loc[r["b"]]))
         for r in table.to_dict("records")
     ]
-    table["verdict"] = [verdict(r, alpha) for r in table.to_dict("records")]
+    table["verdict"] = [
+        verdict(r, alpha, summary.loc[r["a"]], summary.loc[r["b"]]) for r in table.to_dict("records")
+    ]
     return table
 
 
 def comparison_warnings(row: dict, arm_a: pd.Series, arm_b: pd.Series) -> list[str]:
-    """Why a comparison may say little: few seeds, overlapping median CIs, P CI containing 1/2."""
+    """Why a comparison may say little: few seeds, mixed budgets, failed runs, nothing solved."""
     out = []
     if min(row["n_a"], row["n_b"]) < MIN_SEEDS:
         out.append(f"fewer than {MIN_SEEDS} seeds ({row['a']}: {row['n_a']}, {row['b']}: {row['n_b']})")
-    ci_a, ci_b = (arm_a["median_lo"], arm_a["median_hi"]), (arm_b["median_lo"], arm_b["median_hi"])
-    if _overlap(ci_a, ci_b):
-        out.append("median CIs overlap")
-    if not (math.isfinite(row["p_lo"]) and (row["p_lo"] > 0.5 or row["p_hi"] < 0.5)):
-        out.append(
-            "P(improvement) CI includes 0.5" if math.isfinite(row["p_lo"]) else "no CI for P(improvement)"
-        )
-    elif row["p_lo"] == row["p_hi"]:
-        out.append(
-            f"P(improvement) CI is a point (every resample agrees): with {row['n_a']} and "
-            f"{row['n_b']} runs it understates the uncertainty"
-        )
-    if arm_a["solved"] == 0 and arm_b["solved"] == 0:
-        out.append("no run of either solved")
+    if arm_a["budget_min"] != arm_b["budget_min"] or arm_a["mixed_budgets"] or arm_b["mixed_budgets"]:
+        out.append(f"budgets differ (compared up to episode {row['horizon']:.0f})")
+    n_failed = int(arm_a["failed"] + arm_b["failed"])
+    if n_failed:
+        out.append(f"{n_failed} FAILED/KILLED run(s) censored where they stopped")
+    if math.isfinite(row["p_lo"]) and row["p_lo"] <= 0.5 <= row["p_hi"]:
+        out.append("P(A faster) CI includes 0.5")
+    if row["solved_a"] == 0 and row["solved_b"] == 0:
+        out.append("no run of either solved by the common horizon")
     return out
 
 
-def verdict(row: dict, alpha: float = ALPHA) -> str:
+def _return_text(arm: pd.Series) -> str:
+    if "final_return" not in arm or not math.isfinite(arm["final_return"]):
+        return "no episodes recorded"
+    return f"{arm['final_return']:.1f} {_interval(arm['final_return_lo'], arm['final_return_hi'], 1)}"
+
+
+def verdict(
+    row: dict, alpha: float = ALPHA, arm_a: pd.Series | None = None, arm_b: pd.Series | None = None
+) -> str:
     """One plain-language sentence for a :func:`compare` row, naming the faster arm first."""
     a, b, p, lo, hi = row["a"], row["b"], row["p_a_faster"], row["p_lo"], row["p_hi"]
+    h = f"episode {row['horizon']:.0f}" if math.isfinite(row["horizon"]) else "the last episode"
+    if row["solved_a"] == 0 and row["solved_b"] == 0:
+        text = f"neither {a} nor {b} solved by {h}: episodes-to-solve cannot tell them apart"
+        if arm_a is not None and arm_b is not None:
+            text += f"; final return {a} {_return_text(arm_a)}, {b} {_return_text(arm_b)}"
+        return text
     if p < 0.5:
         a, b, p, lo, hi = b, a, 1 - p, 1 - hi, 1 - lo
-    lr = row["logrank_p_holm"]
-    lr_text = f"log-rank p = {lr:.2g} (Holm)" if math.isfinite(lr) else "log-rank p = n/a"
-    figures = f"{p:.2f} {_interval(lo, hi)}, {lr_text}"
-    if math.isfinite(lr) and lr < alpha and math.isfinite(lo) and lo > 0.5:
-        return f"{a} solves in fewer episodes than {b}: P = {figures}"
+    gp = row["gehan_p_holm"]
+    test = f"Gehan permutation p = {gp:.2g} (Holm)" if math.isfinite(gp) else "Gehan p = n/a"
+    figures = f"{p:.2f} {_interval(lo, hi)}, {test}, both censored at {h}"
+    if math.isfinite(gp) and gp < alpha and math.isfinite(lo) and lo > 0.5:
+        return f"{a} solves in fewer episodes than {b}: P({a} faster) = {figures}"
     return f"no clear difference between {a} and {b}: P({a} faster) = {figures}"
 
 
@@ -507,7 +687,8 @@ def learning_curve(
         agg = g.groupby("episode")[value].agg(["count", "mean", "std"]).reset_index()
         agg = agg[agg["count"] >= need]
         n = agg["count"].to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             half = stats.t.ppf(0.5 + confidence / 2, n - 1) * agg["std"].to_numpy() / np.sqrt(n)
         frames.append(
             pd.DataFrame(

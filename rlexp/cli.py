@@ -23,7 +23,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, preflight, to_config
+from rlexp.compose import CONF_DIR, budget_warnings, preflight, to_config
 from rlexp.config import ConfigError, register_configs
 
 _HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
@@ -181,6 +181,8 @@ def _preflight(overrides: list[str]) -> None:
     except ConfigError as e:
         print(f"rlexp: error: {e}", file=sys.stderr)
         sys.exit(2)
+    for warning in budget_warnings(configs):  # after the refusals, which print one line only
+        print(f"rlexp: warning: {warning}", file=sys.stderr)
     # create the store and the experiments once, here, before parallel jobs race to do it
     from rlexp.runs import note_stale
     from rlexp.train import experiment_name

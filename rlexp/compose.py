@@ -164,6 +164,14 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
+def budget_warnings(configs: Sequence[Config]) -> list[str]:
+    """Odd-but-legal budgets: ``train.max_episodes`` shorter than ``solve.window`` (no run can solve)."""
+    short = sorted({(c.train.max_episodes, c.solve.window) for c in configs
+                    if c.train.max_episodes < c.solve.window})
+    return [f"train.max_episodes={n} < solve.window={w}: no run can solve (a solve needs {w} episodes)"
+            for n, w in short]
+
+
 def preflight(overrides: Sequence[str], max_jobs: int = 256) -> list[Config]:
     """Compose and validate every job of the command line; raises ConfigError on the first bad one."""
     from rlexp.envs import check_compatible

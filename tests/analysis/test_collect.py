@@ -96,11 +96,16 @@ def filled(filled_store) -> dict[str, str]:
 
 def test_collects_finished_runs_into_tidy_tables(filled, store):
     c = collect(RunQuery(experiment="CartPole-v1"))  # URI from MLFLOW_TRACKING_URI
-    assert c.tracking_uri == store and c.excluded == {"FAILED": 1, "KILLED": 1}
+    assert c.tracking_uri == store and c.excluded == {}
     runs = c.runs.set_index("run_id")
     assert set(runs.index) == {
-        filled[k] for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2", "sweep", "nocsv")
-    }  # no report run, no FAILED
+        filled[k]
+        for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2", "sweep", "nocsv", "failed", "killed")
+    }  # no report run; FAILED and KILLED runs are counted (censored where they stopped)
+    assert runs.loc[filled["failed"], "status"] == "FAILED" and runs.loc[filled["failed"], "episodes"] == 2
+    assert runs.loc[filled["ppo0"], "budget"] == 6  # train.max_episodes
+    finished = collect(RunQuery(experiment="CartPole-v1", statuses=("FINISHED",)), with_episodes=False)
+    assert finished.excluded == {"FAILED": 1, "KILLED": 1}
     assert set(RUN_COLUMNS) <= set(c.runs.columns)
     ppo = runs.loc[filled["ppo1"]]
     assert (ppo["algo"], ppo["env"], ppo["seed"], ppo["group"], ppo["solved"]) == (
@@ -131,10 +136,13 @@ def test_filters_by_algo_env_group_sweep_tag_status_and_run_ids(filled, store):
         return set(collect(RunQuery(**kw), store, with_episodes=False).runs["run_id"])
 
     exp = "CartPole-v1"
-    assert ids(experiment=exp, algos=["ppo"]) == {filled[k] for k in ("ppo0", "ppo1", "ppo2", "sweep")}
-    assert ids(experiment=exp, algos=["ppo", "a2c"], envs=["CartPole-v1"]) == {
-        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv")
+    assert ids(experiment=exp, algos=["ppo"]) == {
+        filled[k] for k in ("ppo0", "ppo1", "ppo2", "sweep", "killed")
     }
+    assert ids(experiment=exp, algos=["ppo", "a2c"], envs=["CartPole-v1"]) == {
+        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv", "killed")
+    }
+    assert filled["killed"] not in ids(experiment=exp, algos=["ppo"], exclude_run_ids=[filled["killed"]])
     assert ids(experiment=exp, groups=["g2", "g3"]) == {filled["sweep"], filled["nocsv"]}
     assert ids(experiment=exp, sweeps=["s1"]) == ids(experiment=exp, tags={"trial": "7"}) == {filled["sweep"]}
     assert ids(experiment=exp, algos=["dqn"], statuses=("FINISHED", "FAILED")) == {
@@ -153,7 +161,7 @@ def test_unknown_experiment_or_no_match_is_a_one_line_error(filled, store):
     with pytest.raises(CollectionError, match="no MLflow database at /"):
         collect(RunQuery(experiment="CartPole-v1"), store.replace("mlflow.db", "missing.db"))
     with pytest.raises(CollectionError, match=r"1 with another status"):
-        collect(RunQuery(experiment="CartPole-v1", run_ids=[filled["failed"]]), store)
+        collect(RunQuery(experiment="CartPole-v1", run_ids=[filled["failed"]], statuses=("FINISHED",)), store)
 
 
 def test_saves_csvs_and_lists_param_differences(filled, store, tmp_path):

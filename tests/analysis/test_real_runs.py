@@ -56,10 +56,12 @@ def test_collection_reads_what_training_logged(real_runs):
 
 def test_report_on_real_runs(real_runs, tmp_path):
     uri, _ = real_runs
-    result = make_report(RunQuery(experiment="CartPole-v1"), tmp_path, tracking_uri=uri, n_resamples=500)
+    result = make_report(RunQuery(experiment="CartPole-v1"), tmp_path, tracking_uri=uri, n_permutations=500)
     md = result.paths["markdown"].read_text()
     assert "| algo.dueling | False | True |" in md  # the config difference between the two arms
     assert "dqn has only 3 runs (fewer than 5 seeds)" in md
     cpu = torch.backends.cpu.get_cpu_capability()
-    assert f"Runs' CPU instruction sets (`runtime.cpu`; seeded runs reproduce only on the same one): {cpu}" in md
+    assert (
+        f"Runs' CPU instruction sets (`runtime.cpu`; seeded runs reproduce only on the same one): {cpu}" in md
+    )
     assert len(result.analyses[0].pairs) == 1 and result.run_id is not None

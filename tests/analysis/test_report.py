@@ -43,12 +43,22 @@ def report(empty_db, tmp_path_factory) -> tuple[str, Path, str]:
         seed=5,
         returns=[10.0] * 3,
         status="FAILED",
+        max_episodes=150,
     )
     out = tmp_path_factory.mktemp("report-out")
     buf = io.StringIO()
     with redirect_stdout(buf):
         code = main(
-            ["--experiment", "CartPole-v1", "--tracking-uri", uri, "--out", str(out), "--n-resamples", "1000"]
+            [
+                "--experiment",
+                "CartPole-v1",
+                "--tracking-uri",
+                uri,
+                "--out",
+                str(out),
+                "--permutations",
+                "1000",
+            ]
         )
     assert code == 0
     return uri, out, buf.getvalue()
@@ -70,15 +80,19 @@ def test_report_writes_pages_tables_and_figures(report):
     md = (out / "report.md").read_text()
     assert "![CartPole-v1-solve-curves](CartPole-v1-solve-curves.png)" in md
     assert re.search(
-        r"ppo solves in fewer episodes than random: P = 1\.00 \[1\.00, 1\.00\], "
-        r"log-rank p = [0-9.e-]+ \(Holm\)",
+        r"ppo solves in fewer episodes than random: P\(ppo faster\) = 0\.92 \[0\.\d\d, 0\.99\], "  # 1 FAILED
+        r"Gehan permutation p = [0-9.e-]+ \(Holm\), both censored at episode 150",
         md,
     )
     assert "random never solved (up to 150 episodes)" in md and "≥ 150.0" in md  # a lower bound
+    assert "> 150 (fewer than half solved)" in md  # random's median: no number
     assert "| optimizer.lr | 0.0003 | 0.001 | 0.001 |" in md  # config differences, arms sorted
-    assert "scipy 1.17" in md and "Excluded by status: 1 FAILED." in md
+    assert "scipy 1.17" in md and "Excluded by status" not in md
+    assert "FAILED (censored where it stopped)" in md and "ppo has 1 FAILED/KILLED run(s)" in md
     assert "ppo solves in fewer episodes than random" in stdout
-    assert "every resample agrees" in md  # P = 1 [1, 1] from 5 runs each is flagged
+    assert "[1.00, 1.00]" not in md  # never a point interval
+    assert "Gehan's generalised Wilcoxon" in md and "common footing" in md.lower()
+    assert "final return [95% CI]" in md and "inf" not in md.replace("information", "")
 
 
 def test_report_run_is_logged_tagged_and_skipped_by_collection(report):
@@ -90,7 +104,7 @@ def test_report_run_is_logged_tagged_and_skipped_by_collection(report):
     assert reports[0].info.run_id in stdout
     arts = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert {"report.html", "report.md", "runs.csv", "episodes.csv"} <= arts
-    assert len(collect(RunQuery(experiment="CartPole-v1"), uri, with_episodes=False).runs) == 15
+    assert len(collect(RunQuery(experiment="CartPole-v1"), uri, with_episodes=False).runs) == 16
 
 
 def test_arms_can_be_any_run_column(report, tmp_path):
@@ -110,7 +124,7 @@ def test_arms_can_be_any_run_column(report, tmp_path):
                 "--out",
                 str(tmp_path),
                 "--no-log",
-                "--n-resamples",
+                "--permutations",
                 "200",
             ]
         )
@@ -159,6 +173,62 @@ def test_missing_experiment_or_runs_is_a_one_line_error(store, tmp_path, capsys,
     assert err.startswith(message) and "\n" not in err and not (tmp_path / "r").exists()
 
 
+def _error(argv: list[str], capsys) -> str:
+    assert main([*argv, "--no-log"]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in captured.err
+    return err
+
+
+def test_corrupt_or_empty_store_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not an sqlite database" * 100)
+    err = _error(
+        ["--experiment", "E", "--tracking-uri", f"sqlite:///{bad}", "--out", str(tmp_path / "r")], capsys
+    )
+    assert "cannot read the MLflow store" in err and "restore" in err
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    err = _error(
+        ["--experiment", "E", "--tracking-uri", f"sqlite:///{empty}", "--out", str(tmp_path / "r")], capsys
+    )
+    assert "is empty (0 bytes)" in err and empty.stat().st_size == 0  # not turned into a store
+
+
+def test_empty_arm_and_finished_run_without_episodes_are_one_line_errors(store, tmp_path, capsys):
+    fill_store(store, "Solo", {"ppo": 35.0}, seeds=[0, 1], max_episodes=120, episode_metrics=False)
+    err = _error(["--experiment", "Solo", "--algo", "ppo", "dqn", "--out", str(tmp_path / "r")], capsys)
+    assert "no runs of algo 'dqn'" in err and "found: ppo" in err
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("Solo").experiment_id
+    rid = client.create_run(exp, tags={"algo": "ppo", "env": "CartPole-v1", "seed": "7"}).info.run_id
+    client.set_terminated(rid, "FINISHED")  # no metrics, no episodes.csv
+    err = _error(["--experiment", "Solo", "--out", str(tmp_path / "r")], capsys)
+    assert f"run {rid} (ppo, seed 7) is FINISHED but recorded no episodes" in err
+    assert f"--exclude-run-ids {rid}" in err
+    out = tmp_path / "ok"
+    assert main(["--experiment", "Solo", "--exclude-run-ids", rid, "--out", str(out), "--no-log"]) == 0
+
+
+def test_over_long_names_make_short_file_names(store, tmp_path, capsys):
+    env = "Very-" + "Long" * 80 + "-v1"
+    fill_store(store, "X" * 300, {"ppo": 35.0, "dqn": 40.0}, seeds=[0, 1], max_episodes=120, env=env)
+    monkey_cwd = tmp_path / "cwd"
+    monkey_cwd.mkdir()
+    import os
+
+    old = os.getcwd()
+    os.chdir(monkey_cwd)
+    try:
+        assert main(["--experiment", "X" * 300, "--no-log", "--permutations", "200"]) == 0
+    finally:
+        os.chdir(old)
+    (report_dir,) = (monkey_cwd / "reports").iterdir()
+    assert len(report_dir.name) <= 60
+    assert all(len(p.name) < 100 for p in report_dir.iterdir())
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_html_renders_with_its_images_in_headless_chromium(report, tmp_path):
     _, out, _ = report
@@ -188,3 +258,13 @@ def test_html_renders_with_its_images_in_headless_chromium(report, tmp_path):
     assert widths, "the probe script did not run"
     assert [int(w) > 0 for w in widths.group(1).split(",")] == [True] * 4
     assert "<h1>Comparison report: CartPole-v1</h1>" in dom
+
+
+def test_launch_warns_when_no_run_can_solve():
+    from rlexp.compose import budget_warnings, compose_config
+
+    short = compose_config(["train.max_episodes=50", "solve.window=100"])
+    assert budget_warnings([short, short]) == [
+        "train.max_episodes=50 < solve.window=100: no run can solve (a solve needs 100 episodes)"
+    ]
+    assert budget_warnings([compose_config(["train.max_episodes=100", "solve.window=100"])]) == []

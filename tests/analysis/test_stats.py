@@ -31,46 +31,6 @@ def test_solve_times_censor_unsolved_runs_at_their_episode_count():
     np.testing.assert_array_equal(solved, [True, False, True])
 
 
-def test_kaplan_meier_matches_a_hand_computation():
-    km = stats.kaplan_meier(T5, S5)
-    # at risk 5, 4, 2, 1 at episodes 3, 5, 8, 10; S = 4/5, then *3/4, then *1/2
-    assert km["episode"].tolist() == [0, 3, 5, 8, 10]
-    assert km["at_risk"].tolist() == [5, 5, 4, 2, 1]
-    np.testing.assert_allclose(km["fraction_solved"], [0, 0.2, 0.4, 0.7, 0.7])
-    assert km["solved_here"].tolist() == [0, 1, 1, 1, 0]
-    assert km["censored_here"].tolist() == [0, 0, 1, 0, 1]
-    # log-log (exponential Greenwood) band at episode 3 by hand: S=0.8, sum d/(n(n-d)) = 1/20
-    v = (1 / 20) / math.log(0.8) ** 2
-    z = sps.norm.ppf(0.975)
-    s_lo, s_hi = 0.8 ** math.exp(z * math.sqrt(v)), 0.8 ** math.exp(-z * math.sqrt(v))
-    assert km.loc[1, "lo"] == pytest.approx(1 - s_hi) and km.loc[1, "hi"] == pytest.approx(1 - s_lo)
-    # KM median: first episode with F >= 1/2 is 8; upper band reaches 1/2 at 3; lower band never
-    assert stats.km_median(km) == (8.0, 3.0, math.inf)
-
-
-def test_kaplan_meier_without_censoring_is_the_empirical_cdf():
-    t = np.array([4.0, 2.0, 9.0, 2.0])
-    km = stats.kaplan_meier(t, np.ones(4, bool))
-    np.testing.assert_allclose(km["fraction_solved"], [0, 0.5, 0.75, 1.0])
-    assert stats.km_median(km)[0] == 2.0
-    assert (km["lo"] <= km["fraction_solved"]).all() and (km["hi"] >= km["fraction_solved"]).all()
-
-
-def test_kaplan_meier_all_censored_solves_nothing_and_has_no_median():
-    km = stats.kaplan_meier(np.array([50.0, 50.0, 30.0]), np.zeros(3, bool))
-    assert (km["fraction_solved"] == 0).all()
-    assert stats.km_median(km) == (math.inf, math.inf, math.inf)
-
-
-def test_logrank_matches_scipy_and_is_nan_without_any_solve():
-    ta, sa = np.array([3.0, 4.0, 6.0, 9.0]), np.array([True, True, True, False])
-    tb, sb = np.array([7.0, 8.0, 12.0, 12.0]), np.array([True, True, False, False])
-    expected = sps.logrank(sps.CensoredData.right_censored(ta, ~sa), sps.CensoredData.right_censored(tb, ~sb))
-    assert stats.logrank(ta, sa, tb, sb) == pytest.approx((expected.statistic, expected.pvalue))
-    none = np.zeros(2, bool)
-    assert all(map(math.isnan, stats.logrank(np.array([5.0, 5]), none, np.array([5.0, 5]), none)))
-
-
 def test_prob_improvement_by_hand_with_censoring():
     ta, sa = np.array([2.0, 5.0, 10.0]), np.array([True, True, False])
     tb, sb = np.array([3.0, 5.0, 6.0]), np.array([True, True, False])
@@ -100,39 +60,6 @@ def test_prob_improvement_without_censoring_is_mann_whitney():
     )
 
 
-def test_prob_improvement_ci_is_seeded_bounded_and_degenerate_when_all_tie():
-    rng = np.random.default_rng(0)
-    ta, tb = rng.normal(50, 10, 10), rng.normal(60, 10, 10)
-    s = np.ones(10, bool)
-    ci = stats.prob_improvement_ci(ta, s, tb, s, seed=1)
-    assert ci == stats.prob_improvement_ci(ta, s, tb, s, seed=1)
-    assert 0 <= ci[0] <= stats.prob_improvement(ta, s, tb, s) <= ci[1] <= 1
-    none = np.zeros(4, bool)
-    assert stats.prob_improvement_ci(np.full(4, 9.0), none, np.full(4, 9.0), none) == (0.5, 0.5)
-
-
-def test_bootstrap_ci_is_scipys_and_handles_tiny_or_constant_samples():
-    x = np.array([12.0, 15, 9, 30, 22, 18, 14, 11, 25, 16])
-    expected = sps.bootstrap(
-        (x,), np.median, n_resamples=1000, method="percentile", vectorized=True, rng=np.random.default_rng(7)
-    ).confidence_interval
-    got = stats.bootstrap_ci((x,), stats.median, n_resamples=1000, method="percentile", seed=7)
-    assert got == pytest.approx((expected.low, expected.high))
-    assert all(map(math.isnan, stats.bootstrap_ci((np.array([3.0]),), stats.median)))
-    for method in ("percentile", "BCa", "basic", "expanded-percentile"):
-        assert stats.bootstrap_ci((np.full(6, 4.0),), stats.median, method=method) == (4.0, 4.0)
-
-
-def test_expanded_percentile_widens_small_samples_only():
-    # n=10: z = sqrt(10/9) * t_0.975(9) = 1.0541 * 2.2622 = 2.3846 -> 2 * Phi(2.3846) - 1 = 0.9829
-    assert stats.expanded_confidence(0.95, 10) == pytest.approx(0.9829, abs=1e-4)
-    assert 0.95 < stats.expanded_confidence(0.95, 10_000) < 0.9502
-    x = np.random.default_rng(0).normal(size=10)
-    wide = stats.bootstrap_ci((x,), stats.median, method="expanded-percentile", seed=1)
-    plain = stats.bootstrap_ci((x,), stats.median, method="percentile", confidence=0.9829, seed=1)
-    assert wide == plain
-
-
 def test_holm_by_hand():
     # sorted 0.01, 0.03, 0.04, 0.20 -> 4*0.01, 3*0.03, max(0.09, 2*0.04), max(0.09, 0.20)
     got = stats.holm([0.01, 0.04, 0.03, 0.20])
@@ -140,60 +67,6 @@ def test_holm_by_hand():
     got = stats.holm([0.5, np.nan, 0.4])  # NaN is not counted as a test
     np.testing.assert_allclose(got, [0.8, np.nan, 0.8])
     assert stats.holm([0.9, 0.8]).tolist() == [1.0, 1.0]  # 2*0.8 capped at 1 and stats.holm([]).size == 0
-
-
-def test_summarize_flags_lower_bounds_and_keeps_all_censored_arms():
-    runs = runs_frame({"fast": [10, 12, 14, 16, 18, 20], "never": [None] * 4}, budget=100)
-    s = stats.summarize(runs, n_resamples=500).set_index("algo")
-    assert s.index.tolist() == ["fast", "never"]  # fastest first
-    fast, never = s.loc["fast"], s.loc["never"]
-    assert (fast["runs"], fast["solved"], fast["censored"], fast["lower_bound"]) == (6, 6, 0, False)
-    assert fast["median"] == 15 and fast["iqm"] == pytest.approx(15)  # middle of 10..20 (int(1.5)=1 cut)
-    assert fast["median_lo"] <= 15 <= fast["median_hi"] and fast["km_median"] == 14
-    assert (never["solved"], never["censored"], never["lower_bound"]) == (0, 4, True)
-    assert never["median"] == 100 and math.isinf(never["km_median"])  # a lower bound, not a value
-
-
-def _row(pairs: pd.DataFrame, a: str, b: str) -> dict:
-    return pairs[(pairs["a"] == a) & (pairs["b"] == b)].iloc[0].to_dict()
-
-
-def test_compare_claims_a_clear_difference_with_its_figures():
-    runs = runs_frame({"slow": list(range(50, 60)), "fast": list(range(10, 20))})
-    r = _row(stats.compare(runs, n_resamples=500), "fast", "slow")
-    assert r["p_a_faster"] == 1 and (r["p_lo"], r["p_hi"]) == (1, 1)
-    assert r["logrank_p_holm"] < 0.001 and r["paired_n"] == 10 and r["wilcoxon_p"] < 0.01
-    assert r["warnings"].startswith("P(improvement) CI is a point (every resample agrees)")
-    assert r["verdict"].startswith("fast solves in fewer episodes than slow: P = 1.00 [1.00, 1.00]")
-
-
-def test_compare_on_equal_arms_and_few_seeds_says_so():
-    same = runs_frame({"a": [20, 30, 40, 50, 60, 70], "b": [25, 35, 45, 55, 65, 75]})
-    r = stats.compare(same, n_resamples=500).iloc[0]
-    assert r["verdict"].startswith("no clear difference between")
-    assert "P(improvement) CI includes 0.5" in r["warnings"] and "median CIs overlap" in r["warnings"]
-    few = stats.compare(runs_frame({"a": [10, 11, 12], "b": [90, 91, 92]}), n_resamples=500).iloc[0]
-    assert "fewer than 5 seeds (a: 3, b: 3)" in few["warnings"]
-
-
-def test_compare_handles_censored_arms_and_holm_over_all_pairs():
-    runs = runs_frame({"x": [10, 12, 14, 16, 18], "y": [None] * 5, "z": [None] * 5}, budget=50)
-    pairs = stats.compare(runs, n_resamples=500)
-    assert len(pairs) == 3
-    xy, yz = _row(pairs, "x", "y"), pairs[pairs["a"].isin(["y", "z"]) & pairs["b"].isin(["y", "z"])].iloc[0]
-    assert xy["p_a_faster"] == 1 and xy["verdict"].startswith("x solves in fewer episodes than y")
-    assert yz["p_a_faster"] == 0.5 and math.isnan(yz["logrank_p"])
-    assert "no run of either solved" in yz["warnings"]
-    np.testing.assert_allclose(pairs["logrank_p_holm"], stats.holm(pairs["logrank_p"]))
-    np.testing.assert_allclose(pairs["mannwhitney_p_holm"], stats.holm(pairs["mannwhitney_p"]))
-
-
-def test_paired_seeds_keeps_seeds_run_once_by_both():
-    a = runs_frame({"a": [10, 20, 30, 40]})
-    b = runs_frame({"b": [11, 21, None]}, budget=99)
-    b = pd.concat([b, b.iloc[[0]]])  # seed 0 twice in b: ambiguous, dropped
-    xa, xb = stats.paired_seeds(a, b)
-    np.testing.assert_array_equal(xa, [20, 30]) and np.testing.assert_array_equal(xb, [21, 99])
 
 
 def test_improvement_matrix_is_complementary():
@@ -217,3 +90,222 @@ def test_learning_curve_keeps_episodes_reached_by_enough_runs():
     half = sps.t.ppf(0.975, 2) * 2.0 / math.sqrt(3)  # episode 1: sd of 10, 12, 14 is 2
     assert curve.loc[0, "hi"] - 12 == pytest.approx(half)
     assert stats.learning_curve(ep, min_frac=1.0)["episode"].tolist() == [1, 2]
+
+
+def test_kaplan_meier_matches_a_hand_computation_with_an_exact_binomial_band():
+    km = stats.kaplan_meier(T5, S5)
+    # at risk 5, 4, 2, 1 at episodes 3, 5, 8, 10; S = 4/5, then *3/4, then *1/2
+    assert km["episode"].tolist() == [0, 3, 5, 8, 10]
+    assert km["at_risk"].tolist() == [5, 5, 4, 2, 1]
+    np.testing.assert_allclose(km["fraction_solved"], [0, 0.2, 0.4, 0.7, 0.7])
+    assert km["solved_here"].tolist() == [0, 1, 1, 1, 0]
+    assert km["censored_here"].tolist() == [0, 0, 1, 0, 1]
+    # no censoring before episode 5: Greenwood's effective n is 5 and the band is Clopper-Pearson
+    np.testing.assert_allclose(km["n_eff"].iloc[:3], [5, 5, 5])
+    cp = sps.binomtest(2, 5).proportion_ci(0.95, method="exact")
+    assert km.loc[2, "lo"] == pytest.approx(cp.low) and km.loc[2, "hi"] == pytest.approx(cp.high)
+    # after the censored run: Var = S^2 (1/20 + 1/12 + 1/2) and n_eff = F (1 - F) / Var
+    v = 0.3**2 * (1 / 20 + 1 / 12 + 1 / 2)
+    assert km.loc[3, "n_eff"] == pytest.approx(0.7 * 0.3 / v)
+
+
+def test_kaplan_meier_band_has_no_interval_from_one_run():
+    km = stats.kaplan_meier(np.array([7.0]), np.array([True]))
+    assert km["fraction_solved"].tolist() == [0, 1] and km[["lo", "hi"]].isna().all().all()
+
+
+def test_km_median_is_numpys_median_without_censoring():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 5, 6, 9, 10, 20):
+        t = rng.integers(20, 60, n).astype(float)  # integer episodes: ties and even n included
+        med = stats.km_median(t, np.ones(n, bool))
+        assert med["median"] == pytest.approx(np.median(t)) and med["kind"] == "exact"
+
+
+def test_km_median_interval_is_the_exact_order_statistic_one():
+    x = np.array([31.0, 12, 45, 27, 19, 38, 22, 50, 15, 41])  # n=10: [x(2), x(9)], 97.9%
+    med = stats.km_median(x, np.ones(10, bool))
+    assert (med["lo"], med["hi"], med["level"]) == (15, 45, 0.95)
+    five = stats.km_median(x[:5], np.ones(5, bool))  # no 95% interval: [min, max] at 1 - 2/32
+    assert (five["lo"], five["hi"], five["level"]) == (12, 45, pytest.approx(0.9375))
+    four = stats.km_median(x[:4], np.ones(4, bool))  # 4 runs cannot bound a median
+    assert math.isnan(four["level"]) and math.isnan(four["lo"]) and math.isnan(four["hi"])
+    assert all(math.isnan(v) for v in (stats.km_median(x[:1], np.ones(1, bool))[k] for k in ("lo", "hi")))
+
+
+def test_km_median_beyond_the_budget_is_not_a_number():
+    t, s = np.array([10.0, 20, 100, 100, 100]), np.array([True, True, False, False, False])
+    med = stats.km_median(t, s)
+    assert med["kind"] == "not reached" and med["median"] == 100 and math.isnan(med["hi"])
+    flat = stats.km_median(np.array([10.0, 20, 100, 100]), np.array([True, True, False, False]))
+    assert flat["kind"] == "lower bound" and flat["median"] == 20  # curve ends at exactly 1/2
+
+
+def test_iqm_is_exact_while_the_censored_runs_are_trimmed():
+    t = np.array([10.0, 12, 14, 16, 18, 20, 22, 100])  # n=8: 2 trimmed each side
+    one = stats.iqm_ci(t, np.array([True] * 7 + [False]))
+    assert one["exact"] and one["iqm"] == pytest.approx(17) and one["lo"] < 17 < one["hi"]
+    three = stats.iqm_ci(t, np.array([True] * 5 + [False] * 3))
+    assert not three["exact"] and math.isnan(three["hi"]) and three["lo"] < three["iqm"]
+    early = stats.iqm_ci(t, np.array([False] + [True] * 7))  # censored at 10: could be anywhere
+    assert not early["exact"]
+
+
+def test_iqm_interval_is_seeded_and_contains_the_estimate():
+    x = np.random.default_rng(1).lognormal(5, 0.5, 10)
+    assert stats.trimmed_mean_ci(x, seed=3) == stats.trimmed_mean_ci(x, seed=3)
+    lo, hi = stats.trimmed_mean_ci(x)
+    assert lo < stats.iqm(x) < hi
+    assert all(map(math.isnan, stats.trimmed_mean_ci(np.array([4.0, 5.0]))))
+
+
+def test_newcombe_interval_by_hand_and_never_a_point():
+    lo, hi = stats.newcombe_ci(1.0, 5, 5)
+    # at the lower end 1 - theta = z sqrt(V(theta)), N* = 4
+    v = lo * (1 - lo) / 25 * (1 + 4 * ((1 - lo) / (2 - lo) + lo / (1 + lo)))
+    assert hi == 1 and 1 - lo == pytest.approx(sps.norm.ppf(0.975) * math.sqrt(v))
+    assert 0.5 < lo < 0.9
+    a, b = stats.newcombe_ci(0.3, 8, 6)
+    c, d = stats.newcombe_ci(0.7, 6, 8)
+    assert (a, b) == pytest.approx((1 - d, 1 - c))
+    assert all(map(math.isnan, stats.newcombe_ci(1.0, 1, 5)))
+
+
+def test_permutation_tests_by_enumeration():
+    ta, tb = np.array([10.0, 11, 12]), np.array([20.0, 21, 22])
+    s = np.ones(3, bool)
+    gehan, logrank = stats.pair_tests(ta, s, tb, s)
+    assert gehan == pytest.approx(2 / 20) and logrank == pytest.approx(2 / 20)  # 2 extreme splits of 20
+    mixed = stats.pair_tests(np.array([10.0, 21, 12]), s, np.array([20.0, 11, 22]), s)
+    assert mixed[0] > 0.3
+    none = np.zeros(3, bool)
+    assert all(map(math.isnan, stats.pair_tests(ta, none, tb, none)))
+
+
+def test_gehan_scores_and_logrank_scores_by_hand():
+    t, s = np.array([3.0, 5, 5, 8]), np.array([True, True, False, True])
+    # wins minus losses: 3 beats all; 5 (solved) beats 8 and the run censored at 5, loses to 3;
+    # censored at 5 loses to 3 and 5, its order with 8 is unknown; 8 loses to 3 and 5
+    np.testing.assert_allclose(stats.gehan_scores(t, s), [3, 1, -2, -2])
+    # Nelson-Aalen: 1/4 at 3, 1/3 at 5, 1/1 at 8
+    np.testing.assert_allclose(
+        stats.logrank_scores(t, s), [1 - 1 / 4, 1 - 1 / 4 - 1 / 3, -1 / 4 - 1 / 3, 1 - 1 / 4 - 1 / 3 - 1]
+    )
+
+
+def test_small_sample_tests_keep_their_level():
+    """3-5 seeds a side, one distribution, 25% censored: rejections <= 5% + noise (seeded)."""
+    rng = np.random.default_rng(11)
+    rejections, trials = 0, 300
+    for i in range(trials):
+        n = 3 + i % 3
+        x, y = np.round(rng.lognormal(5, 0.5, (2, n)))
+        s_x, s_y = x <= 190, y <= 190
+        p = stats.pair_tests(np.minimum(x, 190), s_x, np.minimum(y, 190), s_y)[0]
+        rejections += p < 0.05
+    assert rejections / trials <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_different_budgets_do_not_make_a_difference():
+    """One distribution, budgets 300 and 1000: on the common footing no claim (seeded simulation)."""
+    rng = np.random.default_rng(5)
+    claims = 0
+    for i in range(40):
+        x, y = np.round(rng.lognormal(math.log(400), 0.6, (2, 10)))
+        runs = pd.concat(
+            [runs_frame({"a": [v if v <= 300 else None for v in x]}, budget=300),
+             runs_frame({"b": [v if v <= 1000 else None for v in y]}, budget=1000)]
+        ).assign(budget=[300] * 10 + [1000] * 10)  # fmt: skip
+        pairs = stats.compare(runs, n_permutations=500, seed=i)
+        claims += "solves in fewer" in pairs["verdict"].iloc[0]
+        assert pairs["horizon"].iloc[0] == 300
+    assert claims <= 4  # 5% of 40 is 2; the old censored-as-observed Mann-Whitney claimed most
+
+
+def test_common_footing_and_horizon():
+    runs = runs_frame({"a": [50, None, 120]}, budget=150).assign(budget=150.0)
+    assert stats.horizon(runs) == 150
+    assert stats.horizon(runs_frame({"a": [5, None]}, budget=80)) == 80  # no budget: unsolved counts
+    assert stats.horizon(runs_frame({"a": [5, 6]})) == math.inf
+    t, s = stats.common_footing(np.array([50.0, 150, 120]), np.array([True, False, True]), 100)
+    np.testing.assert_array_equal(t, [50, 100, 100]) and np.testing.assert_array_equal(
+        s, [True, False, False]
+    )
+
+
+def test_failed_runs_count_as_censored_and_are_flagged():
+    runs = runs_frame({"a": [10, 12, 14, 16, None]}, budget=100)
+    runs.loc[4, ["status", "episodes"]] = ["FAILED", 7.0]
+    runs["status"] = runs["status"].fillna("FINISHED")
+    row = stats.summarize(runs).iloc[0]
+    assert (row["runs"], row["failed"], row["censored"]) == (5, 1, 1)
+
+
+def _episodes(returns: dict[str, list[float]], algo: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"run_id": rid, "algo": algo[rid], "episode": i + 1, "return": r}
+            for rid, rs in returns.items()
+            for i, r in enumerate(rs)
+        ]
+    )
+
+
+def test_run_outcomes_final_return_and_auc_by_hand():
+    runs = pd.DataFrame({"run_id": ["r1", "r2"], "param.solve.window": ["2", "2"]})
+    ep = _episodes({"r1": [1.0, 2, 3, 4], "r2": [5.0, 7]}, {"r1": "a", "r2": "a"})
+    out = stats.run_outcomes(runs, ep, auc_horizon=4).set_index("run_id")
+    assert out.loc["r1", "final_return"] == 3.5 and out.loc["r1", "auc"] == 2.5
+    assert out.loc["r2", "final_return"] == 6 and out.loc["r2", "auc"] == (5 + 7 + 6 + 6) / 4  # carried
+
+
+def test_arms_that_never_solve_are_ranked_by_final_return_not_budget():
+    runs = pd.concat(
+        [runs_frame({"long": [None] * 3}, budget=500), runs_frame({"short": [None] * 3}, budget=100)]
+    )
+    returns = {f"long-{i}": [10.0] * 5 for i in range(3)} | {f"short-{i}": [90.0] * 5 for i in range(3)}
+    ep = _episodes(returns, {k: k.split("-")[0] for k in returns})
+    s = stats.summarize(runs, episodes=ep)
+    assert s["algo"].tolist() == ["short", "long"] and s["final_return"].tolist() == [90, 10]
+    pairs = stats.compare(runs, episodes=ep, summary=s)
+    assert pairs["verdict"].iloc[0].startswith("neither short nor long solved by episode 100")
+    assert "final return short 90.0" in pairs["verdict"].iloc[0]
+
+
+def test_budget_shorter_than_the_window_is_flagged():
+    runs = runs_frame({"a": [None] * 3}, budget=50).assign(**{"param.solve.window": "100", "budget": 50.0})
+    assert stats.summarize(runs).iloc[0]["cannot_solve"] == 3
+
+
+def test_compare_claims_a_clear_difference_with_its_figures():
+    runs = runs_frame({"slow": list(range(50, 60)), "fast": list(range(10, 20))})
+    r = _row(stats.compare(runs, n_permutations=500), "fast", "slow")
+    assert r["p_a_faster"] == 1 and 0.5 < r["p_lo"] < 1 and r["p_hi"] == 1  # not a point
+    assert r["gehan_p_holm"] < 0.01 and r["logrank_p_holm"] < 0.01
+    assert r["verdict"].startswith("fast solves in fewer episodes than slow: P(fast faster) = 1.00 [0.")
+
+
+def test_compare_on_equal_arms_and_few_seeds_says_so():
+    same = runs_frame({"a": [20, 30, 40, 50, 60, 70], "b": [25, 35, 45, 55, 65, 75]})
+    r = stats.compare(same, n_permutations=500).iloc[0]
+    assert r["verdict"].startswith("no clear difference between")
+    assert "P(A faster) CI includes 0.5" in r["warnings"]
+    few = stats.compare(runs_frame({"a": [10, 11, 12], "b": [90, 91, 92]}), n_permutations=500).iloc[0]
+    assert "fewer than 5 seeds (a: 3, b: 3)" in few["warnings"]
+    assert few["gehan_p"] == pytest.approx(0.1)  # 3 v 3 can never reach 5%: no claim
+    assert few["verdict"].startswith("no clear difference")
+
+
+def test_compare_handles_censored_arms_and_holm_over_all_pairs():
+    runs = runs_frame({"x": [10, 12, 14, 16, 18], "y": [None] * 5, "z": [None] * 5}, budget=50)
+    pairs = stats.compare(runs, n_permutations=500)
+    assert len(pairs) == 3
+    xy, yz = _row(pairs, "x", "y"), pairs[pairs["a"].isin(["y", "z"]) & pairs["b"].isin(["y", "z"])].iloc[0]
+    assert xy["p_a_faster"] == 1 and xy["verdict"].startswith("x solves in fewer episodes than y")
+    assert yz["p_a_faster"] == 0.5 and math.isnan(yz["gehan_p"])
+    assert "no run of either solved" in yz["warnings"]
+    np.testing.assert_allclose(pairs["gehan_p_holm"], stats.holm(pairs["gehan_p"]))
+
+
+def _row(pairs: pd.DataFrame, a: str, b: str) -> dict:
+    return pairs[(pairs["a"] == a) & (pairs["b"] == b)].iloc[0].to_dict()
