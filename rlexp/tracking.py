@@ -112,11 +112,9 @@ def check_tracking(uri: str | None = None, timeout: float = HEALTH_TIMEOUT_S) ->
     uri = uri or tracking_uri()
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        reason = _server_silent(uri, timeout)
-        if reason:
-            raise ConfigError(f"MLFLOW_TRACKING_URI={uri}: {reason}; "
-                              "start it (mlflow server --host HOST --port PORT) or set MLFLOW_TRACKING_URI "
-                              "to a running one (unset: sqlite:///mlflow.db here)")
+        problem = _server_problem(uri, timeout)
+        if problem:
+            raise ConfigError(f"MLFLOW_TRACKING_URI={uri}: {problem}")
         return
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
@@ -134,30 +132,44 @@ def check_tracking(uri: str | None = None, timeout: float = HEALTH_TIMEOUT_S) ->
                           "in a folder of yours")
 
 
-def _server_silent(uri: str, timeout: float) -> str | None:
-    """Why ``uri`` is not an MLflow server that answers, or None when it is: its ``/health`` says
-    OK, or its REST API answers (an old server, a proxy without /health); 401/403 count as
-    answers (the credentials are for MLflow's client to explain)."""
+def _server_problem(uri: str, timeout: float) -> str | None:
+    """Why ``uri`` is not an MLflow server that answers, and what to do; None when it is: its
+    ``/health`` says OK, or its REST API answers (an old server, a proxy without /health); 401/403
+    count as answers (the credentials are for MLflow's client to explain)."""
+    import ssl
     import urllib.error
     import urllib.request
 
+    todo = ("start it (mlflow server --host HOST --port PORT) or set MLFLOW_TRACKING_URI to a running one "
+            "(unset: sqlite:///mlflow.db here)")
+
+    # the TLS settings MLflow's own client honours, so a server it can reach is not refused here
+    tls = None
+    if uri.startswith("https://"):
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
+            tls = ssl._create_unverified_context()
+        else:
+            tls = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
     status = ""
     for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout):
+            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout, context=tls):
                 return None
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
                 return None
             status = status or f"{path} gave HTTP {e.code}"
         except urllib.error.URLError as e:
+            if isinstance(e.reason, ssl.SSLCertVerificationError):
+                return (f"its TLS certificate is not trusted ({e.reason.verify_message}): set "
+                        "MLFLOW_TRACKING_SERVER_CERT_PATH to its CA bundle, or MLFLOW_TRACKING_INSECURE_TLS=true")
             why = f"no answer in {timeout:.0f} s" if isinstance(e.reason, TimeoutError) else str(e.reason)
-            return f"no MLflow server answers ({why})"
+            return f"no MLflow server answers ({why}); {todo}"
         except TimeoutError:
-            return f"no MLflow server answers (no answer in {timeout:.0f} s)"
+            return f"no MLflow server answers (no answer in {timeout:.0f} s); {todo}"
         except OSError as e:
-            return f"no MLflow server answers ({e or type(e).__name__})"
-    return f"what answers is not an MLflow server ({status})"
+            return f"no MLflow server answers ({e or type(e).__name__}); {todo}"
+    return f"what answers is not an MLflow server ({status}); {todo}"
 
 
 def _unwritable(store: Path, folder: Path) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -184,6 +185,44 @@ def test_what_answers_must_be_an_mlflow_server(http_server):
     del routes["/health"]
     routes["/api/2.0/mlflow/experiments/search"] = 401  # a server behind auth, without /health
     check_tracking(uri)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_https_server_with_an_untrusted_certificate_says_which_setting_trusts_it(tmp_path, monkeypatch):
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", key,
+                    "-out", cert, "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    uri = f"https://127.0.0.1:{srv.server_address[1]}"
+    try:
+        for var in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"):
+            monkeypatch.delenv(var, raising=False)
+        with pytest.raises(ConfigError, match="TLS certificate is not trusted .*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            check_tracking(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))  # what MLflow's client reads too
+        check_tracking(uri)
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        check_tracking(uri)
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 # --------------------------------------------------------------------------- names
