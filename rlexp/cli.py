@@ -125,6 +125,15 @@ class MultirunSummary(Callback):
 
     status = 0
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Pin the sweep folder (``${now:...}``) before any job starts: jobs run in other processes
+        (joblib, submitit) would otherwise each resolve it at their own time, and the launch's
+        jobs would not share one folder and one ``group`` tag."""
+        from omegaconf import read_write
+
+        with read_write(config.hydra.sweep):
+            config.hydra.sweep.dir = str(config.hydra.sweep.dir)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         lines = []
         for path in sorted(Path(str(config.hydra.sweep.dir)).glob(f"*/{OUTCOME_FILE}")):

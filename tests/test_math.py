@@ -116,15 +116,17 @@ def test_terminal_reward_replaces_reward_on_terminated_steps_only():
 
 
 def test_dueling_mean_is_per_state():
+    from rlexp.nets import generators
+
     cfg = DQNConfig(dueling=True, hidden=[4], dueling_hidden=3)
-    net = QNetwork(3, 2, cfg)
-    obs = torch.randn(5, 3)
+    net = QNetwork(3, 2, cfg, generators([0, 1]))
+    obs = torch.randn(2, 5, 3)  # (members, states, obs)
     h = net.trunk(obs)
     v, a = net.value(h), net.advantage(h)
-    expected = v + a - a.mean(dim=1, keepdim=True)
+    expected = v + a - a.mean(dim=-1, keepdim=True)
     torch.testing.assert_close(net(obs), expected)
-    # per-state mean: Q(s, .) - V(s) averages to zero for every row
-    torch.testing.assert_close((net(obs) - v).mean(dim=1), torch.zeros(5), atol=1e-6, rtol=0)
+    # per-state mean: Q(s, .) - V(s) averages to zero for every state of every member
+    torch.testing.assert_close((net(obs) - v).mean(dim=-1), torch.zeros(2, 5), atol=1e-6, rtol=0)
 
 
 def test_blending_alpha_moves_prediction_part_way():
@@ -138,32 +140,41 @@ def test_blending_alpha_moves_prediction_part_way():
         from rlexp.envs import describe
         from rlexp.loops import Counters
 
-        torch.manual_seed(0)
-        agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, 0)
-        b = Batch(torch.ones(3, 4), torch.tensor([0, 1, 0]), torch.ones(3), torch.ones(3, 4), torch.zeros(3))
-        w = agent.q.q[0].weight
-        agent.optimizers[0].step = lambda: None  # keep weights; look at the gradient only
-        agent.update(b, Counters())
+        agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, [0], torch.device("cpu"))
+        b = Batch(torch.ones(1, 3, 4), torch.tensor([[0, 1, 0]]), torch.ones(1, 3), torch.ones(1, 3, 4),
+                  torch.zeros(1, 3))
+        w = agent.nets[0].q.layers[0].weight
+        agent.optimizers[0].step = lambda *a: None  # keep weights; look at the gradient only
+        agent.update_batches([b], Counters())
         grads[alpha] = w.grad.clone()
     torch.testing.assert_close(grads[0.3], 0.3 * grads[1.0])
 
 
 # ----------------------------------------------------------------------------- replay buffer
 def test_replay_buffer_ring_and_sampling():
-    buf = ReplayBuffer(3, 2, None, seed=0)
+    buf = ReplayBuffer(3, 2, None, seeds=[0, 1])  # two members
     for i in range(5):
-        buf.add(np.full(2, i), i % 2, float(i), np.full(2, i + 1), i == 4)
+        buf.add(np.full((2, 2), i), np.array([i % 2, 1 - i % 2]), np.array([i, 10 + i], dtype=np.float32),
+                np.full((2, 2), i + 1), np.array([i == 4, False]))
     assert buf.size == 3 and buf.pos == 2
-    assert sorted(buf.rewards.tolist()) == [2.0, 3.0, 4.0]  # the two oldest were overwritten
+    assert sorted(buf.rewards[0].tolist()) == [2.0, 3.0, 4.0]  # the two oldest were overwritten
+    assert sorted(buf.rewards[1].tolist()) == [12.0, 13.0, 14.0]
     (b1, b2) = buf.sample(4, 2)
-    assert b1.obs.shape == (4, 2) and b1.actions.dtype == torch.int64
-    assert set(b1.rewards.tolist() + b2.rewards.tolist()) <= {2.0, 3.0, 4.0}
+    assert b1.obs.shape == (2, 4, 2) and b1.actions.dtype == torch.int64
+    assert set(b1.rewards[0].tolist() + b2.rewards[0].tolist()) <= {2.0, 3.0, 4.0}
+    assert set(b1.rewards[1].tolist()) <= {12.0, 13.0, 14.0}  # each member samples its own transitions
     # obs/next_obs/terminated stay aligned per transition
-    np.testing.assert_array_equal(b1.next_obs[:, 0].numpy(), b1.obs[:, 0].numpy() + 1)
-    assert all(t == (r == 4.0) for t, r in zip(b1.terminated.tolist(), b1.rewards.tolist(), strict=True))
+    np.testing.assert_array_equal(b1.next_obs[..., 0].numpy(), b1.obs[..., 0].numpy() + 1)
+    assert all(t == (r == 4.0) for t, r in zip(b1.terminated[0].tolist(), b1.rewards[0].tolist(), strict=True))
+    # a member's draws come from its own generator: the same alone
+    alone = ReplayBuffer(3, 2, None, seeds=[1])
+    for i in range(5):
+        alone.add(np.full((1, 2), i), np.array([1 - i % 2]), np.array([10 + i], dtype=np.float32),
+                  np.full((1, 2), i + 1), np.array([False]))
+    assert torch.equal(alone.sample(4, 2)[0].rewards[0], b1.rewards[1])
 
 
 def test_continuous_actions_are_stored_as_vectors():
-    buf = ReplayBuffer(4, 3, 2, seed=0)
-    buf.add(np.zeros(3), np.array([0.5, -1.0]), 0.0, np.zeros(3), False)
-    assert buf.sample(1)[0].actions.tolist() == [[0.5, -1.0]]
+    buf = ReplayBuffer(4, 3, 2, seeds=[0])
+    buf.add(np.zeros((1, 3)), np.array([[0.5, -1.0]]), np.zeros(1), np.zeros((1, 3)), np.zeros(1))
+    assert buf.sample(1)[0].actions.tolist() == [[[0.5, -1.0]]]
