@@ -7,7 +7,7 @@
 Each algorithm runs on its benchmark env (CartPole-v1 for the discrete ones, Pendulum-v1 for
 ddpg) with its default config, ``train.max_episodes`` from the table below, and stops when solved
 (threshold from the env, window 100). Runs go to a process pool (``--jobs``, one torch thread
-each). The table is printed and written, with date, command and versions, under
+each; an algorithm's seeds train as one batch). The table is printed and written, with date, command and versions, under
 ``benchmarks/results/``.
 """
 
@@ -58,20 +58,30 @@ class Outcome:
     error: str | None = None
 
 
-def run_one(algo: str, seed: int, extra: tuple[str, ...]) -> Outcome:
-    """One training run in a worker process (untracked)."""
+def run_seeds(algo: str, seeds: tuple[int, ...], extra: tuple[str, ...]) -> list[Outcome]:
+    """An algorithm's seeds in a worker process (untracked): one batch, or one after another for
+    an algorithm without a seed axis (sb3_*)."""
+    import dataclasses
+
+    from rlexp.algos import get_algorithm
     from rlexp.compose import compose_config
-    from rlexp.train import train
+    from rlexp.train import train_batch
 
     env, budget = BENCH.get(algo, ("cartpole", 1000))
-    overrides = [f"algo={algo}", f"env={env}", f"seed={seed}", f"train.max_episodes={budget}",
-                 "tracking.enabled=false", "train.save_model=false", *extra]
-    cfg = compose_config(overrides)
-    try:
-        r = train(cfg)
-    except Exception as e:  # a diverged seed is a result, not a crash of the benchmark
-        return Outcome(algo, cfg.env.id, seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
-    return Outcome(algo, cfg.env.id, seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s)
+    base = compose_config([f"algo={algo}", f"env={env}", f"train.max_episodes={budget}",
+                           "tracking.enabled=false", "train.save_model=false", *extra])
+    cfgs = [dataclasses.replace(base, seed=s) for s in seeds]
+    parts = [cfgs] if get_algorithm(base.algo.name).batched else [[c] for c in cfgs]
+    out = []
+    for part in parts:
+        try:
+            results = train_batch(part)
+        except Exception as e:  # the batch could not run: every seed of it is a failed result
+            out += [Outcome(algo, c.env.id, c.seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}") for c in part]
+            continue
+        out += [Outcome(algo, c.env.id, c.seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s,
+                        r.error) for c, r in zip(part, results, strict=True)]
+    return out
 
 
 def _star(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
@@ -282,19 +292,22 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.algos) - set(names()))
         if unknown:
             sys.exit(f"bench_algos: unknown --algos {', '.join(unknown)}; known: {', '.join(names())}")
-        jobs = [(a, s, tuple(args.override)) for a in args.algos for s in range(1, args.seeds + 1)]
+        jobs = [(a, tuple(range(1, args.seeds + 1)), tuple(args.override)) for a in args.algos]
         t0 = time.perf_counter()
-        outcomes: list[Outcome] = []
+        batches: list[list[Outcome]] = []
 
-        def report(o: Outcome) -> None:
-            status = f"solved at {o.solved_at}" if o.solved_at else (o.error or "not solved")
-            print(f"  {o.algo:<20} seed {o.seed}: {status} ({o.episodes} ep, {o.env_steps} steps, "
-                  f"{o.wall_time_s:.0f} s)", flush=True)
+        def report(batch: list[Outcome]) -> None:
+            for o in batch:
+                status = f"solved at {o.solved_at}" if o.solved_at else (o.error or "not solved")
+                print(f"  {o.algo:<20} seed {o.seed}: {status} ({o.episodes} ep, {o.env_steps} steps, "
+                      f"{o.wall_time_s:.0f} s)", flush=True)
 
-        interrupted = run_jobs(run_one, jobs, args.jobs, outcomes, report)
+        interrupted = run_jobs(run_seeds, jobs, args.jobs, batches, report)
+        outcomes = [o for b in batches for o in b]
         sections.append(f"## Episodes-to-solve ({args.seeds} seeds, window 100, "
                         f"{time.perf_counter() - t0:.0f} s total with {args.jobs} jobs)\n\n"
-                        + interrupted_note(interrupted, len(outcomes), len(jobs)) + table(outcomes, args.seeds))
+                        + interrupted_note(interrupted, len(outcomes), len(jobs) * args.seeds)
+                        + table(outcomes, args.seeds))
     if (args.throughput or args.throughput_only) and not interrupted:
         for kind in args.throughput_algos:
             sections.append(f"## Throughput: rlexp {kind.upper()} vs Stable-Baselines3 {kind.upper()}\n\n"
