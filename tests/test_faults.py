@@ -126,6 +126,11 @@ def test_server_that_refuses_connections_is_refused_in_seconds(empty):
     nothing_written(empty)
 
 
+def test_an_untracked_run_does_not_need_the_server(empty):
+    p = cli([*TINY, "tracking.enabled=false"], empty, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
+    assert p.returncode == 0 and "not solved" in p.stderr, p.stderr
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A port that accepts connections and never answers (a hung server, a black-holed proxy)."""
@@ -254,6 +259,13 @@ def test_names_mlflow_takes_are_taken():
     assert MAX_EXPERIMENT_NAME == MAX_EXPERIMENT_NAME_LENGTH
     cfg = compose_config(["tracking.experiment='it\\'s \"quoted\" é'", "tracking.run_name=" + "r" * 250])
     assert cfg.tracking.experiment == "it's \"quoted\" é"
+
+
+def test_a_sweep_refuses_an_over_long_experiment_name_of_its_trials():
+    from rlexp.sweep.load import load
+
+    with pytest.raises(ConfigError, match="tracking.experiment is 501 characters long"):
+        load("dqn_cartpole", ["tracking.experiment=" + "x" * 501])
 
 
 def test_study_name_with_a_backslash_is_refused_before_any_trial(empty):
