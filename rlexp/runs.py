@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from rlexp.config import ConfigError
@@ -192,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     uri = tracking_uri()
     try:
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # don't create one
+            raise ConfigError(f"no MLflow store at {uri}: run where mlflow.db is, or set MLFLOW_TRACKING_URI")
         check_tracking(uri)
         client = MlflowClient(uri)
         exps = _experiments(client, args.experiment)

@@ -354,6 +354,12 @@ def test_run_killed_with_9_is_found_noted_and_closed_with_its_metrics_kept(tmp_p
     assert again.stdout == "" and "0 runs stale" in again.stderr
 
 
+def test_runs_cli_creates_no_store_where_there_is_none(empty):
+    p = cli(["stale"], empty, module="rlexp.runs")
+    refused(p, "no MLflow store at sqlite:///")
+    nothing_written(empty)
+
+
 def test_runs_cli_refuses_an_unknown_experiment_in_one_line(mlflow_uri, tmp_path):
     from rlexp.tracking import open_experiment
 
