@@ -70,7 +70,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     hc = hcs[0]
     multirun = hc.mode == RunMode.MULTIRUN
     group = hc.sweep.dir if multirun else None
-    label = hc.runtime.choices.get("algo")
+    label = hc.runtime.choices.get("experiment") or hc.runtime.choices.get("algo")  # a preset names its runs
     cfg = cfgs[0]
     progress = cfg.train.progress if cfg.train.progress is not None else sys.stderr.isatty()
     # an algorithm without a seed axis (sb3_*) trains its jobs one after another

@@ -14,13 +14,15 @@ own inputs: what an update that concerns only some members needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+_FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": torch.relu, "tanh": torch.tanh, "elu": F.elu,
+                                                          "gelu": F.gelu}
 
 Members = slice | torch.Tensor | None  # which members a forward pass runs (None: all)
 
@@ -97,11 +99,22 @@ class MLP(nn.Module):
             d = out_dim
         self.layers = nn.ModuleList(layers)
         self.out_dim = d
+        # the layers' own forward functions, called without nn.Module's per-call hooks machinery
+        # (a fifth of a small update's time), the activations as plain functions
+        act = _FN[activation]
+        self._steps: list[Callable[..., torch.Tensor]] = [
+            m.forward if isinstance(m, Linear | LayerNorm) else (lambda x, idx, f=act: f(x)) for m in layers]
 
     def forward(self, x: torch.Tensor, idx: Members = None) -> torch.Tensor:
-        for m in self.layers:
-            x = m(x, idx) if isinstance(m, Linear | LayerNorm) else m(x)
+        for step in self._steps:
+            x = step(x, idx)
         return x
+
+    def __setstate__(self, state: dict[str, object]) -> None:  # copies and pickles: bind to the copied layers
+        super().__setstate__(state)
+        act = next((_FN[k] for k, v in _ACT.items() if any(type(m) is v for m in self.layers)), torch.relu)
+        self._steps = [m.forward if isinstance(m, Linear | LayerNorm) else (lambda x, idx, f=act: f(x))
+                       for m in self.layers]
 
     @property
     def last(self) -> Linear:
