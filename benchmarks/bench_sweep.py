@@ -10,10 +10,10 @@ Both runs use the same definition and sampler seed, each in a fresh study (stora
 ``pruner.name=none``. ``baseline=DB:STUDY`` takes the no-pruner half from an earlier run's study
 instead of running it again, and ``pruned=DB:STUDY`` the pruned half (both: the table alone, from two
 studies run with ``python -m rlexp.sweep``). A study taken must have this sweep's definition (what
-makes trial values comparable), its sampler, the same random start as the other half (its first
-drawn trial's parameters: :func:`different_start`) and ``n_trials`` finished trials, and a baseline no pruned trial;
-its re-evaluation is not repeated. Each best configuration is re-evaluated on the same ``eval_seeds`` fresh
-seeds, and so is the default configuration (the base overrides alone). The Markdown table
+makes trial values comparable), its recorded sampler (name, seed, arguments: the same random start)
+and ``n_trials`` finished trials, and a baseline no pruned trial; its re-evaluation is not repeated.
+Each pick is re-evaluated on the same ``validation.eval_seeds`` fresh seeds, and so is the default
+configuration (the base overrides alone). The Markdown table
 (trials complete/pruned/failed, total env steps, wall time, best value, env-steps saving,
 re-evaluations) is printed and written with date, command and versions to
 ``benchmarks/results/sweep-<date>.md``.
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_sweep: error: {e}", file=sys.stderr)
         return 2
     cfg = runs["pruner"].cfg
-    fresh = cfg.fresh_seeds()
+    fresh = cfg.validation.fresh_seeds()
     command = "python -m benchmarks.bench_sweep " + " ".join(args)
     out = RESULTS / f"sweep-{stamp[:15]}.md"
     results: dict[str, Any] = {}
@@ -114,13 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{table}\n\n{summary}")
         text = (f"# bench_sweep\n\ndate: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}\n\ncommand: `{command}`\n\n"
                 f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
-                f"{workers}, sampler {cfg.sampler.name} seed {cfg.sampler.seed} (consider_pruned "
-                f"{str(cfg.sampler.consider_pruned).lower()}"
-                f"{f', pruned_value {cfg.sampler.pruned_value}' if cfg.sampler.consider_pruned else ''}), "
-                f"seeds {'in lockstep' if cfg.pruner.lockstep else 'one after the other'} (pruned half), base "
-                f"`{' '.join(cfg.base)}`, re-evaluations with `{' '.join(cfg.eval_overrides) or '(nothing more)'}`; "
+                f"{workers}, sampler {cfg.sampler.name} seed {cfg.sampler.seed}, base `{' '.join(cfg.base)}`, "
+                f"re-evaluations with `{' '.join(cfg.validation.eval_overrides) or '(nothing more)'}`; "
                 f"fresh seeds {fresh}; studies: "
-                + "; ".join(f"{label} {r.study_name} in {r.storage}{_as_run(r, label in taken)}"
+                + "; ".join(f"{label} {r.study_name} in {r.storage}{_as_run(r)}"
                             for label, r in results.items()) + "\n\n"
                 f"{table}\n\n{summary}\n")
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -129,22 +126,14 @@ def main(argv: list[str] | None = None) -> int:
 
     pruner_names: dict[str, str] = {}  # of the halves taken from studies: what they were run with
     taken = [h for h, spec in (("pruner", pruned), ("no pruner", baseline)) if spec is not None]
-    opened: dict[str, tuple[str, Any]] = {}  # key=: (its spec, its study)
     for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
         if spec is not None:  # checked before any work: a wrong study is refused at once
             try:
-                opened[key] = (spec, open_study(spec))
-                results[half] = from_study(opened[key][1], spec, runs[half], pruned=half == "pruner")
+                results[half] = from_study(open_study(spec), spec, runs[half], pruned=half == "pruner")
                 pruner_names[half] = results[half].pruner or "(not recorded)"
             except ValueError as e:
                 print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
                 return 2
-    if opened and cfg.sampler.seed is not None:  # the same sampler seed, as drawn: checked before any work
-        key, *rest = [k for k in ("pruned", "baseline") if k in opened]  # the pruned half first
-        why = different_start(opened[key][1], opened[rest[0]][1] if rest else None, runs["pruner"])
-        if why:
-            print(f"bench_sweep: error: {key}={opened[key][0]}: {why}", file=sys.stderr)
-            return 2
     if pruned is not None:
         results = {"pruner": results.pop("pruner"), **results}
         write()
@@ -156,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         results = {"pruner": run_sweep(runs["pruner"]), **results}
         write()
     if fresh and pruned is None:
-        print(f"bench_sweep: default config ({' '.join([*cfg.base, *cfg.eval_overrides])}) on fresh seeds {fresh}",
-              file=sys.stderr)
+        default = [*cfg.base, *cfg.validation.eval_overrides]
+        print(f"bench_sweep: default config ({' '.join(default)}) on fresh seeds {fresh}", file=sys.stderr)
         t0 = time.perf_counter()
-        default_eval = evaluate([*cfg.base, *cfg.eval_overrides], fresh, cfg.workers,
-                                tags={"sweep": f"bench-{name}-default-{stamp}", "sweep_role": "eval"})
+        default_eval = evaluate(default, fresh, tags={"sweep": f"bench-{name}-default-{stamp}", "sweep_role": "eval"})
         print(f"bench_sweep: default config: {default_eval.line()} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
         write()
@@ -171,14 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _as_run(r: Any, taken: bool) -> str:
-    """What the header says of a half beyond its study: trials lost to a stopped worker (not
-    counted; a trial records its env steps when it ends, so theirs are in no sum), and for a study
-    taken, whether it recorded its sampler."""
-    notes = [f"{r.tally['lost']} lost trial(s), not counted, env steps unrecorded"] if r.tally.get("lost") else []
-    if taken and r.sampler is None:
-        notes.append("sampler not recorded (a study created before rlexp recorded it)")
-    return f" ({'; '.join(notes)})" if notes else ""
+def _as_run(r: Any) -> str:
+    """Trials lost to a stopped worker, named in the header (not counted; a trial records its env
+    steps when it ends, so theirs are in no sum)."""
+    return f" ({r.tally['lost']} lost trial(s), not counted, env steps unrecorded)" if r.tally.get("lost") else ""
 
 
 def open_study(spec: str) -> Any:
@@ -194,76 +178,10 @@ def open_study(spec: str) -> Any:
         raise ValueError(f"no study {study_name!r} in {db}") from None
 
 
-# sampler settings that only change how pruned trials are seen: a no-pruner study is the same search
-PRUNED_ONLY = ("consider_pruned", "pruned_value")
-# definition keys that only change how a trial is judged while it runs: the same for a no-pruner study
-PRUNER_ONLY = ("lockstep",)
-
-
 def differing(have: dict[str, Any], want: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any, Any] | None:
     """The first of ``keys`` on which a study's record ``have`` and the sweep's ``want`` differ:
     (key, the study's, the sweep's); None if they agree on all."""
     return next(((k, have.get(k), want[k]) for k in keys if have.get(k) != want[k]), None)
-
-
-def first_difference(study: Any, sweep: Any, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
-    """:func:`differing` on the definition ``study`` was created with and ``sweep``'s."""
-    from rlexp.sweep.runner import definition, recorded_definition
-
-    return differing(recorded_definition(study) or {}, definition(sweep), keys)
-
-
-def first_drawn(study: Any) -> Any | None:
-    """The first trial of ``study`` whose parameters its sampler drew (not enqueued, as a sweep's
-    default-configuration trial 0 is); None if it has none."""
-    return next((t for t in study.get_trials(deepcopy=False) if t.params and "fixed_params" not in t.system_attrs),
-                None)
-
-
-def draw(sweep: Any, before: Sequence[Any]) -> dict[str, Any]:
-    """The parameters ``sweep``'s sampler draws for the trial after the trials ``before`` (numbered
-    0 on), suggested in the objective's order, in a throw-away in-memory study."""
-    import optuna
-
-    from rlexp.sweep.objective import suggest
-    from rlexp.sweep.study import make_sampler
-
-    quiet = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
-    try:
-        probe = optuna.create_study(direction="minimize", sampler=make_sampler(sweep.cfg))
-    finally:
-        optuna.logging.set_verbosity(quiet)
-    for t in before:
-        probe.add_trial(t)
-    trial = probe.ask()
-    return {p.key: suggest(trial, p) for p in sweep.params}
-
-
-def different_start(study: Any, other: Any | None, sweep: Any) -> str | None:
-    """Why ``study`` and ``other`` (or, when None, ``sweep`` run now) do not start from the same
-    random draws, or None if they do. With the same sampler, seed and trial seeding, the first
-    trial the sampler draws is the same in both: what a study records of its sampler (or not, in
-    studies from before rlexp recorded it) cannot tell how an older rlexp seeded its trials.
-    This compares the first drawn trial's parameters (a random start-up trial with every
-    shipped sampler) with ``other``'s trial of that number, or with what ``sweep``'s sampler
-    draws after the same earlier trials."""
-    from rlexp.sweep.objective import describe_trial
-
-    first = first_drawn(study)
-    if first is None:
-        return None
-    if other is not None:
-        theirs = other.get_trials(deepcopy=False)
-        want = theirs[first.number].params if len(theirs) > first.number else {}
-        whose = "the other study's"
-    else:
-        want, whose = draw(sweep, study.get_trials(deepcopy=False)[:first.number]), "this sweep's sampler's"
-    if first.params == want:
-        return None
-    return (f"its first drawn trial ({first.number}: {describe_trial(first.params)}) is not {whose} "
-            f"({describe_trial(want) or 'none'}): not the same random start (another sampler seed, or "
-            "a study from an rlexp that seeded its trials differently)")
 
 
 def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
@@ -274,24 +192,20 @@ def from_study(study: Any, spec: str, sweep: Any, pruned: bool) -> Any:
 
     import optuna
 
-    from rlexp.sweep.runner import COMPARABLE, definition, recorded_definition, sampler_record, summarize
+    from rlexp.sweep.runner import COMPARABLE, definition, sampler_record, summarize
     from rlexp.sweep.study import done
 
-    have, want = recorded_definition(study) or {}, definition(sweep)
-    # without a pruner, seeds in lockstep run the same runs as one after the other
-    diff = differing(have, want, [k for k in (*COMPARABLE, "space") if pruned or k not in PRUNER_ONLY])
+    have, want = study.user_attrs.get("definition") or {}, definition(sweep)
+    diff = differing({"groups": {}, **have}, want, (*COMPARABLE, "space", "groups"))
     if diff:
         raise ValueError(f"its {diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}")
-    if "groups" in have and have["groups"] != want["groups"]:  # stored since session 5
-        raise ValueError(f"its groups {have['groups']!r} are not this sweep's {want['groups']!r}")
-    recorded = study.user_attrs.get("sampler")  # recorded since session 7
-    if recorded is not None:
-        recorded = {"pruned_value": "last", **recorded}  # what studies before session 16 saw
-        want_sampler = sampler_record(sweep)  # without pruned trials, how they are seen changes nothing
-        diff = differing(recorded, want_sampler, [k for k in want_sampler if pruned or k not in PRUNED_ONLY])
-        if diff:
-            raise ValueError(f"its sampler.{diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}: "
-                             "not the same search (set it on the command line)")
+    recorded, want_sampler = study.user_attrs.get("sampler"), sampler_record(sweep)
+    if recorded is None:
+        raise ValueError("it recorded no sampler (a study from before rlexp recorded it): not known to be the same search")
+    diff = differing(recorded, want_sampler, list(want_sampler))
+    if diff:
+        raise ValueError(f"its sampler.{diff[0]} {diff[1]!r} is not this sweep's {diff[2]!r}: "
+                         "not the same search (set it on the command line)")
     trials = study.get_trials(deepcopy=False)
     if done(trials) < sweep.cfg.n_trials:
         raise ValueError(f"it has {done(trials)} finished trials of n_trials={sweep.cfg.n_trials}: resume it first")

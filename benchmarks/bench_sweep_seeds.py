@@ -5,14 +5,14 @@
 
 Each sampler seed runs the sweep as ``python -m rlexp.sweep`` does, in a fresh study (storage under
 ``outputs/bench_sweep_seeds/<stamp>/``): trials, the validation of the top trials, the re-evaluation
-of the pick on the ``eval_seeds`` fresh seeds. ``take=DB:STUDY`` (repeatable) takes a finished
-sweep's study instead: its re-evaluation is read from MLflow (the runs tagged ``sweep=<study>``,
+of the pick on the ``validation.eval_seeds`` fresh seeds. ``take=DB:STUDY`` (repeatable) takes a
+finished sweep's study instead: its re-evaluation is read from MLflow (the runs tagged ``sweep=<study>``,
 ``sweep_role=eval``, of the trial the sweep picked), and it must have this sweep's definition and
 sampler but for the seed. The command's wall time is the sweep's own (trials, validation and
 re-evaluation) when this command runs it, and its MLflow parent run's start to end when taken (for
 a study finished by several commands that spans the time between them too); the trials' is the
-first trial's start to the last one's end. The default configuration (the base overrides and ``eval_overrides``) is
-run on the same fresh seeds, or read from MLflow with ``default=TAG`` (runs tagged ``sweep=TAG``,
+first trial's start to the last one's end. The default configuration (the base overrides and
+``validation.eval_overrides``) is run on the same fresh seeds, or read from MLflow with ``default=TAG`` (runs tagged ``sweep=TAG``,
 as ``bench_sweep`` tags its default row). A sweep *holds* when its pick solves every fresh seed
 with a median episodes-to-solve at least 25% below the default's (issue 4's first figure; a
 censored median counts as infinite). The Markdown table is printed and written with date, command
@@ -204,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_sweep_seeds: error: {e}", file=sys.stderr)
         return 2
     cfg = sweep.cfg
-    fresh = cfg.fresh_seeds()
+    fresh = cfg.validation.fresh_seeds()
     if not fresh:
-        print(f"bench_sweep_seeds: error: eval_seeds={cfg.eval_seeds}: the figure needs fresh seeds", file=sys.stderr)
+        print("bench_sweep_seeds: error: validation.eval_seeds=0: the figure needs fresh seeds", file=sys.stderr)
         return 2
-    budget = compose_config([*cfg.base, *cfg.eval_overrides]).train.max_episodes
+    budget = compose_config([*cfg.base, *cfg.validation.eval_overrides]).train.max_episodes
     client = MlflowClient()
     rows: list[dict[str, Any]] = []
     default = None
@@ -234,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"versions: {versions()}\n\nsweep: {name}, {cfg.n_trials} trials x {len(cfg.seeds)} seeds, "
                        f"{cfg.workers} worker(s), sampler {cfg.sampler.name}, validation top {cfg.validation.top} on "
                        f"{cfg.validation.seeds} seeds, base `{' '.join(cfg.base)}`, re-evaluations with "
-                       f"`{' '.join(cfg.eval_overrides) or '(nothing more)'}` on fresh seeds {fresh}; default: "
+                       f"`{' '.join(cfg.validation.eval_overrides) or '(nothing more)'}` on fresh seeds {fresh}; default: "
                        f"{'MLflow runs tagged sweep=' + default_tag if default_tag else 'run by this command'}\n\n"
                        f"{text}\n\n{summary}\n")
         print(f"\nbench_sweep_seeds: written {out}", file=sys.stderr)
 
     if default is None:
         print(f"bench_sweep_seeds: default config on fresh seeds {fresh}", file=sys.stderr, flush=True)
-        default = evaluate([*cfg.base, *cfg.eval_overrides], fresh, cfg.workers,
+        default = evaluate([*cfg.base, *cfg.validation.eval_overrides], fresh,
                            tags={"sweep": f"bench-{name}-default-{stamp}", "sweep_role": "eval"})
     write()
     for s in runs:

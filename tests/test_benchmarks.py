@@ -44,7 +44,7 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench_sweep, "RESULTS", tmp_path / "results")
-    assert bench_sweep.main(["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=1",
+    assert bench_sweep.main(["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "validation.eval_seeds=1",
                              "train.max_episodes=3", "algo.hidden=[8]", "algo.learning_starts=10"]) == 0
     (out,) = (tmp_path / "results").glob("sweep-*.md")
     text = out.read_text()
@@ -54,7 +54,7 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     (work,) = (tmp_path / "outputs" / "bench_sweep").iterdir()
     unpruned = f"{work / 'optuna.db'}:bench-dqn_cartpole-unpruned-{work.name}"
     out.unlink()
-    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=0", "train.max_episodes=3",
+    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "validation.eval_seeds=0", "train.max_episodes=3",
             "algo.hidden=[8]", "algo.learning_starts=10"]
     assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
     (out2,) = (tmp_path / "results").glob("sweep-*.md")
@@ -79,83 +79,29 @@ def test_bench_sweep_writes_its_table_after_each_stage(tmp_path, monkeypatch, ca
     rows3 = [line.split("|")[3:7] for line in out3.read_text().splitlines() if line.startswith(("| pruner", "| no pruner"))]
     assert rows3 == [line.split("|")[3:7] for line in text.splitlines() if line.startswith(("| pruner", "| no pruner"))]
     assert "workers as each study was run" in out3.read_text() and "not recorded" not in out3.read_text()
-    # the same search: a study drawn from another sampler seed is refused, for either half; the
-    # no-pruner half has no pruned trial, so consider_pruned does not matter there
+    # the same search: a study drawn from another sampler seed is refused, for either half
     assert bench_sweep.main([*tiny, "sampler.seed=1", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "baseline=" in (err := capsys.readouterr().err) and "its sampler.seed 0 is not this sweep's 1" in err
-    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
-    assert "pruned=" in (err := capsys.readouterr().err)
-    assert "its sampler.consider_pruned False is not this sweep's True" in err
-    assert bench_sweep.main([*tiny, "sampler.consider_pruned=true", f"baseline={unpruned}", "n_trials=4",
-                             "eval_seeds=0"]) == 0
-    # seeds in lockstep judge a trial differently, but without a pruner run the same runs
-    assert bench_sweep.main([*tiny, "pruner.lockstep=true", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
-    assert "pruned=" in (err := capsys.readouterr().err) and "its lockstep False is not this sweep's True" in err
-    from rlexp.sweep import load
-
-    half = bench_sweep.from_study(bench_sweep.open_study(unpruned), unpruned,
-                                  load("dqn_cartpole", [*tiny[1:], "pruner.lockstep=true"]), pruned=False)
-    assert half.tally["complete"] == 4
     # a study short of n_trials is refused
     assert bench_sweep.main([*tiny, "n_trials=5", f"pruned={pruned}", f"baseline={unpruned}"]) == 2
     assert "finished trials of n_trials=5: resume it first" in capsys.readouterr().err
-    # a study that recorded no sampler (as before rlexp recorded it) is checked by what it drew:
-    # trials 0-2 run the algo options' defaults (enqueued), trial 3 is the first the sampler drew
+    # a study that recorded no sampler is not known to be the same search
     import optuna
 
     db, name = unpruned.rsplit(":", 1)
     optuna.load_study(study_name=name, storage=f"sqlite:///{db}").set_user_attr("sampler", None)
-    assert bench_sweep.main([*tiny, "sampler.seed=1", f"baseline={unpruned}"]) == 2
-    err = capsys.readouterr().err
-    assert "baseline=" in err and "its first drawn trial (3: algo=" in err and "not the same random start" in err
-    assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 0
+    assert bench_sweep.main([*tiny, f"baseline={unpruned}"]) == 2
+    assert "it recorded no sampler" in capsys.readouterr().err
 
 
-def _drawn_study(seed: int):
-    """A study as a sweep of ``dqn_cartpole`` with ``sampler.seed=seed`` starts it: trial 0 the
-    default configuration (enqueued), trial 1 drawn by the sweep's sampler."""
-    import optuna
-
-    from rlexp.sweep import load
-    from rlexp.sweep.load import default_params
-    from rlexp.sweep.objective import suggest
-    from rlexp.sweep.study import make_sampler
-
-    sweep = load("dqn_cartpole", [f"sampler.seed={seed}"])
-    study = optuna.create_study(direction="minimize", sampler=make_sampler(sweep.cfg))
-    study.enqueue_trial(default_params(sweep))
-    for value in (500.0, 600.0):
-        trial = study.ask()
-        for p in sweep.params:
-            suggest(trial, p)
-        study.tell(trial, value)
-    return sweep, study
-
-
-def test_bench_sweep_tells_studies_that_did_not_start_from_the_same_draws():
-    from benchmarks.bench_sweep import different_start, first_drawn
-
-    sweep0, zero = _drawn_study(0)
-    sweep1, one = _drawn_study(1)
-    assert first_drawn(zero).number == 1  # trial 0 was enqueued, not drawn
-    assert different_start(zero, None, sweep0) is None and different_start(one, None, sweep1) is None
-    assert "the other study's (algo=" in different_start(zero, one, sweep0)
-    assert "the other study's (algo=" in different_start(one, zero, sweep1)
-    why = different_start(zero, None, sweep1)
-    assert why.startswith("its first drawn trial (1: algo=") and "this sweep's sampler's (algo=" in why
-    assert different_start(one, one, sweep0) is None  # two halves alike: the sweep's own seed is not asked
-
-
-def test_bench_sweep_header_names_lost_trials_and_unrecorded_samplers():
+def test_bench_sweep_header_names_lost_trials():
     from benchmarks.bench_sweep import _as_run
     from rlexp.sweep.runner import SweepResult
 
-    tally = {"complete": 30, "pruned": 0, "failed": 0, "lost": 2, "running": 0}
-    r = SweepResult("s", "sqlite:///x.db", 30, tally, 100, 1.0)
-    assert _as_run(r, taken=True) == (" (2 lost trial(s), not counted, env steps unrecorded; "
-                                      "sampler not recorded (a study created before rlexp recorded it))")
-    r.sampler, r.tally = {"name": "tpe"}, {**tally, "lost": 0}
-    assert _as_run(r, taken=True) == "" and _as_run(dataclasses.replace(r, sampler=None), taken=False) == ""
+    r = SweepResult("s", "sqlite:///x.db", 30, {"complete": 30, "pruned": 0, "failed": 0, "lost": 2, "running": 0},
+                    100, 1.0)
+    assert _as_run(r) == " (2 lost trial(s), not counted, env steps unrecorded)"
+    assert _as_run(dataclasses.replace(r, tally={**r.tally, "lost": 0})) == ""
 
 
 def test_bench_variants_runs_each_variant_on_each_seed(tmp_path):
@@ -212,7 +158,7 @@ def test_bench_sweep_seeds_runs_each_sampler_seed_and_reads_the_finished_sweeps_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench_sweep_seeds, "RESULTS", tmp_path / "results")
-    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "eval_seeds=1", "train.max_episodes=3",
+    tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "validation.eval_seeds=1", "train.max_episodes=3",
             "algo.hidden=[8]", "algo.learning_starts=10", "validation.top=2", "validation.seeds=1"]
     assert bench_sweep_seeds.main([*tiny, "sampler_seeds=[0,1]"]) == 0
     (out,) = (tmp_path / "results").glob("sweep-seeds-*.md")

@@ -38,7 +38,7 @@ def test_two_machines_three_workers_share_one_study(tmp_path, kind):
     n = 6
     common = [PYTHON, "-m", "rlexp.sweep", "sweep=dqn_cartpole", f"storage={url}", f"study_name={study_name}",
               f"n_trials={n}", "seeds=[0]", "seed_stride=1000", "train.max_episodes=16", "algo.hidden=[16]", "algo.learning_starts=50",
-              "pruner.report_every=4", "pruner.args={n_startup_trials:2,n_warmup_steps:4}", "eval_seeds=1",
+              "pruner.report_every=4", "pruner.args={n_startup_trials:2,n_warmup_steps:4}", "validation.eval_seeds=1",
               f"preset_dir={tmp_path / 'presets'}", "heartbeat_interval=2"]
     env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     main = subprocess.Popen([*common, "workers=2"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)

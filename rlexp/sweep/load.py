@@ -29,7 +29,15 @@ from rlexp.compose import (
     override_key,
 )
 from rlexp.config import Config, ConfigError
-from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
+from rlexp.sweep.config import (
+    FIELDS,
+    PRUNERS,
+    REMOVED,
+    ParamSpec,
+    SweepConfig,
+    format_value,
+    register_sweep_schema,
+)
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 _ABSENT = object()
@@ -105,6 +113,26 @@ def _whole_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[s
     return replaced, rest
 
 
+def refuse_removed(keys: Sequence[str], where: str) -> None:
+    """One line naming the first key of an older definition (:data:`REMOVED`) among ``keys``."""
+    for key in keys:
+        old = next((k for k in REMOVED if key == k or key.startswith(k + ".")), None)
+        if old is not None:
+            raise ConfigError(f"{where}{old} was {REMOVED[old]}")
+
+
+def _file_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a sweep file (``space`` and ``groups`` hold no definition keys)."""
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for k, v in node.items_ex(resolve=False):
+        keys.append(key := prefix + str(k))
+        if key not in ("space", "groups"):
+            keys += _file_keys(v, key + ".")
+    return keys
+
+
 def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, SweepConfig]:
     """Compose a sweep definition with overrides into the typed schema (no rlexp checks yet)."""
     from hydra import compose, initialize_config_dir
@@ -112,6 +140,10 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
 
     register_sweep_schema()
     conf_dir, name = _locate(sweep)
+    refuse_removed([override_key(ov) for ov in overrides if "=" in ov or ov.startswith("~")], "")
+    if "pruner.name=bound" in overrides:
+        raise ConfigError("pruner.name=bound was removed with pruner.bound; choose one of " + ", ".join(PRUNERS))
+    refuse_removed(_file_keys(OmegaConf.load(conf_dir / f"{name}.yaml")), f"{conf_dir / name}.yaml: ")
     sweep_ovs, rlexp_ovs = split_overrides(overrides)
     known = set(Config.__dataclass_fields__) | set(group_names())
     for ov in rlexp_ovs:
@@ -141,9 +173,10 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
                           "'defaults: [base_sweep, _self_]'")
     cfg.base = [*cfg.base, *rlexp_ovs]
     # a key given on the command line holds for the re-evaluation too: it beats the definition's
-    # eval_overrides (e.g. train.max_episodes=50 for a quick try re-evaluates on 50 as well)
+    # validation.eval_overrides (train.max_episodes=50 for a quick try re-evaluates on 50 as well)
     cli_keys = {override_key(ov) for ov in rlexp_ovs}
-    cfg.eval_overrides = [ov for ov in cfg.eval_overrides if override_key(ov) not in cli_keys]
+    v = cfg.validation
+    v.eval_overrides = [ov for ov in v.eval_overrides if override_key(ov) not in cli_keys]
     return name, cfg
 
 
@@ -184,16 +217,18 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
         _compose_checked(base)
     except ConfigError as e:
         raise ConfigError(f"base: {e}") from None
-    _refuse_seeds_and_deletions("eval_overrides", cfg.eval_overrides, "the fresh seeds are the sweep's (eval_seeds=)")
+    evals = cfg.validation.eval_overrides
+    where = "validation.eval_overrides"
+    _refuse_seeds_and_deletions(where, evals, "the fresh seeds are the sweep's (validation.eval_seeds=)")
     searched = {p.key for p in params}
-    for ov in cfg.eval_overrides:
+    for ov in evals:
         if override_key(ov) in searched:
-            raise ConfigError(f"eval_overrides: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
-                              "the re-evaluation uses the best trial's value")
+            raise ConfigError(f"{where}: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
+                              "the re-evaluation uses the pick's value")
     try:
-        _compose_checked([*base, *cfg.eval_overrides])
+        _compose_checked([*base, *evals])
     except ConfigError as e:
-        raise ConfigError(f"eval_overrides: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
     dbase = compose_dict(base)
     for p in params:
         if p.key == "seed" or p.key.startswith("hydra"):

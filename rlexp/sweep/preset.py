@@ -1,15 +1,13 @@
 """The sweep's answer as an experiment preset: ``conf/experiment/<study>.yaml``.
 
 The preset holds the base overrides (group choices in its defaults list, values as nested keys)
-and the best trial's parameters, so that ``python -m rlexp +experiment=<study> seed=1,2,3 -m``
-trains exactly the best trial's configuration; :func:`verify` composes it and checks that.
+and the pick's parameters, so that ``python -m rlexp +experiment=<study> seed=1,2,3 -m`` trains
+exactly the pick's configuration (tests/test_sweep.py composes one and checks that).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, compose_config, compose_dict, is_group, to_config
-from rlexp.config import ConfigError
-from rlexp.train import config_dict
+from rlexp.compose import CONF_DIR, compose_dict, is_group
 
 
 def preset_name(study_name: str) -> str:
@@ -79,35 +75,3 @@ def write(path: Path, overrides: Sequence[str], comment: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(head + body)
     return path
-
-
-def compose_preset(path: Path, extra: Sequence[str] = ()) -> DictConfig:
-    """Compose ``+experiment=<path's stem>`` from wherever the file is (a copy under a search path)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rlexp.config import register_configs
-
-    register_configs()
-    with tempfile.TemporaryDirectory(prefix="rlexp-preset-") as tmp:
-        (Path(tmp) / "experiment").mkdir()
-        shutil.copy(path, Path(tmp) / "experiment" / path.name)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=[
-                f"hydra.searchpath=[file://{tmp}]", f"+experiment={path.stem}", *extra])
-
-
-def verify(path: Path, overrides: Sequence[str], seed: int = 0) -> None:
-    """Raise ConfigError unless the preset composes to exactly the config of ``overrides``."""
-    want = config_dict(compose_config([*overrides, f"seed={seed}"]))
-    try:
-        got = config_dict(to_config(compose_preset(path, [f"seed={seed}"])))
-    except Exception as e:
-        raise ConfigError(f"preset {path} does not compose: {e}") from None
-    if got != want:
-        from rlexp.tracking import flatten
-
-        fw, fg = flatten(want), flatten(got)
-        diff = [f"{k}: {fg.get(k)!r} != {fw.get(k)!r}" for k in sorted(set(fw) | set(fg)) if fw.get(k) != fg.get(k)]
-        raise ConfigError(f"preset {path} composes to another config: {'; '.join(diff)}")

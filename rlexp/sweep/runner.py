@@ -3,8 +3,7 @@
 Workers are processes (``workers=N``, spawned) each running ``study.optimize`` on the shared
 storage until ``n_trials`` trials count; other machines pointing at the same database join the
 same study. At the end the top trials run again on held-out validation seeds, the one best over
-its own and those seeds is re-evaluated on fresh seeds, the study's plots are logged on the
-parent run and the preset is written (``finalize=true``).
+its own and those seeds is re-evaluated on fresh seeds and written as a preset (``finalize=true``).
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
+from rlexp.envs import check_compatible, solve_threshold
+from rlexp.sweep import objective as ob
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
-from rlexp.sweep.objective import Objective, algo_label, censor_penalty, describe_trial, tail_mean
-from rlexp.train import experiment_name
+from rlexp.train import RunInterrupted, experiment_name, run_batch
 
 OUTPUTS = Path("outputs") / "sweeps"
 
 
 @dataclass
 class EvalRun:
-    """One re-evaluation run of a configuration on a fresh seed."""
+    """One run of a configuration on a held-out or fresh seed."""
 
     seed: int
     solved_at: int | None
@@ -64,19 +64,13 @@ class EvalSummary:
     @property
     def median_episodes_to_solve(self) -> float:
         """Median with unsolved runs counted as infinitely slow (censored)."""
-        return median_censored([r.solved_at for r in self.runs])
+        values = [math.inf if r.solved_at is None else float(r.solved_at) for r in self.runs]
+        return float(statistics.median(values)) if values else math.nan
 
     def line(self) -> str:
         med = self.median_episodes_to_solve
         return (f"{self.solved}/{len(self.runs)} solved, median episodes-to-solve "
                 f"{'unsolved' if math.isinf(med) else f'{med:g}'} on fresh seeds {self.seeds}")
-
-
-def median_censored(values: Sequence[int | None]) -> float:
-    """Median of episodes-to-solve where None (unsolved) ranks above every solved value."""
-    if not values:
-        return math.nan
-    return float(statistics.median([math.inf if v is None else float(v) for v in values]))
 
 
 @dataclass
@@ -99,21 +93,17 @@ def pick(candidates: Sequence[FrozenTrial], records: dict[str, Any], seeds: Sequ
          how: str) -> list[Validated]:
     """The candidates ranked by the objective over their own seeds and the validation ``seeds``
     (``records``: trial number -> seed -> ``{"value", "solved_at"}``, as the study stores them),
-    best first, ties to the lower trial number. A trial whose validation is not all recorded is
-    left out."""
-    from rlexp.sweep.objective import aggregate
-
+    best first, ties to the lower number; a trial whose validation is not all recorded is left out."""
     out = []
     for t in candidates:
         rec = records.get(str(t.number), {})
         if any(str(s) not in rec for s in seeds) or t.value is None:
             continue
         own = [float(v) for v in t.user_attrs.get("seed_values") or [t.value]]
-        solved_own = t.user_attrs.get("episodes_to_solve")
-        n_solved = (sum(e is not None for e in solved_own) if solved_own is not None else 0)
+        solved = sum(e is not None for e in t.user_attrs.get("episodes_to_solve") or [])
+        solved += sum(rec[str(s)].get("solved_at") is not None for s in seeds)
         val = {s: float(rec[str(s)]["value"]) for s in seeds}
-        n_solved += sum(rec[str(s)].get("solved_at") is not None for s in seeds)
-        out.append(Validated(t.number, float(t.value), own, val, n_solved, aggregate([*own, *val.values()], how)))
+        out.append(Validated(t.number, float(t.value), own, val, solved, ob.aggregate([*own, *val.values()], how)))
     return sorted(out, key=lambda v: (v.value, v.number))
 
 
@@ -144,7 +134,7 @@ class SweepResult:
     evaluation: EvalSummary | None = None
     preset: Path | None = None
     parent_run_id: str | None = None
-    pruner: str | None = None  # the pruner the study was started with (recorded since session 6)
+    pruner: str | None = None  # the pruner the study was started with
     sampler: dict[str, Any] | None = None  # the sampler it was started with (:func:`sampler_record`)
     picked: Validated | None = None  # the trial re-evaluated and written, after validation (None: the best)
     validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
@@ -157,34 +147,29 @@ class SweepResult:
     @property
     def all_started(self) -> bool:
         """Nothing left to start: the rest are running on other workers."""
-        return self.finished or sum(self.tally[k] for k in ("complete", "pruned", "failed", "running")) >= self.n_trials
+        return sum(self.tally[k] for k in ("complete", "pruned", "failed", "running")) >= self.n_trials
 
 
 # --------------------------------------------------------------------------- workers
 def _load_study(sweep: Sweep) -> optuna.Study:
     cfg = sweep.cfg
-    storage = st.make_storage(cfg.storage, cfg.heartbeat_interval)
-    budget = compose_config(cfg.base).train.max_episodes
-    return optuna.load_study(study_name=sweep.study_name, storage=storage,
+    return optuna.load_study(study_name=sweep.study_name, storage=st.make_storage(cfg.storage, cfg.heartbeat_interval),
                              sampler=st.make_sampler(cfg),
-                             pruner=st.make_pruner(cfg, budget))
+                             pruner=st.make_pruner(cfg, compose_config(cfg.base).train.max_episodes))
 
 
-def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker: int = 0) -> None:
+def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, spawned: bool = False) -> None:
     """One worker: run trials of the shared study until ``n_trials`` count (module-level: spawnable)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = _load_study(sweep)
-    progress = st.Progress(sweep.study_name, sweep.cfg.n_trials, sweep.cfg.workers)
-    if st.done(study.get_trials(deepcopy=False)) >= sweep.cfg.n_trials:
-        return
-    study.optimize(Objective(sweep, parent_run_id, experiment), callbacks=[progress], catch=(Exception,))
-
-
-def _spawned(sweep: Sweep, parent_run_id: str | None, experiment: str | None, worker: int) -> None:
     try:
-        work(sweep, parent_run_id, experiment, worker)
+        if st.done(study.get_trials(deepcopy=False)) < sweep.cfg.n_trials:
+            study.optimize(ob.Objective(sweep, parent_run_id, experiment), catch=(Exception,),
+                           callbacks=[st.Progress(sweep.study_name, sweep.cfg.n_trials, sweep.cfg.workers)])
     except KeyboardInterrupt:
+        if not spawned:
+            raise
         sys.exit(130)
 
 
@@ -205,9 +190,16 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 
 @contextmanager
+def worker_pool(jobs: int, workers: int) -> Iterator[Any]:
+    """A spawn pool of ``min(workers, jobs)`` processes. On Ctrl-C or SIGTERM it is terminated: each
+    worker gets SIGTERM, its runs end KILLED, and no queued job starts."""
+    with sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
+        yield pool
+
+
+@contextmanager
 def _interruptible(parent: str | None) -> Iterator[None]:
-    """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it)
-    then ends KILLED."""
+    """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it) ends KILLED."""
     try:
         with sigterm_as_keyboard_interrupt():
             yield
@@ -224,7 +216,7 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
         work(sweep, parent_run_id, experiment)
         return
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_spawned, args=(sweep, parent_run_id, experiment, i), name=f"sweep-worker-{i}")
+    procs = [ctx.Process(target=work, args=(sweep, parent_run_id, experiment, True), name=f"sweep-worker-{i}")
              for i in range(n)]
     for p in procs:
         p.start()
@@ -232,7 +224,7 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
         for p in procs:
             p.join()
     except KeyboardInterrupt:
-        for p in procs:  # SIGTERM: each worker's run ends KILLED, its trial lost
+        for p in procs:  # SIGTERM: each worker's runs end KILLED, its trial lost
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
         for p in procs:
@@ -244,18 +236,8 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
 
 
 # --------------------------------------------------------------------------- the command
-# the definition's keys a study's trial values (lockstep: its intermediate values, which the pruner
-# compares) depend on: a resume must not change them
-COMPARABLE = ("base", "seeds", "seed_stride", "objective", "lockstep")
-# what a study created before a key was recorded ran with (lockstep: since session 17)
-RECORDED_SINCE = {"lockstep": False}
-
-
-def recorded_definition(study: optuna.Study) -> dict[str, Any] | None:
-    """The definition ``study`` was created with (:func:`definition`), keys recorded since then
-    filled as it ran; None: a new study."""
-    have = study.user_attrs.get("definition")
-    return None if have is None else {**RECORDED_SINCE, **have}
+COMPARABLE = ("base", "seeds", "seed_stride", "objective")  # what trial values depend on
+STEPS = "episode"  # intermediate values: step = episode e, over all of a trial's seeds
 
 
 def definition(sweep: Sweep) -> dict[str, Any]:
@@ -263,21 +245,17 @@ def definition(sweep: Sweep) -> dict[str, Any]:
     c = sweep.cfg
     return {"base": list(c.base), "seeds": list(c.seeds), "seed_stride": c.seed_stride,
             "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space,
-            "groups": c.groups, "lockstep": c.pruner.lockstep}
+            "groups": c.groups, "steps": STEPS}
 
 
 def sampler_record(sweep: Sweep) -> dict[str, Any]:
-    """The sampler settings that decide which trials a study draws: recorded when it is created, so
-    that two studies compared as "the same sweep with and without a pruner" can be checked to
-    have drawn from the same sampler seed."""
+    """The sampler settings that decide which trials a study draws (recorded when it is created)."""
     s = sweep.cfg.sampler
-    return {"name": s.name, "seed": s.seed, "args": dict(s.args), "consider_pruned": s.consider_pruned,
-            "pruned_value": s.pruned_value}
+    return {"name": s.name, "seed": s.seed, "args": dict(s.args)}
 
 
 def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
-    have = recorded_definition(study)
-    want = definition(sweep)
+    have, want, name = study.user_attrs.get("definition"), definition(sweep), sweep.study_name
     if have is None:
         study.set_user_attr("definition", want)
         study.set_user_attr("pruner", sweep.cfg.pruner.name)  # what the study was started with
@@ -285,13 +263,17 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
         return
     for key in COMPARABLE:
         if have.get(key) != want[key]:
-            name = "pruner.lockstep" if key == "lockstep" else key
-            raise ConfigError(f"{name}={want[key]!r} differs from {have.get(key)!r}, with which study "
-                              f"{sweep.study_name!r} was created: its values would not be comparable; "
-                              "use another study_name (or the original settings)")
+            raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study {name!r} was "
+                              "created: its values would not be comparable; use another study_name (or the original settings)")
+    if have.get("steps") != STEPS and not have.get("lockstep") and sweep.cfg.pruner.name != "none":
+        raise ConfigError(f"study {name!r} was created by an older rlexp whose trials reported one seed after "
+                          "the other (step = seed index x budget + episode): a pruner would compare them with "
+                          "steps = episodes over all seeds; resume it with pruner.name=none or use another study_name")
+    old = sorted(set(have) - set(want))
+    if old:
+        print(f"[{name}] note: ignoring keys an older rlexp recorded with the study: {', '.join(old)}", file=sys.stderr)
     if have.get("space") != want["space"] or have.get("groups", {}) != want["groups"]:
-        print(f"[{sweep.study_name}] note: the search space differs from the study's first run",
-              file=sys.stderr)
+        print(f"[{name}] note: the search space differs from the study's first run", file=sys.stderr)
 
 
 def _drive(study: optuna.Study, sweep: Sweep, parent: str | None, experiment: str | None) -> None:
@@ -330,12 +312,6 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction="minimize",
                                 load_if_exists=True)
     _check_definition(study, sweep)
-    if cfg.start_from_default and cfg.finalize and not study.get_trials(deepcopy=False):
-        # a new study: its first trials are the default configuration (and each group option's)
-        for k, (label, start) in enumerate(start_points(sweep)[:cfg.n_trials]):
-            study.enqueue_trial(start, user_attrs={"start": label})
-            print(f"[{sweep.study_name}] trial {k} runs the {label} values: {describe_trial(start)}",
-                  file=sys.stderr, flush=True)
     url = st.redact(st.storage_url(cfg.storage))
     parent = None
     if experiment is not None:
@@ -345,27 +321,30 @@ def run_sweep(sweep: Sweep) -> SweepResult:
                              study.user_attrs.get("mlflow_parent_run_id"))
         if study.user_attrs.get("mlflow_parent_run_id") != parent:
             study.set_user_attr("mlflow_parent_run_id", parent)
-    trials = study.get_trials(deepcopy=False)
-    print(f"[{sweep.study_name}] study in {url}: {st.done(trials)}/{cfg.n_trials} trials done; "
-          f"{cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}",
+    print(f"[{sweep.study_name}] study in {url}: {st.done(study.get_trials(deepcopy=False))}/{cfg.n_trials} trials "
+          f"done; {cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}",
           file=sys.stderr, flush=True)
     owned = parent if cfg.finalize else None  # helpers (finalize=false) leave the parent run alone
     with _interruptible(owned):
-        st.wait_for_stale(study, cfg.heartbeat_interval)
+        st.wait_for_stale(study, cfg.heartbeat_interval)  # a dead worker's start point is enqueued again
+        if cfg.start_from_default:
+            for label in st.enqueue_start_points(study, start_points(sweep), cfg.n_trials):
+                print(f"[{sweep.study_name}] enqueued the {label} values", file=sys.stderr, flush=True)
         _drive(study, sweep, parent, experiment)
     result = summarize(study, sweep, time.perf_counter() - t0)
     result.parent_run_id = parent
-    if not result.finished and not result.all_started:
+    if not result.all_started:
         print(f"[{sweep.study_name}] {result.tally}: n_trials={cfg.n_trials} not reached (no progress: see "
               "the errors above); run the same command again to finish", file=sys.stderr)
     elif not result.finished:
         print(f"[{sweep.study_name}] {result.tally['running']} trial(s) still running elsewhere; the "
               "finalizing command re-evaluates and writes the preset", file=sys.stderr)
     elif cfg.finalize:
+        st.withdraw(study, cfg.n_trials)  # nothing may stay queued once n_trials count
         with _interruptible(owned):  # the trials are all recorded: the same command finalizes again
             finalize(study, sweep, result)
         result.wall_time_s = time.perf_counter() - t0  # the validation and re-evaluation too
-    if parent and cfg.finalize:  # helpers (finalize=false) leave the parent run to the finalizing command
+    if parent and cfg.finalize:
         from rlexp.sweep.tracking import finish_parent
 
         finish_parent(parent, "FINISHED" if result.finished else "KILLED", _parent_metrics(result))
@@ -388,12 +367,10 @@ def _parent_metrics(r: SweepResult) -> dict[str, float]:
     if r.best_value is not None:
         m["best_value"] = r.best_value
     if r.picked is not None:
-        m["picked_trial"] = float(r.picked.number)
-        m["picked_value"] = r.picked.value
+        m["picked_trial"], m["picked_value"] = float(r.picked.number), r.picked.value
     if r.evaluation is not None:
         m["eval_solved"] = float(r.evaluation.solved)
-        med = r.evaluation.median_episodes_to_solve
-        if math.isfinite(med):
+        if math.isfinite(med := r.evaluation.median_episodes_to_solve):
             m["eval_median_episodes_to_solve"] = med
     return m
 
@@ -407,118 +384,47 @@ def top_table(trials: Sequence[FrozenTrial], k: int) -> str:
             "|---|---|---|---|---|---|---|"]
     for i, t in enumerate(complete, 1):
         ets = t.user_attrs.get("episodes_to_solve", [])
-        solved = sum(e is not None for e in ets)
         ets_s = ", ".join("-" if e is None else str(e) for e in ets)
-        rows.append(f"| {i} | {t.number} | {t.value:.1f} | {solved}/{len(ets)} | {ets_s} | "
-                    f"{t.user_attrs.get('env_steps', 0)} | {describe_trial(t.params)} |")
+        rows.append(f"| {i} | {t.number} | {t.value:.1f} | {sum(e is not None for e in ets)}/{len(ets)} | {ets_s} | "
+                    f"{t.user_attrs.get('env_steps', 0)} | {ob.describe_trial(t.params)} |")
     return "\n".join(rows)
 
 
-def plots(study: optuna.Study, out: Path) -> list[Path]:
-    """Optimization history and (with >= 2 complete trials) parameter importances, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    jobs: list[tuple[str, Callable[[optuna.Study], Any]]] = [
-        ("optimization_history.png", vis.plot_optimization_history)]
-    if len(complete) >= 2:
-        jobs.append(("param_importances.png", vis.plot_param_importances))
-    else:
-        print(f"[{study.study_name}] parameter importances need >= 2 complete trials; skipped", file=sys.stderr)
-    for name, fn in jobs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn(study)
-            fig = plt.gcf()
-            fig.savefig(out / name, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            paths.append(out / name)
-        except Exception as e:  # e.g. importances of a space that never varied
-            print(f"[{study.study_name}] {name} not drawn: {type(e).__name__}: {e}", file=sys.stderr)
-    return paths
-
-
-def _eval_one(overrides: list[str], seed: int, label: str | None, parent_run_id: str | None,
-              tags: dict[str, Any]) -> EvalRun:
-    from rlexp.train import RunInterrupted, run
-
-    cfg = compose_config([*overrides, f"seed={seed}"])
+def eval_batch(overrides: Sequence[str], seeds: Sequence[int], label: str | None, parent_run_id: str | None,
+               tags: dict[str, Any]) -> list[EvalRun]:
+    """Train ``overrides`` on ``seeds`` as one batch (tracked as configured); a failed seed is a result."""
+    cfg = compose_config(list(overrides))
+    group = f"{tags['sweep']}/{tags.get('sweep_role', 'eval')}" if "sweep" in tags else None
     try:
-        group = f"{tags['sweep']}/eval" if "sweep" in tags else None
-        r = run(cfg, label=label, group=group, tags=tags, parent_run_id=parent_run_id)
-    except RunInterrupted:  # SIGTERM (the run ended KILLED): stop, in a pool's worker the process too
-        raise SystemExit(143) from None
-    except Exception as e:  # a diverged seed is a result
-        print(f"[{tags.get('sweep', 'evaluate')}] seed {seed} failed: {type(e).__name__}: {e}", file=sys.stderr,
-              flush=True)
-        return EvalRun(seed, None, 0, 0, 0.0, f"{type(e).__name__}: {e}")
-    return EvalRun(seed, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s,
-                   last_mean=tail_mean(r.returns, cfg.solve.window))
+        results = run_batch([replace(cfg, seed=s) for s in seeds], label=label, group=group,
+                            tags=tags, parent_run_id=parent_run_id)
+    except RunInterrupted as e:  # SIGTERM: the runs ended KILLED; stop as Ctrl-C does
+        raise KeyboardInterrupt(str(e)) from None
+    return [EvalRun(s, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s, r.error,
+                    ob.tail_mean(r.returns, cfg.solve.window)) for s, r in zip(seeds, results, strict=True)]
 
 
-def _eval_indexed(job: tuple[int, tuple[Any, ...]]) -> tuple[int, EvalRun]:
-    return job[0], _eval_one(*job[1])
-
-
-@contextmanager
-def worker_pool(jobs: int, workers: int) -> Iterator[Any]:
-    """A spawn pool of ``min(workers, jobs)`` processes (for :func:`_eval_one`, and the benchmarks'
-    runs).
-
-    On Ctrl-C or SIGTERM the pool is terminated: each worker gets SIGTERM, its run ends KILLED,
-    and no job still queued starts (a ProcessPoolExecutor would run every queued job to the end
-    before the interrupt got through, and a SIGTERM that killed this process would leave its
-    workers training as orphans).
-    """
-    with sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
-        yield pool
-
-
-@contextmanager
-def _eval_runs(args: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Iterator[tuple[int, EvalRun]]]:
-    """:func:`_eval_one` over ``args`` in ``workers`` processes (:func:`worker_pool`): (index, run)
-    pairs as each ends."""
-    if workers > 1 and len(args) > 1:
-        with worker_pool(len(args), workers) as pool:
-            yield pool.imap_unordered(_eval_indexed, list(enumerate(args)))
-    else:
-        yield (_eval_indexed(job) for job in enumerate(args))
+def _eval_job(job: tuple[Any, ...]) -> tuple[Any, list[EvalRun]]:
+    return job[0], eval_batch(*job[1:])
 
 
 def evaluate(overrides: Sequence[str], seeds: Sequence[int], workers: int = 1, *, label: str | None = None,
              parent_run_id: str | None = None, tags: dict[str, Any] | None = None) -> EvalSummary:
-    """Train ``overrides`` on each seed (``workers`` processes); the runs are tracked as configured."""
-    args = [(list(overrides), s, label, parent_run_id, dict(tags or {})) for s in seeds]
-    if workers > 1 and len(seeds) > 1:
-        with worker_pool(len(args), workers) as pool:
-            runs = pool.starmap(_eval_one, args)
-    else:
-        runs = [_eval_one(*a) for a in args]
-    return EvalSummary(list(seeds), runs)
+    """Train ``overrides`` on each seed, as one batch; ``workers`` is kept for the callers' sake."""
+    return EvalSummary(list(seeds), eval_batch(overrides, seeds, label, parent_run_id, dict(tags or {})))
 
 
 def _check_unused(trials: Sequence[FrozenTrial], seeds: Sequence[int], key: str, value: int) -> None:
-    used = {s for t in trials for s in t.user_attrs.get("seeds", [])}
-    clash = sorted(used.intersection(seeds))
+    clash = sorted({s for t in trials for s in t.user_attrs.get("seeds", [])}.intersection(seeds))
     if clash:
         raise ConfigError(f"{key}={value} gives seeds {clash} that trials used; raise {key}")
 
 
 def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -> list[Validated]:
     """Run the ``validation.top`` best complete trials on the validation seeds (the trials' budget
-    and censoring rule), recording each seed's value on the study as it ends, so a stopped
-    validation resumes with what is left; then rank them (:func:`pick`). Empty when validation
-    is off or fewer than 2 trials are complete (nothing to choose between)."""
-    from rlexp.envs import check_compatible, solve_threshold
-    from rlexp.sweep.objective import final_value
-
+    and censoring rule), a batch per trial (``workers`` at once), each recorded on the study as it
+    ends, so a stopped validation resumes with what is left; then rank them (:func:`pick`). Empty
+    when validation is off or fewer than 2 trials are complete."""
     cfg, v = sweep.cfg, sweep.cfg.validation
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
@@ -529,85 +435,82 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
     _check_unused(trials, seeds, "validation.seed_base", v.seed_base)
     candidates = complete[:v.top]
     records: dict[str, Any] = {k: dict(r) for k, r in study.user_attrs.get("validation", {}).items()}
-    jobs, rules = [], {}
+    jobs = []
     for t in candidates:
         overrides = [*cfg.base, *t.user_attrs.get("overrides", [])]
-        rcfg = compose_config(overrides)
-        budget = rcfg.train.max_episodes
-        penalty = censor_penalty(cfg.objective.penalty, budget)
-        rules[t.number] = (budget, penalty, solve_threshold(rcfg, check_compatible(rcfg)))
+        left = [s for s in seeds if str(s) not in records.get(str(t.number), {})]
         tags = {"sweep": sweep.study_name, "sweep_role": "validate", "trial": t.number}
-        jobs += [(t.number, (overrides, s, algo_label(overrides), parent_run_id, tags))
-                 for s in seeds if str(s) not in records.get(str(t.number), {})]
+        if left:
+            jobs.append(((t.number, overrides), overrides, left, ob.algo_label(overrides), parent_run_id, tags))
     if jobs:
-        print(f"[{sweep.study_name}] validating trials {[t.number for t in candidates]} on held-out seeds {seeds} "
-              f"({len(jobs)} runs)", file=sys.stderr, flush=True)
-    with _eval_runs([a for _, a in jobs], cfg.workers) as done:
-        for i, r in done:
-            number = jobs[i][0]
-            budget, penalty, threshold = rules[number]
-            value = final_value(r.solved_at, r.last_mean, threshold, budget, penalty)
-            records.setdefault(str(number), {})[str(r.seed)] = {
-                "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps,
-                "wall_time_s": r.wall_time_s, "error": r.error}
+        print(f"[{sweep.study_name}] validating trials {[t.number for t in candidates]} on held-out seeds {seeds}",
+              file=sys.stderr, flush=True)
+    with worker_pool(len(jobs), cfg.workers) if cfg.workers > 1 and len(jobs) > 1 else _nullpool() as pool:
+        for (number, overrides), runs in (pool.imap_unordered(_eval_job, jobs) if pool else map(_eval_job, jobs)):
+            rcfg = compose_config(overrides)
+            budget, threshold = rcfg.train.max_episodes, solve_threshold(rcfg, check_compatible(rcfg))
+            for r in runs:
+                value = ob.final_value(r.solved_at, r.last_mean, threshold, budget,
+                                    ob.censor_penalty(cfg.objective.penalty, budget))
+                records.setdefault(str(number), {})[str(r.seed)] = {
+                    "value": value, "solved_at": r.solved_at, "env_steps": r.env_steps,
+                    "wall_time_s": r.wall_time_s, "error": r.error}
+                print(f"[{sweep.study_name}] validation: trial {number} seed {r.seed}: "
+                      f"{'solved at ' + str(r.solved_at) if r.solved_at is not None else 'unsolved'} "
+                      f"(value {value:g})" + (f" {r.error}" if r.error else ""), file=sys.stderr, flush=True)
             study.set_user_attr("validation", records)
-            print(f"[{sweep.study_name}] validation: trial {number} seed {r.seed}: "
-                  f"{'solved at ' + str(r.solved_at) if r.solved_at is not None else 'unsolved'} "
-                  f"(value {value:g})" + (f" {r.error}" if r.error else ""), file=sys.stderr, flush=True)
     return pick(candidates, records, seeds, cfg.objective.aggregate)
 
 
+@contextmanager
+def _nullpool() -> Iterator[None]:
+    yield None
+
+
 def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
-    """Top table, plots, re-evaluation of the best on fresh seeds, preset; fills ``result``."""
-    cfg = sweep.cfg
+    """Top table, validation, re-evaluation of the pick on fresh seeds, preset; fills ``result``."""
+    cfg, v = sweep.cfg, sweep.cfg.validation
     trials = study.get_trials(deepcopy=False)
     out = OUTPUTS / preset.preset_name(sweep.study_name)
     out.mkdir(parents=True, exist_ok=True)
     table = top_table(trials, cfg.top)
     print(f"\n[{sweep.study_name}] top trials ({result.tally}):\n{table}\n", file=sys.stderr)
     (out / "top_trials.md").write_text(table + "\n")
-    artifacts = [out / "top_trials.md", *plots(study, out)]
+    artifacts = [out / "top_trials.md"]
     b = st.best(trials)
     if b is None:
         print(f"[{sweep.study_name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
         _log_artifacts(result.parent_run_id, artifacts)
         return
-    if cfg.eval_seeds:  # before any work: the fresh seeds must be unused
-        _check_unused(trials, cfg.fresh_seeds(), "eval_seed_base", cfg.eval_seed_base)
+    if v.eval_seeds:  # before any work: the fresh seeds must be unused
+        _check_unused(trials, v.fresh_seeds(), "validation.eval_seed_base", v.eval_seed_base)
     result.validated = validate_top(study, sweep, result.parent_run_id)
-    chosen = ""
+    chosen = "the best trial"
     if result.validated:
         result.picked = result.validated[0]
         b = next(t for t in trials if t.number == result.picked.number)
         vtable = validation_table(result.validated)
-        print(f"\n[{sweep.study_name}] validated on held-out seeds {cfg.validation.seed_list()}; the pick is "
-              f"trial {b.number}:\n{vtable}\n", file=sys.stderr)
+        print(f"\n[{sweep.study_name}] validated on held-out seeds {v.seed_list()}; the pick is trial {b.number}:"
+              f"\n{vtable}\n", file=sys.stderr)
         (out / "validation.md").write_text(vtable + "\n")
         artifacts.append(out / "validation.md")
-        chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds "
-                  f"{cfg.validation.seed_list()}: {result.picked.value:.2f} over {result.picked.seeds} seeds, "
-                  f"{result.picked.solved} solved")
-    overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *cfg.eval_overrides]
-    label = algo_label(overrides)
-    if cfg.eval_seeds:
-        fresh = cfg.fresh_seeds()
-        print(f"[{sweep.study_name}] re-evaluating trial {b.number} on fresh seeds {fresh}", file=sys.stderr)
-        result.evaluation = evaluate(overrides, fresh, cfg.workers, label=label, parent_run_id=result.parent_run_id,
+        chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds {v.seed_list()}: "
+                  f"{result.picked.value:.2f} over {result.picked.seeds} seeds, {result.picked.solved} solved")
+    overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *v.eval_overrides]
+    if v.eval_seeds:
+        print(f"[{sweep.study_name}] re-evaluating trial {b.number} on fresh seeds {v.fresh_seeds()}", file=sys.stderr)
+        result.evaluation = evaluate(overrides, v.fresh_seeds(), label=ob.algo_label(overrides),
+                                     parent_run_id=result.parent_run_id,
                                      tags={"sweep": sweep.study_name, "sweep_role": "eval", "trial": b.number})
-        print(f"[{sweep.study_name}] trial {b.number} re-evaluated: {result.evaluation.line()}",
-              file=sys.stderr)
+        print(f"[{sweep.study_name}] trial {b.number} re-evaluated: {result.evaluation.line()}", file=sys.stderr)
     path = preset.preset_path(sweep.study_name, cfg.preset_dir)
-    ev = f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated."
-    comment = [
+    preset.write(path, overrides, [
         f"Best configuration of Optuna study '{sweep.study_name}' (storage {result.storage}),",
         f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
-        f"seeds {b.user_attrs.get('seeds')}); {chosen or 'the best trial'},",
+        f"seeds {b.user_attrs.get('seeds')}); {chosen},",
         f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} ...`.",
-        ev,
-        f"Reproduce: python -m rlexp +experiment={path.stem} seed=1,2,3 -m",
-    ]
-    preset.write(path, overrides, comment)
-    preset.verify(path, overrides)
+        f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated.",
+        f"Reproduce: python -m rlexp +experiment={path.stem} seed=1,2,3 -m"])
     result.preset = path
     print(f"[{sweep.study_name}] preset written: {path} (python -m rlexp +experiment={path.stem} seed=1,2,3 -m)",
           file=sys.stderr)
@@ -615,8 +518,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
 
 
 def _log_artifacts(run_id: str | None, paths: list[Path]) -> None:
-    if not run_id:
-        return
-    from rlexp.sweep.tracking import log_artifacts
+    if run_id:
+        from rlexp.sweep.tracking import log_artifacts
 
-    log_artifacts(run_id, paths)
+        log_artifacts(run_id, paths)

@@ -1,24 +1,20 @@
-"""The Optuna side: storage, sampler and pruner from the definition, the trial budget, progress lines.
+"""The Optuna side: storage, sampler and pruner from the definition, the trial budget, start points.
 
-Which trials count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fail_reason`` user
-attribute (the objective sets it when a configuration diverges or raises). A FAIL without one is a
-*lost* trial: its worker was killed or interrupted mid-trial (the heartbeat marks it FAIL on the
-next start) and it is not counted, so a resumed sweep runs it again with the sampler's next proposal.
-A FAIL with ``surplus`` was asked for by a worker in the instant another started the last trial
-needed; it runs nothing and is not counted either.
-
-Why not ``optuna.study.MaxTrialsCallback``: counting every state it counts lost trials (a resume
-would come up short), counting only finished ones it lets N workers overshoot by up to N - 1.
+Trials that count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fail_reason`` (a
+configuration that diverged or raised). A FAIL without one is *lost* (its worker died or was
+interrupted; the heartbeat fails it): not counted, so a resume runs another. A FAIL with ``surplus``
+ran nothing and is not counted either: asked for in the instant another worker started the last
+trial needed, or a duplicate start point (:func:`withdraw`). (Optuna's ``MaxTrialsCallback`` would
+count lost trials, or let N workers overshoot by up to N - 1.)
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,115 +94,35 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def as_complete(t: FrozenTrial, value: float) -> FrozenTrial:
-    """Trial ``t`` as a complete one with ``value``."""
-    return FrozenTrial(number=t.number, state=TrialState.COMPLETE, value=value, values=None,
-                       datetime_start=t.datetime_start, datetime_complete=t.datetime_complete, params=t.params,
-                       distributions=t.distributions, user_attrs=t.user_attrs, system_attrs=t.system_attrs,
-                       intermediate_values=t.intermediate_values, trial_id=t._trial_id)
-
-
-def last_value(t: FrozenTrial) -> float:
-    """A pruned trial's last reported value (NaN if none): rlexp's objective counts the seeds it
-    did not run as the worst, so this is a pessimistic value."""
-    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.nan
-
-
-def seeds_run_value(how: str) -> Any:
-    """A pruned trial's value over the seeds it ran (``how``: mean or median), the seed in flight as
-    if its budget had ended at the stop (the ``seed_values_run`` the objective records); a trial
-    without that record (a study from before it) falls back to :func:`last_value`."""
-    from rlexp.sweep.objective import aggregate  # here: the objective module imports this one
-
-    def value(t: FrozenTrial) -> float:
-        run = t.user_attrs.get("seed_values_run")
-        return aggregate(run, how) if run else last_value(t)
-    return value
-
-
-class PrunedAsComplete:
-    """A view of a study in which pruned trials are complete with ``value(trial)`` (default:
-    :func:`last_value`); those it gives no value (NaN) stay pruned."""
-
-    def __init__(self, study: optuna.Study, value: Any = last_value) -> None:
-        self._study, self._value = study, value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        return self._view(lambda asked: self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache),
-                          states)
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return self._view(lambda asked: self._study.get_trials(deepcopy=deepcopy, states=asked), states)
-
-    def _view(self, get: Any, states: Any) -> list[FrozenTrial]:
-        """The trials ``get(states)`` returns, pruned ones asked for too and shown complete."""
-        wanted = None if states is None else set(states)
-        out = []
-        for t in get(None if wanted is None else tuple(wanted | {TrialState.PRUNED})):
-            if t.state == TrialState.PRUNED:
-                v = self._value(t)
-                if not math.isnan(v):
-                    t = as_complete(t, v)
-            if wanted is None or t.state in wanted:
-                out.append(t)
-        return out
-
-
 class SweepSampler(optuna.samplers.BaseSampler):
-    """The configured sampler, seeded per trial and (optionally) learning from pruned trials.
+    """The configured sampler, re-seeded for each trial from ``(seed, trial.number)``.
 
-    Seeding: with one seeded stream per worker (what Optuna gives), which trial draws what depends
-    on which worker asked first: two runs of the same sweep with 2 workers, or one resumed on
-    another machine, start from different random trials. Seeded from ``(seed, trial.number)``,
-    trial k's draw depends only on the seed, k and the trials finished when it was asked: the
-    random start-up trials are the same whatever the workers, hosts and restarts, and a sweep run
-    again with another pruner starts from the same trials. Distinct trials get distinct seeds.
-
-    Pruned trials (``consider_pruned``, off by default): Optuna's TPE ranks every pruned trial
-    below every complete one, so its "good" group is made of complete trials only; when the pruner
-    stops most trials, that is whatever few completed (in one measured sweep, the default
-    configuration alone, and TPE kept proposing trials near it). With
-    ``consider_pruned`` the sampler sees a pruned trial as complete, as
-    ``CmaEsSampler(consider_pruned_trials=True)`` does, with the value ``pruned`` gives it:
-    its last reported value (``sampler.pruned_value=last``; pessimistic: rlexp's objective counts
-    the seeds a trial did not run as unsolved, so a pruned trial ranks by how far it got), or its
-    value over the seeds it ran (``seeds_run``: a trial stopped after solving two seeds ranks with
-    the complete trials that solved theirs about as fast, not below every one that solved none).
-    Measured on the ``dqn_cartpole`` sweep (two sampler seeds, each against a no-pruner sweep),
-    the last value saved fewer env steps and found worse trials than Optuna's own handling:
-    pruned trials that got far were mediocre ones the pruner stopped late, and ranking them drew
-    TPE towards them. A study without pruned trials is seen as it is, whatever these settings.
+    With one seeded stream per worker (what Optuna gives), which trial draws what depends on which
+    worker asked first; seeded per trial, trial k's draw depends only on the seed, k and the trials
+    finished when it was asked: the random start-up trials are the same whatever the workers, hosts
+    and restarts, and a sweep run again with another pruner starts from the same trials.
     """
 
-    def __init__(self, make: Any, seed: int | None, pruned: Any = None) -> None:
-        """``pruned``: None (Optuna's handling of pruned trials) or the value a pruned trial is seen
-        complete with (:class:`PrunedAsComplete`)."""
-        self._make, self._seed, self._pruned = make, seed, pruned
+    def __init__(self, make: Any, seed: int | None) -> None:
+        self._make, self._seed = make, seed
         self._inner: optuna.samplers.BaseSampler = make(seed)
-
-    def _view(self, study: optuna.Study) -> Any:
-        return study if self._pruned is None else PrunedAsComplete(study, self._pruned)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._seed is not None:
             self._inner = self._make(trial_seed(self._seed, trial.number))
-        self._inner.before_trial(self._view(study), trial)
+        self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(self._view(study), trial)
+        return self._inner.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._inner.sample_relative(self._view(study), trial, search_space)
+        return self._inner.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: Any) -> Any:
-        return self._inner.sample_independent(self._view(study), trial, param_name, param_distribution)
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Any) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -214,10 +130,8 @@ class SweepSampler(optuna.samplers.BaseSampler):
 
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler in a :class:`SweepSampler`: with ``sampler.seed``, each trial's draw
-    is seeded from ``(seed, trial number)`` (:func:`trial_seed`), except QMC's (its sequence is shared by the study and
-    its seed only scrambles it, so every trial keeps the one seed); with ``sampler.consider_pruned``
-    it learns from pruned trials, by the value ``sampler.pruned_value`` names."""
+    """The configured sampler in a :class:`SweepSampler`, except that QMC keeps one seed (its
+    sequence is shared by the study and its seed only scrambles it)."""
     s = cfg.sampler
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
@@ -228,13 +142,8 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return classes[s.name](seed=seed, **s.args)
 
-    pruned = None
-    if s.consider_pruned:
-        pruned = last_value if s.pruned_value == "last" else seeds_run_value(cfg.objective.aggregate)
     try:
-        if s.name == "qmc":
-            return SweepSampler(lambda _: make(s.seed), None, pruned)
-        return SweepSampler(make, s.seed, pruned)
+        return SweepSampler(lambda _: make(s.seed), None) if s.name == "qmc" else SweepSampler(make, s.seed)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler.args={dict(s.args)!r} rejected by {classes[s.name].__name__}: {e}") from None
     except ImportError as e:
@@ -242,27 +151,20 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
-    """The configured pruner; Hyperband's ``max_resource`` defaults to a trial's last step.
-
-    ``none`` ignores ``pruner.args`` (so ``pruner.name=none`` switches pruning off whatever the file says);
-    ``bound`` is no Optuna pruner: ``pruner.bound`` alone stops trials.
-    """
+    """The configured pruner; Hyperband's ``max_resource`` defaults to the budget (the last step).
+    ``none`` ignores ``pruner.args``, so ``pruner.name=none`` switches pruning off whatever the file says."""
     p = cfg.pruner
-    if p.name == "bound":  # the bound alone: it reads n_startup_trials itself
-        extra = sorted(set(p.args) - {"n_startup_trials"})
-        if extra:
-            raise ConfigError(f"pruner.args={dict(p.args)!r}: pruner.name=bound takes only n_startup_trials "
-                              f"(complete trials the bound waits for), not {extra}")
-        return optuna.pruners.NopPruner()
     args = dict(p.args) if p.name != "none" else {}
     classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
                "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-               "hyperband": optuna.pruners.HyperbandPruner, "threshold": optuna.pruners.ThresholdPruner,
-               "none": optuna.pruners.NopPruner}
+               "hyperband": optuna.pruners.HyperbandPruner, "wilcoxon": optuna.pruners.WilcoxonPruner,
+               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
     if p.name == "hyperband":
-        args.setdefault("max_resource", budget * (1 if p.lockstep else len(cfg.seeds)))
+        args.setdefault("max_resource", budget)
     try:
-        return classes[p.name](**args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return classes[p.name](**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"pruner.args={dict(p.args)!r} rejected by {classes[p.name].__name__}: {e}") from None
 
@@ -280,16 +182,14 @@ def counts(t: FrozenTrial) -> bool:
 
 def tally(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """Counts by outcome: complete, pruned, failed (counted), lost, running (surplus trials: none)."""
-    out = {"complete": 0, "pruned": 0, "failed": 0, "lost": 0, "running": 0}
+    out = dict.fromkeys(("complete", "pruned", "failed", "lost", "running"), 0)
+    states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+              TrialState.WAITING: "running"}
     for t in trials:
-        if t.state == TrialState.COMPLETE:
-            out["complete"] += 1
-        elif t.state == TrialState.PRUNED:
-            out["pruned"] += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
+        if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
             out["lost" if is_lost(t) else "failed"] += 1
-        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
-            out["running"] += 1
+        elif t.state in states:
+            out[states[t.state]] += 1
     return out
 
 
@@ -305,6 +205,55 @@ def ahead_of(trials: Iterable[FrozenTrial], number: int) -> int:
 def best(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return min(complete, key=lambda t: (t.value, t.number)) if complete else None
+
+
+# --------------------------------------------------------------------------- start points
+def covers(t: FrozenTrial) -> bool:
+    """Whether trial ``t`` runs, ran or will run its parameters (not lost, not surplus)."""
+    return counts(t) or (t.state in (TrialState.WAITING, TrialState.RUNNING) and not t.user_attrs.get("surplus"))
+
+
+def runs_elsewhere(trials: Sequence[FrozenTrial], number: int) -> bool:
+    """Whether trial ``number`` is a start point an earlier trial runs, ran or will run."""
+    label = next((t.user_attrs.get("start") for t in trials if t.number == number), None)
+    return label is not None and any(t.number < number and t.user_attrs.get("start") == label and covers(t)
+                                     for t in trials)
+
+
+def enqueue_start_points(study: optuna.Study, points: Sequence[tuple[str, dict[str, Any]]],
+                         n_trials: int) -> list[str]:
+    """Enqueue the start points (label, params) that no trial covers (a new study: all of them;
+    after a kill: the lost ones), as many as trials are left, then :func:`withdraw`; returns the
+    labels enqueued. Two commands starting at once may both enqueue: the later copies are withdrawn."""
+    trials = study.get_trials(deepcopy=False)
+    covered = {t.user_attrs.get("start") for t in trials if covers(t)}
+    left = n_trials - done(trials) - sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    todo = [(label, params) for label, params in points if label not in covered][:max(0, left)]
+    for label, params in todo:
+        study.enqueue_trial(params, user_attrs={"start": label})
+    withdraw(study, n_trials)
+    return [label for label, _ in todo]
+
+
+def withdraw(study: optuna.Study, n_trials: int) -> int:
+    """Take the WAITING trials no worker should run (a start point an earlier trial covers, or any
+    once ``n_trials`` count) off the queue: each is claimed as a worker would pop it (only one
+    process wins a trial) and ends FAIL with ``surplus`` (not counted). Returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    finished = done(trials) >= n_trials
+    storage, n = study._storage, 0
+    for t in trials:
+        if t.state != TrialState.WAITING or not (finished or runs_elsewhere(trials, t.number)):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                continue  # a worker popped it: its objective sees the same and runs nothing
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "surplus", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
 
 
 def duration_s(t: FrozenTrial) -> float | None:
@@ -324,25 +273,17 @@ def progress_line(study_name: str, trial: FrozenTrial, trials: list[FrozenTrial]
     """One line per finished trial: outcome, tally, best so far, time left."""
     c = tally(trials)
     n_done = c["complete"] + c["pruned"] + c["failed"]
-    if trial.state == TrialState.COMPLETE:
-        what = f"COMPLETE value {trial.value:.1f}"
-    elif trial.state == TrialState.PRUNED:
-        what = f"PRUNED at step {trial.user_attrs.get('pruned_at', trial.last_step)}"
-    elif is_lost(trial):
-        what = "LOST (interrupted; not counted)"
-    else:
-        what = f"FAILED: {trial.user_attrs.get('fail_reason', '')}"[:200]
+    what = {TrialState.COMPLETE: f"COMPLETE value {trial.value or 0:.1f}",
+            TrialState.PRUNED: f"PRUNED at step {trial.user_attrs.get('pruned_at', trial.last_step)}"}.get(
+        trial.state, "LOST (interrupted; not counted)" if is_lost(trial)
+        else f"FAILED: {trial.user_attrs.get('fail_reason', '')}"[:200])
     b = best(trials)
-    best_s = f"best {b.value:.1f} (trial {b.number})" if b is not None and b.value is not None else "best -"
     durations = [d for t in trials if counts(t) and (d := duration_s(t)) is not None]
-    remaining = max(0, n_trials - n_done)
-    if remaining == 0:
-        eta = "done"
-    elif durations:
-        eta = f"~{_hms(sum(durations) / len(durations) * remaining / workers)} left"
-    else:
-        eta = "time left: -"
+    left = max(0, n_trials - n_done)
+    eta = "done" if not left else "time left: -" if not durations else \
+        f"~{_hms(sum(durations) / len(durations) * left / workers)} left"
     lost = f", {c['lost']} lost" if c["lost"] else ""
+    best_s = f"best {b.value:.1f} (trial {b.number})" if b is not None and b.value is not None else "best -"
     return (f"[{study_name}] trial {trial.number} {what} | {n_done}/{n_trials} done ({c['complete']} complete, "
             f"{c['pruned']} pruned, {c['failed']} failed{lost}) | {best_s} | {eta}")
 
