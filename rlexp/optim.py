@@ -10,9 +10,11 @@ have stopped their policy updates early; the others are left exactly as they wer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ class StackedOptimizer:
                 n = p[0].numel()
                 p.data = self.flat[:, offset:offset + n].view(p.shape)
                 offset += n
-        self.steps = torch.zeros(size, 1, dtype=torch.float64)  # updates each member has taken
+        self.steps = np.zeros(size, dtype=np.int64)  # updates each member has taken
         names = {"adam": ["exp_avg", "exp_avg_sq"], "rmsprop": ["square_avg"], "sgd": []}[cfg.name]
         if cfg.momentum != 0:
             names.append("momentum_buffer")
@@ -66,24 +68,24 @@ class StackedOptimizer:
         grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.size, -1)
                           for p in self.params], dim=1)
         pick = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
-        param, grad, steps = pick(self.flat), pick(grad), pick(self.steps)
+        param, grad = pick(self.flat), pick(grad)
         state = {k: pick(v) for k, v in self.state.items()}
+        members = np.arange(self.size) if idx is None else idx.numpy()
+        self.steps[members] += 1
         norms = None
         if self.max_grad_norm is not None:
             norms = torch.linalg.vector_norm(grad, 2.0, dim=1, keepdim=True)
             grad.mul_(torch.clamp(self.max_grad_norm / (norms + 1e-6), max=1.0))
-        steps += 1
-        self._update(param, grad, state, steps)
+        self._update(param, grad, state, [int(t) for t in self.steps[members]])
         if idx is not None:  # write the members' new values back
             self.flat[idx] = param
-            self.steps[idx] = steps
             for k, v in self.state.items():
                 v[idx] = state[k]
         return norms
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
-                steps: torch.Tensor) -> None:
-        """torch.optim's update on ``(members, P)`` rows; ``steps``: each row's step count, ``(members, 1)``."""
+                steps: list[int]) -> None:
+        """torch.optim's update on ``(members, P)`` rows; ``steps``: each row's step count."""
         cfg, lr = self.cfg, self.lr
         if cfg.weight_decay:
             grad = grad.add(param, alpha=cfg.weight_decay)
@@ -92,8 +94,9 @@ class StackedOptimizer:
             m, v = state["exp_avg"], state["exp_avg_sq"]
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = (lr / (1 - beta1**steps)).float()
-            bc2_sqrt = (1 - beta2**steps).sqrt().float()
+            # the bias corrections of each member's own step count, as torch.optim computes them
+            step_size = torch.tensor([lr / (1 - beta1**t) for t in steps], device=param.device).view(-1, 1)
+            bc2_sqrt = torch.tensor([math.sqrt(1 - beta2**t) for t in steps], device=param.device).view(-1, 1)
             denom = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
             param.sub_(m.div(denom).mul_(step_size))
         elif cfg.name == "rmsprop":
@@ -114,9 +117,9 @@ class StackedOptimizer:
             param.add_(grad, alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps.clone(), "state": {k: v.clone() for k, v in self.state.items()}}
+        return {"steps": self.steps.copy(), "state": {k: v.clone() for k, v in self.state.items()}}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.steps.copy_(sd["steps"])
+        self.steps[:] = sd["steps"]
         for k, v in sd["state"].items():
             self.state[k].copy_(v)
