@@ -70,13 +70,13 @@ class StackedOptimizer:
         pick = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
         param, grad = pick(self.flat), pick(grad)
         state = {k: pick(v) for k, v in self.state.items()}
-        members = np.arange(self.size) if idx is None else idx.numpy()
-        self.steps[members] += 1
+        rows = np.arange(self.size) if idx is None else idx.numpy()
+        self.steps[rows] += 1
         norms = None
         if self.max_grad_norm is not None:
             norms = torch.linalg.vector_norm(grad, 2.0, dim=1, keepdim=True)
             grad.mul_(torch.clamp(self.max_grad_norm / (norms + 1e-6), max=1.0))
-        self._update(param, grad, state, [int(t) for t in self.steps[members]])
+        self._update(param, grad, state, [int(t) for t in self.steps[rows]])
         if idx is not None:  # write the members' new values back
             self.flat[idx] = param
             for k, v in self.state.items():
