@@ -66,7 +66,7 @@ class EnvBatch:
         """Every env's first observation, ``(K, n, obs_dim)``."""
         self.obs = np.stack([np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(member)])
                              for seed, member in zip(self.seeds, self.envs, strict=True)]).astype(np.float32)
-        return self.obs
+        return self.obs.copy()
 
     def step(self, actions: np.ndarray, members: Sequence[int]
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
