@@ -110,11 +110,14 @@ class DQNAgent:
     # ------------------------------------------------------------------ acting
     def act(self, obs: np.ndarray, counters: Counters) -> np.ndarray:
         """Each member's epsilon-greedy action; its random draws come from its own generator."""
-        greedy = self.greedy(obs)
-        actions = np.empty(self.size, dtype=np.int64)
+        actions = np.full(self.size, -1, dtype=np.int64)  # -1: this member acts greedily
         for k, rng in enumerate(self.rngs):
             self.eps[k] = epsilon(self.cfg.exploration, counters.step, int(counters.episodes[k]), self.updates)
-            actions[k] = rng.integers(self.n_actions) if rng.random() < self.eps[k] else greedy[k]
+            if rng.random() < self.eps[k]:
+                actions[k] = rng.integers(self.n_actions)
+        greedy = actions < 0
+        if greedy.any():  # one forward pass for every member, only when one of them needs it
+            actions[greedy] = self.greedy(obs)[greedy]
         return actions
 
     @torch.no_grad()
