@@ -185,7 +185,7 @@ class _Collector:
         self.agent, self.envs, self.members = agent, envs, members
         k = len(members)
         self.c = Counters(episodes=np.zeros(k, dtype=np.int64))
-        self.obs = envs.reset().copy()  # the env batch updates its own array in place
+        self.obs = envs.reset()
         self.ret = np.zeros((k, envs.n))
         self.len = np.zeros((k, envs.n), dtype=np.int64)
 
