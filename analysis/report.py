@@ -5,8 +5,9 @@
 
 Writes ``report.html``, ``report.md``, the figures as PNG, ``runs.csv``, ``episodes.csv``,
 ``summary.csv`` and ``pairwise.csv`` into ``--out`` and logs them as artifacts of a report run
-(tagged ``report=1``) in the same experiment. Exits 1 with a one-line error when the experiment
-does not exist or no run matches.
+(tagged ``report=1``) in the same experiment. Exits 1 with a one-line error naming the cause and the
+fix when the store is missing, empty or unreadable, the experiment does not exist, no run matches, an
+arm asked for has no runs, a FINISHED run has no episodes, or the output cannot be written.
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ def _ci(est: float, lo: float, hi: float, digits: int = 1, prefix: str = "") -> 
 
 def median_text(r: dict) -> str:
     """The KM median cell: a value, '≥ value' or '> budget', with its interval and odd levels named."""
+    if r["cannot_solve"] == r["runs"]:
+        return f"none can solve (budget {r['budgets']} < solve.window)"
     if r["median_kind"] == "not reached":
         text = f"> {r['median']:.0f} (fewer than half solved)"
         return text + (f" [{_num(r['median_lo'], 0)}, unbounded]" if math.isfinite(r["median_lo"]) else "")
@@ -212,6 +215,8 @@ def iqm_text(r: dict) -> str:
     """The IQM cell: exact with its interval, or '≥ value' with a lower limit only."""
     if r["iqm_exact"]:
         return _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 1)
+    if math.isnan(r["iqm_lo"]):
+        return f"≥ {_num(r['iqm'])} (a lower bound, no interval)"
     return _ci(r["iqm"], r["iqm_lo"], math.inf, 1, "≥ ") + " (over a quarter unsolved: a lower bound)"
 
 

@@ -225,16 +225,25 @@ def expanded_confidence(confidence: float, n: int) -> float:
 
 
 def trimmed_mean_ci(
-    x: np.ndarray, confidence: float = CONFIDENCE, *, n_resamples: int = N_RESAMPLES, seed: int = 0
+    x: np.ndarray,
+    confidence: float = CONFIDENCE,
+    *,
+    censored: np.ndarray | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """CI of the IQM: the hull of two small-sample intervals at Hesterberg's expanded level.
 
     The Tukey-McLaughlin interval (winsorised SD, t with n - 2g - 1 df) under-covers on
     multimodal data (a slow cluster of seeds) and the percentile bootstrap does at 5 runs; the
     hull of both, each at :func:`expanded_confidence`, covers >= 93% at 5-20 runs on the
-    distributions of ``benchmarks/bench_stats.py``. NaN below 3 values.
+    distributions of ``benchmarks/bench_stats.py``. ``censored`` marks values that are only lower
+    bounds: a resample holding more of them than it trims has an unknown IQM, taken as unbounded
+    above (its computed value still serves the lower end). NaN below 3 values.
     """
-    x = np.sort(np.asarray(x, float))
+    order = np.argsort(np.asarray(x, float), kind="stable")
+    x = np.asarray(x, float)[order]
+    cens = np.zeros(x.size, bool) if censored is None else np.asarray(censored, bool)[order]
     n = x.size
     g = int(0.25 * n)
     if n < 3:  # two runs: the expanded level is 100%, nothing to bound
@@ -245,8 +254,12 @@ def trimmed_mean_ci(
     half = stats.t.ppf(0.5 + level / 2, n - 2 * g - 1) * se if se > 0 else 0.0
     m = float(iqm(x))
     rng = np.random.default_rng(seed)
-    boot = iqm(x[rng.integers(0, n, (n_resamples, n))], axis=-1)
-    b_lo, b_hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    idx = rng.integers(0, n, (n_resamples, n))
+    boot = iqm(x[idx], axis=-1)
+    unknown = cens[idx].sum(axis=1) > g
+    b_lo = np.quantile(boot, (1 - level) / 2)
+    upper = np.sort(np.where(unknown, np.inf, boot))  # an order statistic: inf-safe
+    b_hi = upper[min(n_resamples - 1, math.ceil((1 + level) / 2 * n_resamples) - 1)]
     return min(m - half, float(b_lo)), max(m + half, float(b_hi))
 
 
@@ -266,7 +279,7 @@ def iqm_ci(
     g = int(0.25 * n)
     kept_max = np.sort(t)[n - g - 1]
     exact = (~solved).sum() <= g and bool(np.all(t[~solved] >= kept_max))
-    lo, hi = trimmed_mean_ci(t, confidence, seed=seed)
+    lo, hi = trimmed_mean_ci(t, confidence, censored=~solved, seed=seed)
     return {"iqm": float(iqm(t)), "lo": lo, "hi": hi if exact else math.nan, "exact": exact}
 
 
@@ -522,7 +535,7 @@ def summarize(
             row["final_return_iqm"] = float(iqm(fr)) if fr.size else math.nan
             row["final_return_iqm_lo"], row["final_return_iqm_hi"] = trimmed_mean_ci(fr, confidence)
             row["auc"], row["auc_lo"], row["auc_hi"] = mean_ci(o["auc"].to_numpy(float), confidence)
-            row["auc_horizon"] = h_all
+            row["auc_horizon"] = h_all if math.isfinite(h_all) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -596,7 +609,7 @@ def compare(
         gehan_p, logrank_p = pair_tests(ta, sa, tb, sb, n_permutations=n_permutations, seed=seed)
         rows.append(
             {
-                "a": a, "b": b, "n_a": ta.size, "n_b": tb.size, "horizon": h,
+                "a": a, "b": b, "n_a": ta.size, "n_b": tb.size, "horizon": h if math.isfinite(h) else math.nan,
                 "solved_a": int(sa.sum()), "solved_b": int(sb.sum()),
                 "p_a_faster": p, "p_lo": p_lo, "p_hi": p_hi, "gehan_p": gehan_p, "logrank_p": logrank_p,
             }
@@ -619,7 +632,10 @@ def comparison_warnings(row: dict, arm_a: pd.Series, arm_b: pd.Series) -> list[s
     out = []
     if min(row["n_a"], row["n_b"]) < MIN_SEEDS:
         out.append(f"fewer than {MIN_SEEDS} seeds ({row['a']}: {row['n_a']}, {row['b']}: {row['n_b']})")
-    if arm_a["budget_min"] != arm_b["budget_min"] or arm_a["mixed_budgets"] or arm_b["mixed_budgets"]:
+    same = arm_a["budget_min"] == arm_b["budget_min"] or not (
+        math.isfinite(arm_a["budget_min"]) or math.isfinite(arm_b["budget_min"])
+    )
+    if not same or arm_a["mixed_budgets"] or arm_b["mixed_budgets"]:
         out.append(f"budgets differ (compared up to episode {row['horizon']:.0f})")
     n_failed = int(arm_a["failed"] + arm_b["failed"])
     if n_failed:

@@ -264,6 +264,10 @@ def _progress(row: dict[str, object], t0: float) -> None:
     print(f"[{time.perf_counter() - t0:5.0f} s] {cells}", file=sys.stderr, flush=True)
 
 
+def _verdict(value: float, target: float, floor: float) -> str:
+    return "yes" if value >= target else "within noise" if value >= floor else "NO"
+
+
 def _pct(x: float) -> str:
     return "-" if isinstance(x, float) and math.isnan(x) else f"{x:.1%}"
 
@@ -325,15 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     pairs = pd.DataFrame(pair_rows)
     fps = pd.DataFrame(fp_rows)
     cover_cols = ["KM band (worst point)", "median CI", "IQM CI"]
+    se_cov = math.sqrt(0.95 * 0.05 / e)
+    cover_floor = COVERAGE_TARGET - 2 * se_cov  # a row at the target is read as noise down to here
+    cover["≥ 93%"] = cover[cover_cols].min(axis=1).map(lambda c: _verdict(c, COVERAGE_TARGET, cover_floor))
+    pairs["≥ 93%"] = pairs["P(A faster) CI"].map(lambda c: _verdict(c, COVERAGE_TARGET, cover_floor))
     worst_cover = min(float(cover[c].min()) for c in cover_cols)
     worst_pair = float(pairs["P(A faster) CI"].min())
     worst_fp = float(
         fps[["report claims a difference", "Gehan perm. p < 0.05", "log-rank perm. p < 0.05"]].max().max()
     )
-    se_cov = math.sqrt(0.95 * 0.05 / e)
     se_fp = math.sqrt(0.05 * 0.95 / e)
     fp_bound = FPR_TARGET + 2 * se_fp
-    ok = worst_cover >= COVERAGE_TARGET and worst_pair >= COVERAGE_TARGET and worst_fp <= fp_bound
+    ok = min(worst_cover, worst_pair) >= cover_floor and worst_fp <= fp_bound
 
     def show(df: pd.DataFrame, pct: list[str]) -> str:
         return markdown_table(df.assign(**{c: df[c].map(_pct) for c in pct}))
@@ -344,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{se_cov:.1%} for a coverage near 95%, {se_fp:.1%} for a rate near 5%.\n\n"
         "## Coverage of the 95% intervals (target >= 93%)\n\n"
         "KM band: pointwise, at the true 10/25/50/75/90% quantiles that lie inside the budget (the "
-        "worst of them). Median: KM median CI (at 5 seeds the exact [first, last] interval, level "
-        "93.75%). IQM: two-sided while exact, one-sided (lower limit) when the report calls it a "
-        "lower bound (share of experiments in the last column).\n\n"
+        "worst of them). Median: KM median CI (at 5 seeds the exact [first, last] interval, whose "
+        "level is 1 - 2/32 = 93.75% by the binomial law, more with tied integer episodes, so 5-seed "
+        "rows sit within noise of 93%). IQM: two-sided while exact, one-sided (lower limit) when "
+        "the report calls it a lower bound (share of experiments in 'IQM a lower bound'). '≥ 93%': "
+        f"the row's worst interval; 'within noise' means within 2 SE ({2 * se_cov:.1%}) below.\n\n"
         + show(cover, ["censored (observed)", *cover_cols, "IQM a lower bound"])
         + "\n\nP(A faster) on the common footing (Newcombe's score interval); truth by "
         f"{TRUTH_DRAWS:,} draws.\n\n"
@@ -366,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
         + f"\n\nWorst coverage: {worst_cover:.1%} (single arm), {worst_pair:.1%} (P(A faster)); "
-        f"worst false-positive rate: {worst_fp:.1%}. All within bounds: {'yes' if ok else 'NO'}."
+        f"worst false-positive rate: {worst_fp:.1%}. All within bounds (coverage >= 93% - 2 SE, "
+        f"false positives <= 5% + 2 SE): {'yes' if ok else 'NO'}."
         f"\n\nTotal time {time.perf_counter() - t0:.0f} s."
     )
     command = "python -m benchmarks.bench_stats " + " ".join(argv if argv is not None else sys.argv[1:])
