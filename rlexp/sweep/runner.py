@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -445,7 +445,7 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
     if jobs:
         print(f"[{sweep.study_name}] validating trials {[t.number for t in candidates]} on held-out seeds {seeds}",
               file=sys.stderr, flush=True)
-    with worker_pool(len(jobs), cfg.workers) if cfg.workers > 1 and len(jobs) > 1 else _nullpool() as pool:
+    with worker_pool(len(jobs), cfg.workers) if cfg.workers > 1 and len(jobs) > 1 else nullcontext() as pool:
         for (number, overrides), runs in (pool.imap_unordered(_eval_job, jobs) if pool else map(_eval_job, jobs)):
             rcfg = compose_config(overrides)
             budget, threshold = rcfg.train.max_episodes, solve_threshold(rcfg, check_compatible(rcfg))
@@ -460,11 +460,6 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
                       f"(value {value:g})" + (f" {r.error}" if r.error else ""), file=sys.stderr, flush=True)
             study.set_user_attr("validation", records)
     return pick(candidates, records, seeds, cfg.objective.aggregate)
-
-
-@contextmanager
-def _nullpool() -> Iterator[None]:
-    yield None
 
 
 def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
@@ -518,7 +513,7 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> None:
 
 
 def _log_artifacts(run_id: str | None, paths: list[Path]) -> None:
-    if run_id:
-        from rlexp.sweep.tracking import log_artifacts
+    from rlexp.sweep.tracking import log_artifacts
 
+    if run_id:
         log_artifacts(run_id, paths)

@@ -79,13 +79,14 @@ SCHEMA_ATTEMPTS = 5
 
 def _schema_race(e: Exception) -> bool:
     """Whether ``e`` is another process creating Optuna's tables at the same moment: on a new
-    PostgreSQL database two workers (or machines) starting together both run CREATE TABLE, and
-    the loser fails with a duplicate key (``pg_type_typname_nsp_index``) or "already exists"."""
+    database two workers (or machines) starting together both run CREATE TABLE, and the loser fails
+    with a duplicate key (PostgreSQL's ``pg_type_typname_nsp_index``), "already exists", or (SQLite)
+    "UNIQUE constraint failed: alembic_version.version_num"."""
     import sqlalchemy.exc
 
     text = str(e).lower()
-    return isinstance(e, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError) and (
-        "duplicate key" in text or "already exists" in text)
+    kinds = sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError | sqlalchemy.exc.OperationalError
+    return isinstance(e, kinds) and any(m in text for m in ("duplicate key", "already exists", "unique constraint"))
 
 
 def trial_seed(seed: int, number: int) -> int:
