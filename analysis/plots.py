@@ -148,7 +148,7 @@ def episodes_to_solve(runs: pd.DataFrame, summary: pd.DataFrame, by: str = "algo
         ax.errorbar(
             est,
             y + offset,
-            xerr=np.nan_to_num(err),
+            xerr=np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0),  # an unbounded end: no bar
             fmt="D",
             color=colour,
             capsize=3,

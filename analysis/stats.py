@@ -271,6 +271,7 @@ def iqm_ci(
     ``exact`` while every censored run sits among the trimmed top ``int(n/4)`` runs (censored no
     earlier than the last run kept); otherwise ``iqm`` and ``lo`` are lower bounds and ``hi`` is NaN
     (unbounded): censored-at-count values are below the true ones, and the IQM only grows with them.
+    ``hi`` is NaN (unbounded) as well when too many resamples hold censored runs to place the IQM.
     """
     t, solved = np.asarray(t, float), np.asarray(solved, bool)
     n = t.size
@@ -280,7 +281,8 @@ def iqm_ci(
     kept_max = np.sort(t)[n - g - 1]
     exact = (~solved).sum() <= g and bool(np.all(t[~solved] >= kept_max))
     lo, hi = trimmed_mean_ci(t, confidence, censored=~solved, seed=seed)
-    return {"iqm": float(iqm(t)), "lo": lo, "hi": hi if exact else math.nan, "exact": exact}
+    hi = hi if exact and math.isfinite(hi) else math.nan  # NaN: unbounded above, never inf in a table
+    return {"iqm": float(iqm(t)), "lo": lo, "hi": hi, "exact": exact}
 
 
 def mean_ci(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:

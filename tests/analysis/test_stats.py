@@ -144,7 +144,8 @@ def test_km_median_beyond_the_budget_is_not_a_number():
 def test_iqm_is_exact_while_the_censored_runs_are_trimmed():
     t = np.array([10.0, 12, 14, 16, 18, 20, 22, 100])  # n=8: 2 trimmed each side
     one = stats.iqm_ci(t, np.array([True] * 7 + [False]))
-    assert one["exact"] and one["iqm"] == pytest.approx(17) and one["lo"] < 17 < one["hi"]  # may be inf
+    assert one["exact"] and one["iqm"] == pytest.approx(17) and one["lo"] < 17
+    assert math.isnan(one["hi"]) or one["hi"] > 17  # NaN: resamples with 3 censored runs leave it open
     three = stats.iqm_ci(t, np.array([True] * 5 + [False] * 3))
     assert not three["exact"] and math.isnan(three["hi"]) and three["lo"] < three["iqm"]
     early = stats.iqm_ci(t, np.array([False] + [True] * 7))  # censored at 10: could be anywhere
