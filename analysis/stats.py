@@ -380,24 +380,26 @@ def _splits(n: int, k: int, n_permutations: int, seed: int) -> np.ndarray:
 
 def permutation_test(
     scores: np.ndarray, in_a: np.ndarray, *, n_permutations: int = N_PERMUTATIONS, seed: int = 0
-) -> float:
+) -> np.ndarray:
     """Two-sided permutation p of the sum of ``scores`` over arm A (labels exchangeable under H0).
 
-    Exact when every split can be enumerated (:data:`EXACT_LIMIT`), else Monte Carlo with the
-    observed split counted (p = (1 + hits) / (1 + draws)), so the level is at most nominal.
+    ``scores`` is one score vector or a (k, n) stack of them, tested on the same splits (one p
+    each). Exact when every split can be enumerated (:data:`EXACT_LIMIT`), else Monte Carlo with
+    the observed split counted (p = (1 + hits) / (1 + draws)), so the level is at most nominal.
+    NaN for a constant score vector.
     """
-    scores, in_a = np.asarray(scores, float), np.asarray(in_a, bool)
-    n, k = scores.size, int(in_a.sum())
-    if k == 0 or k == n or np.ptp(scores) == 0:
-        return math.nan
-    centre = k * scores.mean()
-    obs = abs(scores[in_a].sum() - centre)
+    scores, in_a = np.atleast_2d(np.asarray(scores, float)), np.asarray(in_a, bool)
+    n, k = scores.shape[1], int(in_a.sum())
+    if k == 0 or k == n:
+        return np.full(scores.shape[0], np.nan)
+    centre = k * scores.mean(axis=1)
+    obs = np.abs(scores[:, in_a].sum(axis=1) - centre)
     splits = _splits(n, k, n_permutations, seed)
-    dev = np.abs(splits @ scores - centre)
-    hits = int((dev >= obs - 1e-9 * max(1.0, obs)).sum())
-    if math.comb(n, k) <= EXACT_LIMIT:
-        return hits / splits.shape[0]
-    return (1 + hits) / (1 + splits.shape[0])
+    dev = np.abs(splits @ scores.T - centre)
+    hits = (dev >= obs - 1e-9 * np.maximum(1.0, obs)).sum(axis=0)
+    exact = math.comb(n, k) <= EXACT_LIMIT
+    p = hits / splits.shape[0] if exact else (1 + hits) / (1 + splits.shape[0])
+    return np.where(np.ptp(scores, axis=1) == 0, np.nan, p)
 
 
 def pair_tests(
@@ -414,11 +416,9 @@ def pair_tests(
     if not s.any():
         return math.nan, math.nan
     in_a = np.arange(t.size) < len(ta)
-    kw = {"n_permutations": n_permutations, "seed": seed}
-    return (
-        permutation_test(gehan_scores(t, s), in_a, **kw),
-        permutation_test(logrank_scores(t, s), in_a, **kw),
-    )
+    scores = np.stack([gehan_scores(t, s), logrank_scores(t, s)])
+    gehan, logrank = permutation_test(scores, in_a, n_permutations=n_permutations, seed=seed)
+    return float(gehan), float(logrank)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
