@@ -179,13 +179,16 @@ class Members:
         """Log the update metrics averaged since the last call (and ``extra``) for every active
         member at env step ``step``; a member with a non-finite one fails."""
         for k in list(self.active):
-            m = self._member_metrics(k, extra)
-            why = non_finite(m, step)
-            if why is not None:
-                self.end(k, "FAILED", why)
-            elif m:
-                self.recs[k].tracker.log_metrics(m, step=step)
+            self.log_member(k, self._member_metrics(k, extra), step)
         self._sums, self._n = {}, 0
+
+    def log_member(self, k: int, metrics: Mapping[str, float], step: int) -> None:
+        """Log member ``k``'s ``metrics`` at env step ``step``, or fail it if one is not finite."""
+        why = non_finite(metrics, step)
+        if why is not None:
+            self.end(k, "FAILED", why)
+        elif metrics:
+            self.recs[k].tracker.log_metrics(metrics, step=step)
 
     # ------------------------------------------------------------------ episodes and ends
     def episode(self, k: int, ret: float, length: int, env_step: int) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from rlexp.config import Config
 from rlexp.envs import EnvBatch, EnvSpec
-from rlexp.loops import Counters, Members, Metrics, non_finite
+from rlexp.loops import Counters, Members, Metrics
 
 
 class Rollout(NamedTuple):
@@ -221,17 +221,6 @@ def _spread(metrics: Metrics, members: torch.Tensor, size: int) -> dict[str, np.
     return out
 
 
-def _log_member(members: Members, k: int, metrics: Metrics, step: int) -> None:
-    """Log member ``k``'s update metrics at ``step``, or fail it if one is not finite (what
-    ``Members.log`` does for all members, for a member that updates on its own)."""
-    m = {key: float(np.asarray(v).reshape(-1)[0]) for key, v in metrics.items()}
-    why = non_finite(m, step)
-    if why is not None:
-        members.end(k, "FAILED", why)
-    else:
-        members.recs[k].tracker.log_metrics(m, step=step)
-
-
 def step_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_steps: int) -> Counters:
     """Rollouts of ``n_steps`` per env in lockstep, then one update of the members still training."""
     col, size = _Collector(agent, envs, members), len(members)
@@ -283,7 +272,8 @@ def episode_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_e
                 metrics = agent.update(rollout, torch.tensor([k]), col.c)
                 col.c.updates += 1
                 finished[k], steps_since[k] = [], 0
-                _log_member(members, k, metrics, col.c.step)
+                members.log_member(k, {key: float(np.asarray(v).reshape(-1)[0]) for key, v in metrics.items()},
+                                   col.c.step)
     return col.c
 
 
