@@ -5,8 +5,9 @@
     python -m rlexp.sweep sweep=dqn_cartpole workers=2 storage=postgresql://u:pw@db/optuna
 
 Definitions live in ``sweeps/NAME.yaml`` (schema: :mod:`rlexp.sweep.config`); every trial's
-configuration is composed by Hydra exactly like a normal run (``base`` + the trial's parameters
-+ ``seed=``). The objective and its censoring rule: :mod:`rlexp.sweep.objective`.
+configuration is composed once by Hydra like a normal run (``base`` + the trial's parameters) and
+its seeds train as one batch. The objective and its censoring rule: :mod:`rlexp.sweep.objective`;
+the keys and the reasons behind the shipped sweeps: ``docs/sweeps.md``.
 """
 
 from rlexp.sweep.load import Sweep, load

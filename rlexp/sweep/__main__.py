@@ -11,7 +11,7 @@ X without any. A bad key or value stops everything with one line naming it (exit
 Trial k runs seeds ``seeds[i] + k * seed_stride`` (recorded as the trial's ``seeds`` user attribute);
 its value is the mean (or median) episodes-to-solve over them, an unsolved seed counting
 ``B + penalty * (1 + shortfall)`` with B = train.max_episodes (see rlexp.sweep.objective). At the end
-the best trial is re-evaluated on ``eval_seeds`` fresh seeds and written to
+the top trials run on held-out seeds, and the pick is re-evaluated on ``validation.eval_seeds`` fresh seeds and written to
 ``conf/experiment/<study>.yaml``: ``python -m rlexp +experiment=<study> seed=1,2,3 -m`` reproduces it.
 
 Several machines run one study when they share the storage (PostgreSQL/MySQL URL) and the
