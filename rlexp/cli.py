@@ -63,7 +63,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     from hydra.types import RunMode
 
     from rlexp.algos import get_algorithm
-    from rlexp.train import RunInterrupted, run_batch
+    from rlexp.train import run_batch
 
     cfgs = [to_config(c) for c, _ in jobs]
     hcs = [h.hydra for _, h in jobs]
@@ -80,7 +80,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
         try:
             results = run_batch([cfgs[i] for i in part], label=label, group=group,
                                 workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=progress)
-        except RunInterrupted as e:
+        except KeyboardInterrupt as e:
             if "SIGTERM" in str(e):
                 raise Terminated() from None
             raise

@@ -132,7 +132,7 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
 
     Every member's episodes go to its tracker; when a member ends (solved, out of budget, or
     diverged: ``status`` FAILED) its summary metrics, ``episodes.csv`` and model go to its tracker
-    at that moment and ``on_end(k, result)`` is called. An exception (Ctrl-C, SIGTERM,
+    at that moment and ``on_end(k, result)`` is called. An interrupt (Ctrl-C, SIGTERM,
     :class:`RunInterrupted` from ``callback``) ends every member still training, KILLED or FAILED,
     with what it recorded kept, and propagates.
     """
@@ -221,9 +221,11 @@ def train(cfg: Config, tracker: Tracker | None = None, *, workdir: Path | None =
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`RunInterrupted` while a run is going (main thread only)."""
+    """Turn SIGTERM into ``KeyboardInterrupt("terminated by SIGTERM")`` while a run is going (main
+    thread only): like Ctrl-C it is no ``Exception``, so no library call it lands in (an MLflow write)
+    can wrap it into an error, and the runs end KILLED."""
     def handler(signum: int, frame: Any) -> None:
-        raise RunInterrupted("terminated by SIGTERM")
+        raise KeyboardInterrupt("terminated by SIGTERM")
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)

@@ -34,7 +34,7 @@ from rlexp.sweep import objective as ob
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
-from rlexp.train import RunInterrupted, experiment_name, run_batch
+from rlexp.train import experiment_name, run_batch
 
 OUTPUTS = Path("outputs") / "sweeps"
 
@@ -395,11 +395,8 @@ def eval_batch(overrides: Sequence[str], seeds: Sequence[int], label: str | None
     """Train ``overrides`` on ``seeds`` as one batch (tracked as configured); a failed seed is a result."""
     cfg = compose_config(list(overrides))
     group = f"{tags['sweep']}/{tags.get('sweep_role', 'eval')}" if "sweep" in tags else None
-    try:
-        results = run_batch([replace(cfg, seed=s) for s in seeds], label=label, group=group,
-                            tags=tags, parent_run_id=parent_run_id)
-    except RunInterrupted as e:  # SIGTERM: the runs ended KILLED; stop as Ctrl-C does
-        raise KeyboardInterrupt(str(e)) from None
+    results = run_batch([replace(cfg, seed=s) for s in seeds], label=label, group=group,
+                        tags=tags, parent_run_id=parent_run_id)  # SIGTERM: KeyboardInterrupt, runs KILLED
     return [EvalRun(s, r.episodes_to_solve, r.episodes, r.env_steps, r.wall_time_s, r.error,
                     ob.tail_mean(r.returns, cfg.solve.window)) for s, r in zip(seeds, results, strict=True)]
 
