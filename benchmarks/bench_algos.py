@@ -63,7 +63,7 @@ def run_seeds(algo: str, seeds: tuple[int, ...], extra: tuple[str, ...]) -> list
     an algorithm without a seed axis (sb3_*)."""
     import dataclasses
 
-    from rlexp.algos import get_algorithm
+    from rlexp.algos.registry import get_algorithm
     from rlexp.compose import compose_config
     from rlexp.train import train_batch
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     interrupted = False
     if not args.throughput_only:
-        from rlexp.algos import names
+        from rlexp.algos.registry import names
 
         unknown = sorted(set(args.algos) - set(names()))
         if unknown:

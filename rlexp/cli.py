@@ -62,7 +62,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     the jobs' episodes-to-solve (None when unsolved or failed)."""
     from hydra.types import RunMode
 
-    from rlexp.algos import get_algorithm
+    from rlexp.algos.registry import get_algorithm
     from rlexp.train import run_batch
 
     cfgs = [to_config(c) for c, _ in jobs]

@@ -174,7 +174,7 @@ def budget_warnings(configs: Sequence[Config]) -> list[str]:
 
 def preflight(overrides: Sequence[str], max_jobs: int = 256) -> list[Config]:
     """Compose and validate every job of the command line; raises ConfigError on the first bad one."""
-    from rlexp.envs import check_compatible
+    from rlexp.algos.registry import check_compatible
 
     jobs = expand_sweep(overrides)
     if len(jobs) > max_jobs:  # a huge grid: check the corners, the first and the last job

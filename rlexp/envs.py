@@ -115,27 +115,6 @@ def describe(cfg: EnvConfig) -> EnvSpec:
     raise ConfigError(f"env.id={cfg.id!r} has action space {act_space}; rlexp handles Discrete and 1-D Box")
 
 
-def check_compatible(cfg: Config) -> EnvSpec:
-    """Validate the algorithm/env pairing and the solve threshold; returns the env's spec."""
-    from rlexp.algos import get_algorithm  # local: algos import this module
-
-    spec = describe(cfg.env)
-    algo = get_algorithm(cfg.algo.name)
-    kind = "discrete" if spec.discrete else "continuous"
-    if kind not in algo.action_spaces:
-        raise ConfigError(
-            f"algo={cfg.algo.name!r} cannot act in env={cfg.env.id!r}: it needs "
-            f"{' or '.join(algo.action_spaces)} actions and {cfg.env.id} has {kind} actions"
-        )
-    if cfg.solve.threshold is None and spec.threshold is None:
-        raise ConfigError(
-            f"env.id={cfg.env.id!r} registers no reward threshold: set env.threshold or solve.threshold"
-        )
-    if cfg.env.num_envs > 1 and not algo.vectorized:
-        raise ConfigError(f"env.num_envs={cfg.env.num_envs} is not supported by algo={cfg.algo.name!r}; use 1")
-    return spec
-
-
 def solve_threshold(cfg: Config, spec: EnvSpec) -> float:
     """solve.threshold, else the env config's, else the registered one (checked to exist)."""
     if cfg.solve.threshold is not None:

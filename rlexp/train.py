@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import yaml
 
-from rlexp.algos import get_algorithm
+from rlexp.algos.registry import check_compatible, get_algorithm
 from rlexp.buffer import ReplayBuffer
 from rlexp.config import Config, ConfigError
-from rlexp.envs import EnvBatch, EnvSpec, check_compatible, solve_threshold
+from rlexp.envs import EnvBatch, EnvSpec, solve_threshold
 from rlexp.loops import DivergenceError, EpisodeInfo, EpisodeRecorder, Members, off_policy_loop
 from rlexp.nets import member_state
 from rlexp.onpolicy import run_on_policy
@@ -127,7 +127,8 @@ LOOPS: dict[str, Callable[[Any, Config, EnvSpec, Members], None]] = {
 def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = None, *,
                 workdirs: Sequence[Path | None] | None = None,
                 callback: Callable[[int, EpisodeInfo], None] | None = None, progress: bool = False,
-                on_end: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+                on_end: Callable[[int, TrainResult], None] | None = None,
+                spec: EnvSpec | None = None) -> list[TrainResult]:
     """Train the seeds of one configuration together, each member to its own end.
 
     Every member's episodes go to its tracker; when a member ends (solved, out of budget, or
@@ -138,7 +139,7 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
     """
     check_batch(cfgs)
     cfg, size = cfgs[0], len(cfgs)
-    spec = check_compatible(cfg)
+    spec = spec or check_compatible(cfg)  # run_batch has checked it already
     algo = get_algorithm(cfg.algo.name)
     if size > 1 and not algo.batched:
         raise ConfigError(f"algo={cfg.algo.name!r} trains one seed per run; it cannot batch {size} seeds")
@@ -274,12 +275,12 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
     raising :class:`RunInterrupted` from it stops every member (their runs end KILLED) and
     propagates, as Ctrl-C and SIGTERM do.
     """
-    check_batch(cfgs)
     cfg = cfgs[0]
     if not cfg.tracking.enabled:
         return train_batch(cfgs, workdirs=workdirs, callback=callback, progress=progress)
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    check_batch(cfgs)
     spec = check_compatible(cfg)  # refuse bad input before anything is written
     resolve_device(cfg.train.device)
     client, exp_id = open_experiment(experiment_name(cfg))
@@ -327,4 +328,4 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
 
         with _sigterm_as_interrupt():
             return train_batch(cfgs, trackers, workdirs=dirs, callback=callback, progress=progress,
-                               on_end=on_end)
+                               on_end=on_end, spec=spec)

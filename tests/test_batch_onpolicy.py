@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config
 from rlexp.config import Config
-from rlexp.envs import check_compatible
 from rlexp.onpolicy import Rollout, categorical_log_prob
 from rlexp.train import TrainResult, train_batch
 

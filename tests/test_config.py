@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from rlexp.algos import get_algorithm
+from rlexp.algos.registry import check_compatible, get_algorithm
 from rlexp.compose import compose_config, expand_sweep, group_options, preflight
 from rlexp.config import ConfigError, DQNConfig
-from rlexp.envs import check_compatible, describe
+from rlexp.envs import describe
 
 from .conftest import PYTHON, ROOT, cli_env
 

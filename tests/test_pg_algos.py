@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
-from rlexp.envs import check_compatible
 from rlexp.loops import DivergenceError
 from rlexp.tracking import NullTracker
 from rlexp.train import train, train_batch

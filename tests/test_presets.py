@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config, group_options
 from rlexp.config import ConfigError
-from rlexp.envs import check_compatible
 
 from .conftest import PYTHON, ROOT, cli_env
 

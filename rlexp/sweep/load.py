@@ -192,7 +192,7 @@ def param_override(p: ParamSpec, value: object) -> str:
 
 
 def _compose_checked(overrides: list[str]) -> Config:
-    from rlexp.envs import check_compatible
+    from rlexp.algos.registry import check_compatible
 
     cfg = compose_config(overrides)
     check_compatible(cfg)

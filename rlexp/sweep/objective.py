@@ -32,8 +32,9 @@ from typing import Any
 
 import optuna
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config, override_key
-from rlexp.envs import check_compatible, solve_threshold
+from rlexp.envs import solve_threshold
 from rlexp.loops import EpisodeInfo
 from rlexp.sweep import study as st
 from rlexp.sweep.config import ParamSpec, format_value

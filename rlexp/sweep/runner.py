@@ -27,9 +27,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
-from rlexp.envs import check_compatible, solve_threshold
+from rlexp.envs import solve_threshold
 from rlexp.sweep import objective as ob
 from rlexp.sweep import preset
 from rlexp.sweep import study as st
