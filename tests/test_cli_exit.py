@@ -102,3 +102,24 @@ def test_another_launcher_runs_one_seed_per_job(tmp_path):
     assert "did not finish" in err
     assert sorted(r.info.status for r in _runs(tmp_path)) == ["FAILED", "FINISHED"]
     assert sorted(_outcomes(tmp_path).values()) == ["FAILED", "FINISHED"]
+
+
+def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
+    """What a scheduler's SIGTERM does to one run: KILLED with its episodes kept, exit 143, one line."""
+    p = _popen(tmp_path, "algo=dqn_target", "train.max_episodes=100000", "algo.hidden=[8]", "train.save_model=false")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        try:
+            runs = _runs(tmp_path)
+        except Exception:
+            continue
+        if runs and runs[0].data.metrics.get("episode_return") is not None:
+            break
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "terminated (SIGTERM)" in err
+    (run,) = _runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "terminated by SIGTERM"
+    assert run.data.metrics["episodes"] > 0
