@@ -180,7 +180,7 @@ def test_the_launcher_batches_each_configs_seeds(tmp_path):
     p = _cli(tmp_path, "algo=dqn,ppo", "seed=1,2,3", "train.max_episodes=3", "algo.hidden=[8]",
              "train.save_model=false", "-m")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "6 jobs locally in 2 batch(es)" in p.stderr
+    assert "6 jobs locally in 2 batch(es)" in p.stdout + p.stderr  # Hydra's log line
     dirs = sorted(d.name for d in (tmp_path / "sweep").iterdir() if d.is_dir())
     assert dirs == ["0-dqn-1", "1-dqn-2", "2-dqn-3", "3-ppo-1", "4-ppo-2", "5-ppo-3"]
     for d in dirs:

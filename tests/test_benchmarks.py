@@ -299,17 +299,6 @@ def test_an_interrupted_bench_variants_stops_its_runs_and_writes_the_finished_on
     assert "| slow | `" in text and "| 0/0 |" in text
 
 
-def test_bench_clipped_pair_compares_stacked_and_per_net_runs(tmp_path, capsys):
-    from benchmarks import bench_clipped_pair
-    from rlexp.algos.dqn import DQNAgent
-
-    assert bench_clipped_pair.main(["--batch-sizes", "16", "--steps", "400", "--out", str(tmp_path)]) == 0
-    (out,) = tmp_path.glob("clipped-pair-*.md")
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| 16 |"))
-    assert row.endswith("| yes |") and "x |" in row
-    assert DQNAgent.stack_clipped  # put back
-
-
 def test_result_files_name_the_commit_versions_and_cpu_that_runs_record():
     import torch
 

@@ -100,7 +100,9 @@ def test_another_launcher_runs_one_seed_per_job(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1, err[-3000:]
     assert "did not finish" in err
-    assert sorted(r.info.status for r in _runs(tmp_path)) == ["FAILED", "FINISHED"]
+    runs = _runs(tmp_path)
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert len({r.data.tags["group"] for r in runs}) == 1  # the workers share the launch's folder
     assert sorted(_outcomes(tmp_path).values()) == ["FAILED", "FINISHED"]
 
 

@@ -116,11 +116,11 @@ def _runs_in(db: Path) -> list:
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["batch", "basic"])  # joblib: tests/test_cli_exit.py
 def test_cli_multirun_one_run_per_seed(tmp_path, launcher):
     args = [PYTHON, "-m", "rlexp", "algo=dueling_dqn", "seed=1,2,3", "train.max_episodes=4", *SMALL]
-    if launcher == "joblib":
-        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    if launcher != "batch":
+        args.append(f"hydra/launcher={launcher}")
     args.append("-m")
     p = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
