@@ -64,10 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", nargs="+", default=["dqn_target", "dueling_dqn", "ppo", "ddpg"])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--steps", type=int, default=20_000, help="env steps per seed")
+    p.add_argument("--steps-for", nargs="*", default=[], metavar="ALGO=N", help="another budget for an algorithm")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--ref", default=None, help="commit whose one-seed command is timed too")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args(argv)
+    steps_of = {k: int(v) for k, v in (x.split("=", 1) for x in a.steps_for)}
+    cmd = "python -m benchmarks.bench_batch " + " ".join(argv if argv is not None else sys.argv[1:])
+    out: Path | None = None
     rows = ["| algo | env steps per seed | 1 seed (s) | "
             f"{a.seeds} seeds (s) | {a.seeds} seeds / 1 seed | 1 seed at {a.ref or '-'} (s) | 1 seed / reference |",
             "|---|---|---|---|---|---|---|"]
@@ -75,29 +79,36 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference_tree(a.ref, Path(tmp) / "ref") if a.ref else None
         try:
             for algo in a.algos:
+                steps = steps_of.get(algo, a.steps)
                 kinds = [("one", ROOT, 1), ("many", ROOT, a.seeds)] + ([("ref", ref, 1)] if ref else [])
                 times: dict[str, list[float]] = {k: [] for k, _, _ in kinds}
                 for rep in range(a.repeats):
                     for kind, cwd, n in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
                         assert cwd is not None
-                        wall = timed(command(algo, n, a.steps), cwd, Path(tmp) / f"{algo}-{kind}-{rep}")
+                        wall = timed(command(algo, n, steps), cwd, Path(tmp) / f"{algo}-{kind}-{rep}")
                         times[kind].append(wall)
                         print(f"{algo} {kind}: {wall:.1f} s", file=sys.stderr)
                 one, many = statistics.median(times["one"]), statistics.median(times["many"])
                 old = statistics.median(times["ref"]) if ref else float("nan")
-                rows.append(f"| {algo} | {a.steps} | {one:.1f} | {many:.1f} | {many / one:.2f} | "
+                rows.append(f"| {algo} | {steps} | {one:.1f} | {many:.1f} | {many / one:.2f} | "
                             f"{old:.1f} | {one / old:.2f} |")
+                out = _write(a, cmd, "\n".join(rows), out)  # after every algorithm: a stop keeps what ran
         finally:
             if ref is not None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(ref)], cwd=ROOT, capture_output=True)
-    text = "\n".join(rows)
-    print(text)
-    cmd = "python -m benchmarks.bench_batch " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = write_results(a.out, "batch", "Ten seeds against one, and one seed against the reference commit", cmd,
-                        f"Whole commands, tracked, start-up included; median of {a.repeats} run(s) each, "
-                        "order rotated between repeats. The machine has 2 cores; note what else ran.", text)
-    print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)
+    print("\n".join(rows))
+    if out is not None:
+        print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)
     return 0
+
+
+def _write(a: argparse.Namespace, cmd: str, text: str, previous: Path | None) -> Path:
+    """The table so far, replacing the file written for fewer algorithms."""
+    if previous is not None:
+        previous.unlink(missing_ok=True)
+    return write_results(a.out, "batch", "Ten seeds against one, and one seed against the reference commit", cmd,
+                         f"Whole commands, tracked, start-up included; median of {a.repeats} run(s) each, "
+                         "order rotated between repeats. The machine has 2 cores; note what else ran.", text)
 
 
 if __name__ == "__main__":
