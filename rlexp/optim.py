@@ -1,7 +1,7 @@
 """Optimizers over stacked parameters (member axis first), with a step count per member.
 
 Adam, RMSprop and SGD are elementwise, so one step over ``(K, ...)`` tensors is K independent
-optimizers' steps; the formulas are torch.optim's (single-tensor form). What is not elementwise is
+optimizers' steps, computed by torch.optim's own functional optimizers. What is not elementwise is
 computed per member: Adam's bias correction from each member's own step count, and gradient-norm
 clipping from each member's own norm. ``step(members)`` updates only the
 given members (their parameters and state), as when only some have finished an episode or some
@@ -10,13 +10,13 @@ have stopped their policy updates early; the others are left exactly as they wer
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import adam, rmsprop, sgd
 
 from rlexp.config import OptimizerConfig
 
@@ -28,8 +28,10 @@ class StackedOptimizer:
     gradient norm to ``max_grad_norm`` first; ``lr`` overrides ``cfg.lr`` (a second network's rate).
 
     The parameters are re-pointed at views of one ``(K, P)`` buffer (their ``.data``; the modules,
-    ``state_dict`` and in-place updates all see the same numbers), so a step is a dozen tensor ops
-    over that buffer, however many layers the network has.
+    ``state_dict`` and in-place updates all see the same numbers). A step hands torch.optim's own
+    functional optimizer (``torch.optim.adam.adam``, fused on the CPU; ``rmsprop``; ``sgd``) the
+    members' rows as separate tensors, each with its own step count: K independent optimizers in one
+    call, and each member's update the same whatever the other rows are.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig, size: int,
@@ -46,11 +48,16 @@ class StackedOptimizer:
                 n = p[0].numel()
                 p.data = self.flat[:, offset:offset + n].view(p.shape)
                 offset += n
-        self.steps = np.zeros(size, dtype=np.int64)  # updates each member has taken
+        self.step_counts = [torch.zeros((), dtype=torch.float32, device=self.flat.device) for _ in range(size)]
         names = {"adam": ["exp_avg", "exp_avg_sq"], "rmsprop": ["square_avg"], "sgd": []}[cfg.name]
         if cfg.momentum != 0:
             names.append("momentum_buffer")
         self.state = {name: torch.zeros_like(self.flat) for name in names}
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Updates each member has taken."""
+        return np.array([int(t.item()) for t in self.step_counts], dtype=np.int64)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -60,66 +67,45 @@ class StackedOptimizer:
     def step(self, members: Members = None) -> torch.Tensor | None:
         """One update of ``members`` (all by default) from the parameters' ``.grad``; returns the
         members' gradient norms before clipping when ``max_grad_norm`` is set."""
-        idx = members
-        if idx is not None and len(idx) == self.size:
-            idx = None
-        if idx is not None and len(idx) == 0:
+        rows = list(range(self.size)) if members is None else [int(k) for k in members]
+        if not rows:
             return None
         grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.size, -1)
                           for p in self.params], dim=1)
-        pick = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
-        param, grad = pick(self.flat), pick(grad)
-        state = {k: pick(v) for k, v in self.state.items()}
-        rows = np.arange(self.size) if idx is None else idx.numpy()
-        self.steps[rows] += 1
+        if len(rows) < self.size:
+            grad = grad[rows]
         norms = None
         if self.max_grad_norm is not None:
             norms = torch.linalg.vector_norm(grad, 2.0, dim=1, keepdim=True)
             grad.mul_(torch.clamp(self.max_grad_norm / (norms + 1e-6), max=1.0))
-        self._update(param, grad, state, [int(t) for t in self.steps[rows]])
-        if idx is not None:  # write the members' new values back
-            self.flat[idx] = param
-            for k, v in self.state.items():
-                v[idx] = state[k]
+        self._update([self.flat[k] for k in rows], list(grad), {n: [v[k] for k in rows] for n, v in self.state.items()},
+                     [self.step_counts[k] for k in rows])
         return norms
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
-                steps: list[int]) -> None:
-        """torch.optim's update on ``(members, P)`` rows; ``steps``: each row's step count."""
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], state: dict[str, list[torch.Tensor]],
+                steps: list[torch.Tensor]) -> None:
+        """torch.optim's functional update of the members' rows (each row its own tensor and step count)."""
         cfg, lr = self.cfg, self.lr
-        if cfg.weight_decay:
-            grad = grad.add(param, alpha=cfg.weight_decay)
-        if cfg.name == "adam":
-            beta1, beta2 = cfg.betas
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            # the bias corrections of each member's own step count, as torch.optim computes them
-            step_size = torch.tensor([lr / (1 - beta1**t) for t in steps], device=param.device).view(-1, 1)
-            bc2_sqrt = torch.tensor([math.sqrt(1 - beta2**t) for t in steps], device=param.device).view(-1, 1)
-            denom = (v.sqrt() / bc2_sqrt).add_(cfg.eps)
-            param.sub_(m.div(denom).mul_(step_size))
+        if cfg.name == "adam":  # (the functional optimizers count the steps themselves)
+            adam.adam(params, grads, state["exp_avg"], state["exp_avg_sq"], [], steps, fused=True,
+                                  amsgrad=False, beta1=cfg.betas[0], beta2=cfg.betas[1], lr=lr,
+                                  weight_decay=cfg.weight_decay, eps=cfg.eps, maximize=False)
         elif cfg.name == "rmsprop":
-            sq = state["square_avg"]
-            sq.mul_(cfg.alpha).addcmul_(grad, grad, value=1 - cfg.alpha)
-            avg = sq.sqrt().add_(cfg.eps)
-            if cfg.momentum > 0:
-                buf = state["momentum_buffer"]
-                buf.mul_(cfg.momentum).addcdiv_(grad, avg)
-                param.add_(buf, alpha=-lr)
-            else:
-                param.addcdiv_(grad, avg, value=-lr)
+            rmsprop.rmsprop(params, grads, state["square_avg"], [], state.get("momentum_buffer", []),
+                                        steps, foreach=True, lr=lr, alpha=cfg.alpha, eps=cfg.eps,
+                                        weight_decay=cfg.weight_decay, momentum=cfg.momentum, centered=False)
         else:
-            if cfg.momentum != 0:
-                buf = state["momentum_buffer"]
-                buf.mul_(cfg.momentum).add_(grad)  # a zero buffer makes the first step grad itself
-                grad = grad.add(buf, alpha=cfg.momentum) if cfg.nesterov else buf
-            param.add_(grad, alpha=-lr)
+            for t in steps:
+                t += 1
+            buffers: list[torch.Tensor | None] = list(state["momentum_buffer"]) if cfg.momentum != 0 else [None] * len(params)
+            sgd.sgd(params, grads, buffers, foreach=True, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum, lr=lr, dampening=0.0, nesterov=cfg.nesterov, maximize=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps.copy(), "state": {k: v.clone() for k, v in self.state.items()}}
+        return {"steps": self.steps, "state": {k: v.clone() for k, v in self.state.items()}}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.steps[:] = sd["steps"]
+        for t, n in zip(self.step_counts, sd["steps"], strict=True):
+            t.fill_(float(n))
         for k, v in sd["state"].items():
             self.state[k].copy_(v)
