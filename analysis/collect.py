@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from rlexp.runs import stale_reason
 from rlexp.tracking import tracking_uri as default_tracking_uri
 
 RUN_COLUMNS = [
@@ -94,6 +96,7 @@ class Collection:
     tracking_uri: str
     experiment_ids: list[str]
     excluded: dict[str, int]  # status -> number of matching runs left out
+    stale: dict[str, str] = field(default_factory=dict)  # run id -> why it is stale (RUNNING, process gone)
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``runs.csv`` and ``episodes.csv`` into ``out_dir``."""
@@ -394,7 +397,9 @@ def collect(query: RunQuery, tracking_uri: str | None = None, *, with_episodes: 
         last = episodes.groupby("run_id")["episode"].max()
         runs["episodes"] = runs["episodes"].fillna(runs["run_id"].map(last))
     runs = check_episodes(runs)
-    return Collection(runs, episodes, uri, exp_ids, excluded)
+    now = time.time()
+    stale = {r.info.run_id: why for r in found if (why := stale_reason(r.info, r.data.tags, now))}
+    return Collection(runs, episodes, uri, exp_ids, excluded, stale)
 
 
 def param_differences(

@@ -381,6 +381,12 @@ def build_sections(
             + (f" Excluded by status: {excluded}." if excluded else "")
         ],
     )
+    if collection.stale:  # RUNNING runs whose process is gone: killed with -9 or lost with their machine
+        head.bullets.append(
+            f"{len(collection.stale)} matching run(s) are stale (RUNNING, but their process is gone): "
+            + "; ".join(f"{rid} ({why})" for rid, why in sorted(collection.stale.items()))
+            + ". `python -m rlexp.runs close-stale` ends them as KILLED, keeping what they logged; "
+            "then they count here as unsolved where they stopped.")
     for a in analyses:
         head.bullets += [f"**{a.env}**: {v}" for v in a.pairs["verdict"]]
         head.bullets += [f"**{a.env}**: {n}" for n in a.notes]

@@ -174,3 +174,26 @@ def test_saves_csvs_and_lists_param_differences(filled, store, tmp_path):
     diffs = param_differences(c.runs)
     assert diffs.loc["optimizer.lr", "dqn"] == "0.0003" and diffs.loc["optimizer.lr", "ppo"] == "0.001"
     assert "algo.name" in diffs.index and "seed" not in diffs.index and "algo.gamma" not in diffs.index
+
+
+def test_a_stale_run_is_named_with_how_to_close_it(empty_db, tmp_path, monkeypatch):
+    """A RUNNING run whose process is gone (killed with -9) is listed as stale in the collection
+    and the report's verdicts, with the command that closes it."""
+    import os
+    import socket
+
+    from analysis.collect import RunQuery, collect
+    from rlexp.tracking import HOST_TAG, PID_TAG
+
+    uri = new_store(empty_db, tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("CartPole-v1")
+    for seed in range(2):
+        log_contract_run(client, exp, algo="ppo", env="CartPole-v1", seed=seed, returns=FAST, **SOLVE)
+    dead = client.create_run(exp, tags={"algo": "ppo", "env": "CartPole-v1", "seed": "9",
+                                        HOST_TAG: socket.gethostname(), PID_TAG: "999999999"})
+    alive = client.create_run(exp, tags={"algo": "ppo", "env": "CartPole-v1", "seed": "8",
+                                         HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    c = collect(RunQuery(experiment="CartPole-v1"), uri)
+    assert set(c.stale) == {dead.info.run_id}  # the live one is not
+    assert alive.info.run_id not in c.stale and "999999999" in c.stale[dead.info.run_id]
