@@ -6,19 +6,22 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import PYTHON, ROOT, cli_env, sigint_default
+from .conftest import PYTHON, ROOT, children_once_training, cli_env, sigint_default
 
 FAST = ["train.max_episodes=8", "algo.hidden=[8]", "algo.learning_starts=30", "train.log_interval=30",
         "train.save_model=false"]
 
 
+def _uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def _popen(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = cli_env(MLFLOW_TRACKING_URI=_uri(tmp_path))
     return subprocess.Popen([PYTHON, "-m", "rlexp", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=sigint_default)
@@ -27,7 +30,7 @@ def _popen(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
 def _runs(tmp_path: Path) -> list:
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(_uri(tmp_path))
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
@@ -73,15 +76,7 @@ def test_a_signal_stops_the_whole_multirun(tmp_path, sig, code):
     what they logged, the second batch never starts, no traceback."""
     p = _popen(tmp_path, "algo=dqn,dqn_target", "seed=1,2", "train.max_episodes=100000", "algo.hidden=[8]",
                "train.save_model=false", "-m")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.5)
-        try:
-            runs = _runs(tmp_path)
-        except Exception:
-            continue
-        if len(runs) == 2 and all(r.data.metrics.get("episode_return") is not None for r in runs):
-            break
+    children_once_training(p, _uri(tmp_path), 2, timeout=120)  # both runs of the first batch train
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == code, err[-3000:]
@@ -109,15 +104,7 @@ def test_another_launcher_runs_one_seed_per_job(tmp_path):
 def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
     """What a scheduler's SIGTERM does to one run: KILLED with its episodes kept, exit 143, one line."""
     p = _popen(tmp_path, "algo=dqn_target", "train.max_episodes=100000", "algo.hidden=[8]", "train.save_model=false")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.5)
-        try:
-            runs = _runs(tmp_path)
-        except Exception:
-            continue
-        if runs and runs[0].data.metrics.get("episode_return") is not None:
-            break
+    children_once_training(p, _uri(tmp_path), 1, timeout=120)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143, err[-3000:]
