@@ -46,15 +46,20 @@ _failed: list[str] = []  # summary lines of this process's failed jobs
 
 
 def _outcome(hc: Any, cfg: Any, status: str, reason: str | None, run_id: str | None) -> None:
-    """Record a job's outcome (in its output directory, for the multirun summary) and say it."""
-    overrides = " ".join(hc.overrides.task)
-    line = f"rlexp: FAILED [{overrides}]: {reason} (run {run_id})"
+    """Record a job's outcome (in its output directory, for the multirun summary); a job that did
+    not finish also gets its summary line here (for fail_fast)."""
+    outcome = {"status": status, "overrides": list(hc.overrides.task), "reason": reason, "run_id": run_id,
+               "seed": cfg.seed}
     if status != "FINISHED":
-        _failed.append(line)
+        _failed.append(_summary_line(outcome))
     out = Path(hc.runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / OUTCOME_FILE).write_text(json.dumps({"status": status, "overrides": list(hc.overrides.task),
-                                                "reason": reason, "run_id": run_id, "seed": cfg.seed}))
+    (out / OUTCOME_FILE).write_text(json.dumps(outcome))
+
+
+def _summary_line(o: dict[str, Any]) -> str:
+    """One failed job: its status, overrides, reason and MLflow run."""
+    return f"rlexp: {o['status']} [{' '.join(o['overrides'])}]: {o['reason']} (run {o['run_id']})"
 
 
 def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
@@ -139,7 +144,7 @@ class MultirunSummary(Callback):
         for path in sorted(Path(str(config.hydra.sweep.dir)).glob(f"*/{OUTCOME_FILE}")):
             o = json.loads(path.read_text())
             if o["status"] != "FINISHED":
-                lines.append(f"rlexp: {o['status']} [{' '.join(o['overrides'])}]: {o['reason']} (run {o['run_id']})")
+                lines.append(_summary_line(o))
         if lines:
             print(f"rlexp: {len(lines)} job(s) did not finish:", file=sys.stderr)
             for line in lines:

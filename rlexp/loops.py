@@ -150,7 +150,6 @@ class Members:
         self.max_steps = max_steps if max_steps is not None else math.inf
         self.on_end = on_end
         self.active: list[int] = list(range(len(self.recs)))
-        self.status: list[str | None] = [None] * len(self.recs)
         self.progress = progress
         self._sums: dict[str, np.ndarray] = {}
         self._n = 0
@@ -212,7 +211,6 @@ class Members:
         if k not in self.active:
             return
         self.active.remove(k)
-        self.status[k] = status
         self.on_end(k, status, error)
         self._show(self.step, final=not self.active)
 
