@@ -605,11 +605,19 @@ def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_o
                 trials = trials_of(tmp_path)
             except Exception:  # the study is not created yet
                 continue
-            running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
-            if any(t.state == TrialState.COMPLETE for t in trials) and running:
+            if not any(t.state == TrialState.COMPLETE for t in trials):
+                continue
+            os.killpg(first.pid, signal.SIGSTOP)  # freeze the study, then look: the trial read is the one killed
+            try:
+                running = [t for t in trials_of(tmp_path)
+                           if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            except Exception:  # frozen mid-write, holding the database's lock
+                running = []
+            if running:
                 victim = running[0].number
                 os.killpg(first.pid, signal.SIGKILL)  # mid-trial, no chance to clean up
                 break
+            os.killpg(first.pid, signal.SIGCONT)  # between trials: let it go on
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
