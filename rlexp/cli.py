@@ -114,10 +114,12 @@ def _job(dcfg: DictConfig) -> float | None:
     """One job (a single run, or a multirun job under a launcher that does not batch)."""
     from hydra.core.hydra_config import HydraConfig
 
+    hc = HydraConfig.get()
+    hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(hc)})
     # resolved in place: the live node shares the launch's resolver cache, so ``${now:...}`` in the
     # sweep folder (the runs' ``group`` tag) is the launch's time, not this job's
-    hydra_cfg = OmegaConf.to_container(HydraConfig.get(), resolve=True)
-    return _train([(dcfg, OmegaConf.create({"hydra": hydra_cfg}))])[0]
+    hydra_cfg.hydra.sweep.dir = str(hc.sweep.dir)
+    return _train([(dcfg, hydra_cfg)])[0]
 
 
 _job.__wrapped__.batch = _train  # type: ignore[attr-defined]  # what the batch launcher calls
