@@ -121,3 +121,8 @@ def solve_threshold(cfg: Config, spec: EnvSpec) -> float:
         return float(cfg.solve.threshold)
     assert spec.threshold is not None
     return float(spec.threshold)
+
+
+def num_envs(cfg: Config) -> int:
+    """Envs per member: ``env.num_envs`` when above 1, else the algorithm's tuned ``num_envs``."""
+    return cfg.env.num_envs if cfg.env.num_envs > 1 else int(getattr(cfg.algo, "num_envs", 1))

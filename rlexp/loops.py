@@ -24,23 +24,12 @@ from torch import nn
 
 from rlexp.buffer import Batch, ReplayBuffer
 from rlexp.envs import EnvBatch
-from rlexp.metrics import SolveTracker
+from rlexp.metrics import Counters, Metrics, SolveTracker
 from rlexp.tracking import Tracker
 
 
 class DivergenceError(RuntimeError):
     """A loss or metric became NaN or infinite."""
-
-
-@dataclass
-class Counters:
-    """Progress counters the loop advances and the agents read (schedules depend on them).
-
-    Members step together, so ``step`` and ``updates`` are shared; episodes are per member."""
-
-    step: int = 0  # env steps taken by each active member
-    updates: int = 0  # gradient updates done
-    episodes: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # (K,) finished
 
 
 @dataclass(frozen=True)
@@ -55,7 +44,6 @@ class EpisodeInfo:
     solved_at: int | None
 
 
-Metrics = Mapping[str, np.ndarray | float]  # per-member values, ``(K,)`` arrays (or one for all)
 
 
 @dataclass

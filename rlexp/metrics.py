@@ -1,11 +1,27 @@
-"""Pure functions for the solve criterion, shared by the loop, the tests and the analysis."""
+"""What training counts and measures: the loop's counters, the metrics an update returns, and pure
+functions for the solve criterion (shared by the loop, the tests and the analysis)."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+
+@dataclass
+class Counters:
+    """Progress counters the loop advances and the agents read (schedules depend on them).
+
+    Members step together, so ``step`` and ``updates`` are shared; episodes are per member."""
+
+    step: int = 0  # env steps taken by each active member
+    updates: int = 0  # gradient updates done
+    episodes: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # (K,) finished
+
+
+Metrics = Mapping[str, np.ndarray | float]  # per-member values, ``(K,)`` arrays (or one for all)
 
 
 def rolling_mean(returns: Sequence[float], window: int) -> np.ndarray:

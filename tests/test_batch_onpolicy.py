@@ -14,7 +14,7 @@ import torch
 from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config
 from rlexp.config import Config
-from rlexp.onpolicy import Rollout, categorical_log_prob
+from rlexp.pg import Rollout, categorical_log_prob
 from rlexp.train import TrainResult, train_batch
 
 # tiny networks; a solve bar that some members of seeds 1, 2, 3 pass (at different episodes) and some do not

@@ -67,7 +67,26 @@ def test_the_cycle_check_can_fail():
 
 
 def test_analysis_reads_tracking_output_only():
-    allowed = {"rlexp", "rlexp.runs", "rlexp.tracking", "rlexp.metrics", "rlexp.config"}
+    allowed = {"rlexp", "rlexp.runs", "rlexp.tracking", "rlexp.metrics", "rlexp.config", "rlexp.survival"}
     for m, targets in _imports().items():
         if m.startswith("analysis"):
             assert {t for t in targets if t.startswith("rlexp")} <= allowed, m
+
+
+# config -> envs / nets / buffers / maths -> algorithms -> loops -> train -> sweep / CLI
+LOOP_AND_ABOVE = {"rlexp.loops", "rlexp.onpolicy", "rlexp.train", "rlexp.cli", "rlexp.sweep", "rlexp.runs"}
+
+
+def test_algorithms_do_not_import_the_loops_or_anything_above():
+    """An algorithm is a module the loops drive: it imports the layers below it (nets, optim, buffer,
+    pg, metrics, envs, config), never the loops. ``sb3`` is the exception: SB3 runs its own loop, so its
+    adapter is handed the members and reports through them."""
+    edges = _imports()
+    algos = [m for m in edges if m.startswith("rlexp.algos.") and m not in ("rlexp.algos.registry", "rlexp.algos.sb3")]
+    assert len(algos) >= 5
+    for m in algos:
+        assert not {t for t in edges[m] if any(t == x or t.startswith(x + ".") for x in LOOP_AND_ABOVE)}, m
+    below = {"rlexp.config", "rlexp.envs", "rlexp.nets", "rlexp.optim", "rlexp.buffer", "rlexp.pg", "rlexp.metrics",
+             "rlexp.schedules"}
+    for m in below:
+        assert not {t for t in edges[m] if t.startswith("rlexp.algos") or t in LOOP_AND_ABOVE}, m

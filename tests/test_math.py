@@ -138,7 +138,7 @@ def test_blending_alpha_moves_prediction_part_way():
                               "algo.max_grad_norm=null"])
         from rlexp.algos.dqn import DQNAgent
         from rlexp.envs import describe
-        from rlexp.loops import Counters
+        from rlexp.metrics import Counters
 
         agent = DQNAgent(cfg.algo, describe(cfg.env), cfg.optimizer, [0], torch.device("cpu"))
         b = Batch(torch.ones(1, 3, 4), torch.tensor([[0, 1, 0]]), torch.ones(1, 3), torch.ones(1, 3, 4),

@@ -14,17 +14,17 @@ from rlexp.algos.ddpg import OUNoise
 from rlexp.algos.ppo import clipped_surrogate
 from rlexp.config import EnvConfig
 from rlexp.envs import EnvBatch
-from rlexp.loops import Counters, EpisodeRecorder, Members
-from rlexp.onpolicy import (
+from rlexp.loops import EpisodeRecorder, Members
+from rlexp.metrics import Counters
+from rlexp.onpolicy import episode_rollouts, step_rollouts
+from rlexp.pg import (
     MemberRandom,
     Rollout,
     discounted_returns,
-    episode_rollouts,
     gae,
     per_member,
     sample_categorical,
     standardize,
-    step_rollouts,
     take,
 )
 from rlexp.tracking import NullTracker

@@ -81,7 +81,7 @@ def test_ddpg_smoke_on_pendulum(algo):
 
 def test_ddpg_gaussian_noise_and_bounds():
     from rlexp.algos.ddpg import DDPGAgent
-    from rlexp.loops import Counters
+    from rlexp.metrics import Counters
 
     cfg = compose_config(["algo=ddpg", "env=pendulum", "algo.noise=gaussian", "algo.noise_sigma=10",
                           *tiny("ddpg")])
@@ -178,7 +178,7 @@ def test_two_envs(algo, tmp_path):
 
 
 def test_algo_num_envs_is_the_default_and_env_num_envs_overrides_it():
-    from rlexp.onpolicy import num_envs
+    from rlexp.envs import num_envs
 
     assert num_envs(compose_config(["algo=ppo", "algo.num_envs=4"])) == 4
     assert num_envs(compose_config(["algo=ppo", "algo.num_envs=4", "env.num_envs=2"])) == 2

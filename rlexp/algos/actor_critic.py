@@ -23,10 +23,11 @@ from torch import nn
 
 from rlexp.config import ActorCriticConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, Metrics
+from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, Linear, generators
 from rlexp.nets import Members as Index
-from rlexp.onpolicy import (
+from rlexp.optim import StackedOptimizer
+from rlexp.pg import (
     MemberRandom,
     Rollout,
     categorical_entropy,
@@ -35,7 +36,6 @@ from rlexp.onpolicy import (
     per_member,
     standardize,
 )
-from rlexp.optim import StackedOptimizer
 
 
 class ActorCriticNet(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 from rlexp.buffer import Batch
 from rlexp.config import DDPGConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, Metrics
+from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
 from rlexp.optim import StackedOptimizer
 

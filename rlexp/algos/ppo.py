@@ -29,9 +29,10 @@ from torch import nn
 
 from rlexp.config import OptimizerConfig, PPOConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, Metrics
+from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.onpolicy import (
+from rlexp.optim import StackedOptimizer
+from rlexp.pg import (
     MemberRandom,
     Rollout,
     categorical_entropy,
@@ -42,7 +43,6 @@ from rlexp.onpolicy import (
     standardize,
     take,
 )
-from rlexp.optim import StackedOptimizer
 
 
 def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,

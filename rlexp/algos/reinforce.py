@@ -23,9 +23,10 @@ from torch import nn
 
 from rlexp.config import OptimizerConfig, ReinforceConfig
 from rlexp.envs import EnvSpec
-from rlexp.loops import Counters, Metrics
+from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.onpolicy import (
+from rlexp.optim import StackedOptimizer
+from rlexp.pg import (
     MemberRandom,
     Rollout,
     categorical_entropy,
@@ -34,7 +35,6 @@ from rlexp.onpolicy import (
     per_member,
     standardize,
 )
-from rlexp.optim import StackedOptimizer
 
 
 class ReinforceAgent:

@@ -24,10 +24,9 @@ import numpy as np
 from torch import nn
 
 from rlexp.config import Config, ConfigError, SB3Config
-from rlexp.envs import EnvSpec
+from rlexp.envs import EnvSpec, num_envs
 from rlexp.loops import Members
 from rlexp.nets import _ACT
-from rlexp.onpolicy import num_envs
 from rlexp.tracking import Tracker
 
 _CLASSES = {"sb3_ppo": "PPO", "sb3_dqn": "DQN", "sb3_a2c": "A2C"}
