@@ -3,7 +3,8 @@
 ``runs``: one row per run (:data:`RUN_COLUMNS` plus one ``param.<dotted key>`` column per
 logged param). ``episodes``: one row per finished episode (:data:`EPISODE_COLUMNS`), read from
 each run's ``episodes.csv`` artifact (falling back to the ``episode_return``/``episode_length``
-metric histories when the artifact is missing). Runs tagged ``report`` are always skipped.
+metric histories when the artifact is missing). Runs tagged ``report`` and runs that hold other runs
+(a multirun's parent, a sweep's study and trial runs) are always skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rlexp.runs import stale_reason
+from rlexp.tracking import ROLE_TAG
 from rlexp.tracking import tracking_uri as default_tracking_uri
 
 RUN_COLUMNS = [
@@ -136,8 +138,8 @@ def filter_string(query: RunQuery) -> str:
 def matches(run: Run, query: RunQuery) -> bool:
     """Whether ``run`` passes every filter of ``query`` except the status filter."""
     tags = run.data.tags
-    if "report" in tags:
-        return False
+    if "report" in tags or ROLE_TAG in tags or tags.get("sweep_role") in ("study", "trial"):
+        return False  # a report, or a run that holds other runs (a multirun's or a sweep's parent, a trial)
     for tag, vals in (
         ("algo", query.algos),
         ("env", query.envs),
@@ -221,16 +223,31 @@ def runs_table(runs: Iterable[Run]) -> pd.DataFrame:
 
 
 def _episodes_from_metrics(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """Episodes from the metric histories: at step = env step with the ``episode`` metric naming
+    each episode (episodes that end at the same env step pair up in logging order), or, for runs
+    recorded before the env-step axis, at step = episode."""
     hist = {
-        key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-        for key in ("episode_return", "episode_length")
+        key: sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        for key in ("episode_return", "episode_length", "episode")
     }
-    eps = sorted(hist["episode_return"])
+    if hist["episode"]:
+        numbered = pd.DataFrame(
+            {"episode": [int(m.value) for m in hist["episode"]], "env_step": [m.step for m in hist["episode"]]}
+        )
+        at = numbered.assign(k=numbered.groupby("env_step").cumcount())
+        for key, col in (("episode_return", "return"), ("episode_length", "length")):
+            values = pd.DataFrame({"env_step": [m.step for m in hist[key]], col: [m.value for m in hist[key]]})
+            at = at.merge(values.assign(k=values.groupby("env_step").cumcount()), on=["env_step", "k"], how="left")
+        at = at.sort_values("episode", ignore_index=True)
+        return at.assign(wall_time_s=np.nan)[["episode", "return", "length", "env_step", "wall_time_s"]]
+    returns = {m.step: m.value for m in hist["episode_return"]}
+    lengths = {m.step: m.value for m in hist["episode_length"]}
+    eps = sorted(returns)
     return pd.DataFrame(
         {
             "episode": eps,
-            "return": [hist["episode_return"][e] for e in eps],
-            "length": [hist["episode_length"].get(e, np.nan) for e in eps],
+            "return": [returns[e] for e in eps],
+            "length": [lengths.get(e, np.nan) for e in eps],
             "env_step": np.nan,
             "wall_time_s": np.nan,
         }

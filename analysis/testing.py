@@ -91,8 +91,12 @@ def log_contract_run(
     tags: Mapping[str, str] | None = None,
     episode_metrics: bool = True,
     episodes_csv: bool = True,
+    step_axis: str = "env_step",
 ) -> str:
-    """Log one contract-shaped run from its episode returns; returns the run id."""
+    """Log one contract-shaped run from its episode returns; returns the run id.
+
+    ``step_axis``: the per-episode metrics' step, ``env_step`` (with the ``episode`` metric, as rlexp
+    logs them) or ``episode`` (runs recorded before the env-step axis)."""
     r = np.asarray(returns, dtype=float)
     n = len(r)
     solved_at = episodes_to_solve(r, window, threshold)
@@ -107,11 +111,14 @@ def log_contract_run(
     if episode_metrics:
         means = rolling_mean(r, window)
         for i in range(n):
+            step = int(env_step[i]) if step_axis == "env_step" else i + 1
             metrics += [
-                Metric("episode_return", float(r[i]), t0, i + 1),
-                Metric("episode_return_mean", float(means[i]), t0, i + 1),
-                Metric("episode_length", float(length[i]), t0, i + 1),
+                Metric("episode_return", float(r[i]), t0, step),
+                Metric("episode_return_mean", float(means[i]), t0, step),
+                Metric("episode_length", float(length[i]), t0, step),
             ]
+            if step_axis == "env_step":
+                metrics.append(Metric("episode", float(i + 1), t0, step))
     final = {
         "solved": float(solved_at is not None),
         "episodes": float(n),

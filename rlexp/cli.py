@@ -43,6 +43,7 @@ class Terminated(BaseException):
 
 
 _failed: list[str] = []  # summary lines of this process's failed jobs
+_experiments: dict[str, list[str]] = {}  # the command's MLflow experiments -> its jobs' algorithms (preflight)
 
 
 def _outcome(hc: Any, cfg: Any, status: str, reason: str | None, run_id: str | None) -> None:
@@ -68,7 +69,8 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     from hydra.types import RunMode
 
     from rlexp.algos.registry import get_algorithm
-    from rlexp.train import run_batch
+    from rlexp.parent import ARM_TAG, arm, parent_of
+    from rlexp.train import experiment_name, run_batch
 
     cfgs = [to_config(c) for c, _ in jobs]
     hcs = [h.hydra for _, h in jobs]
@@ -81,9 +83,11 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     # an algorithm without a seed axis (sb3_*) trains its jobs one after another
     parts = [list(range(len(cfgs)))] if get_algorithm(cfg.algo.name).batched else [[i] for i in range(len(cfgs))]
     out: list[float | None] = [None] * len(cfgs)
+    parent = parent_of(Path(group), experiment_name(cfg)) if group else None  # the launch's parent run
+    tags = {ARM_TAG: arm(hc.overrides.task)} if multirun else None
     for part in parts:
         try:
-            results = run_batch([cfgs[i] for i in part], label=label, group=group,
+            results = run_batch([cfgs[i] for i in part], label=label, group=group, parent_run_id=parent, tags=tags,
                                 workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=progress)
         except KeyboardInterrupt as e:
             if "SIGTERM" in str(e):
@@ -130,8 +134,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 class MultirunSummary(Callback):
-    """At the end of a multirun: one line per failed job (from the jobs' outcome files, so jobs run
-    by any launcher, in any process, count) and the command's exit status."""
+    """A multirun's parent MLflow runs (:mod:`rlexp.parent`: opened at the start, the jobs' runs
+    their children, the aggregate logged at the end) and, at the end, one line per failed job (from
+    the jobs' outcome files, so jobs run by any launcher, in any process, count) and the command's
+    exit status."""
 
     status = 0
 
@@ -143,6 +149,10 @@ class MultirunSummary(Callback):
 
         with read_write(config.hydra.sweep):
             config.hydra.sweep.dir = str(config.hydra.sweep.dir)
+        if _experiments:
+            from rlexp.parent import open_parents
+
+            open_parents(Path(config.hydra.sweep.dir), _experiments, ["rlexp", *sys.argv[1:]])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         lines = []
@@ -155,6 +165,14 @@ class MultirunSummary(Callback):
             for line in lines:
                 print(line, file=sys.stderr)
             MultirunSummary.status = 1
+        _end_parents("FAILED" if lines else "FINISHED")
+
+
+def _end_parents(status: str, summarize: bool = True) -> None:
+    from rlexp import parent
+
+    if parent._open:
+        parent.end_parents(status, summarize)
 
 
 def main() -> None:
@@ -173,6 +191,7 @@ def main() -> None:
               "no further job started", file=sys.stderr)
         sys.exit(130)
     except FailFast:
+        _end_parents("FAILED")
         for line in _failed:
             print(line, file=sys.stderr)
         print("rlexp: hydra.launcher.fail_fast: a job failed, no further job started", file=sys.stderr)
@@ -182,6 +201,7 @@ def main() -> None:
               "no further job started", file=sys.stderr)
         sys.exit(143)
     finally:
+        _end_parents("KILLED", summarize=False)  # interrupted: the multirun's end never came
         signal.signal(signal.SIGTERM, previous)
     if multirun:
         sys.exit(MultirunSummary.status)
@@ -206,6 +226,9 @@ def _preflight(overrides: list[str]) -> None:
     from rlexp.runs import note_stale
     from rlexp.train import experiment_name
 
-    for name in sorted({experiment_name(c) for c in configs if c.tracking.enabled}):
+    for c in configs:
+        if c.tracking.enabled:
+            _experiments.setdefault(experiment_name(c), []).append(c.algo.name)
+    for name in sorted(_experiments):
         if note := note_stale(*open_experiment(name), name):
             print(note, file=sys.stderr)

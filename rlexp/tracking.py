@@ -25,6 +25,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 HOST_TAG, PID_TAG = "rlexp.host", "rlexp.pid"
 HEARTBEAT_TAG = "rlexp.heartbeat"  # unix time (s) of the run's last metrics flush
 HEALTH_TIMEOUT_S = 5.0
+ROLE_TAG = "rlexp.role"  # on a run that holds other runs (``multirun``: a multirun's parent), no episodes of its own
 
 
 class Tracker(Protocol):

@@ -244,7 +244,7 @@ def experiment_name(cfg: Config) -> str:
 
 
 def run_name(cfg: Config, label: str | None = None) -> str:
-    return cfg.tracking.run_name or f"{label or cfg.algo.name}-{cfg.env.id}-{cfg.seed}"
+    return cfg.tracking.run_name or f"{label or cfg.algo.name}-{cfg.env.id}-s{cfg.seed}"
 
 
 def run(cfg: Config, *, label: str | None = None, group: str | None = None,

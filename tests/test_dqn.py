@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,10 @@ def test_smoke(algo, env):
     assert r.env_steps == 300
     assert len(r.returns) == r.episodes == len(tracker.metrics.get("episode_return", []))
     if r.episodes:
-        assert [s for s, _ in tracker.metrics["episode_return"]] == list(range(1, r.episodes + 1))
+        assert [v for _, v in tracker.metrics["episode"]] == list(range(1, r.episodes + 1))
+        # the curves' step axis is env steps: one env, so an episode ends at the sum of the lengths so far
+        lengths = [int(v) for _, v in tracker.metrics["episode_length"]]
+        assert [s for s, _ in tracker.metrics["episode_return"]] == list(itertools.accumulate(lengths))
 
 
 def test_episode_budget_and_csv(tmp_path):

@@ -236,7 +236,7 @@ def test_loop_bootstraps_truncations_with_the_final_observation(n_steps):
         # every finished episode was recorded once, numbered in finishing order
         rec = members.recs[k]
         assert rec.episodes == c.episodes[k] >= sum(int(r.dones.sum()) for r in rollouts)
-        numbers = [s for s, _ in rec.tracker.metrics["episode_return"]]
+        numbers = [v for _, v in rec.tracker.metrics["episode"]]
         assert numbers == list(range(1, rec.episodes + 1))
         assert [s for s, _ in rec.tracker.metrics["train/x"]] == sorted({s for s, _ in rec.tracker.metrics["train/x"]})
         if n_steps is None:  # whole episodes: every rollout ends on an episode boundary, none is cut

@@ -57,7 +57,9 @@ def check_contract(r, tracker, max_steps: int = 300, num_envs: int = 1) -> None:
     assert max_steps <= r.env_steps < max_steps + num_envs
     assert len(r.returns) == r.episodes == len(tracker.metrics.get("episode_return", []))
     if r.episodes:
-        assert [s for s, _ in tracker.metrics["episode_return"]] == list(range(1, r.episodes + 1))
+        assert [v for _, v in tracker.metrics["episode"]] == list(range(1, r.episodes + 1))
+        steps = [s for s, _ in tracker.metrics["episode_return"]]  # the env-step axis
+        assert steps == sorted(steps) and 0 < steps[-1] <= r.env_steps
 
 
 @pytest.mark.parametrize("env", DISCRETE_ENVS)
@@ -193,8 +195,7 @@ def test_ppo_logs_its_namespaced_metrics_and_saves_both_networks(tmp_path):
                 "train/clip_fraction", "train/pi_iters"):
         assert tracker.metrics[key], key
     assert all(0 <= v <= 3 for _, v in tracker.metrics["train/pi_iters"])
-    saved = [p for p, sub in tracker.artifacts if sub == "model"]
-    assert saved and set(torch.load(saved[0])) == {"actor", "critic"}
+    assert set(torch.load(tmp_path / "model.pt")) == {"actor", "critic"}
 
 
 def test_kl_early_stop_cuts_the_policy_passes():

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rlexp.compose import compose_config
 from rlexp.loops import DivergenceError
+from rlexp.parent import ARM_TAG
+from rlexp.tracking import ROLE_TAG
 from rlexp.train import RunInterrupted, run
 
 from .conftest import PYTHON, cli_env, sigint_default
@@ -35,7 +38,7 @@ def test_run_records_the_contract(mlflow_uri, tmp_path):
     assert len(runs) == 1
     r = runs[0]
     assert r.info.run_id == result.run_id and r.info.status == "FINISHED"
-    assert r.info.run_name == "dqn_target-CartPole-v1-5"
+    assert r.info.run_name == "dqn_target-CartPole-v1-s5"
     assert {k: r.data.tags[k] for k in ("algo", "env", "seed", "group")} == {
         "algo": "dqn_target", "env": "CartPole-v1", "seed": "5", "group": "g1"}
     # what the floats depend on besides config and seed: the same seed reproduces only where these match
@@ -51,13 +54,20 @@ def test_run_records_the_contract(mlflow_uri, tmp_path):
     m = r.data.metrics
     assert m["solved"] == 0 and m["episodes"] == 12 and m["env_steps"] == result.env_steps
     assert m["sps"] > 0 and m["wall_time_s"] > 0 and "episodes_to_solve" not in m
-    hist = client.get_metric_history(r.info.run_id, "episode_return")
-    assert [h.step for h in hist] == list(range(1, 13))
+    hist = sorted(client.get_metric_history(r.info.run_id, "episode_return"), key=lambda h: h.step)
     assert [h.value for h in hist] == result.returns
+    # one step axis for every curve, env steps; the episode index is a metric of its own
+    episode = sorted(client.get_metric_history(r.info.run_id, "episode"), key=lambda h: h.step)
+    assert [h.value for h in episode] == list(range(1, 13)) and [h.step for h in episode] == [h.step for h in hist]
+    assert hist[-1].step == result.env_steps
+    assert all(h.step > 0 for h in client.get_metric_history(r.info.run_id, "train/loss"))
     assert len(client.get_metric_history(r.info.run_id, "episode_return_mean")) == 12
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"episodes.csv", "config.yaml", "model"} <= arts
-    assert [a.path for a in client.list_artifacts(r.info.run_id, "model")] == ["model/model.pt"]
+    model = {a.path for a in client.list_artifacts(r.info.run_id, "model")}  # an MLflow pyfunc model
+    assert {"model/MLmodel", "model/data"} <= model
+    assert {a.path for a in client.list_artifacts(r.info.run_id, "model/data/policy")} == {
+        "model/data/policy/model.pt", "model/data/policy/config.yaml"}
     csv = Path(client.download_artifacts(r.info.run_id, "episodes.csv", str(tmp_path))).read_text()
     assert csv.splitlines()[0] == "episode,return,length,env_step,wall_time_s" and len(csv.splitlines()) == 13
 
@@ -125,11 +135,40 @@ def test_cli_multirun_one_run_per_seed(tmp_path, launcher):
     p = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "locked" not in p.stderr
-    runs = _runs_in(tmp_path / "mlflow.db")
+    runs = [r for r in _runs_in(tmp_path / "mlflow.db") if ROLE_TAG not in r.data.tags]
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2", "3"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["group"] for r in runs}) == 1
-    assert {r.info.run_name for r in runs} == {f"dueling_dqn-CartPole-v1-{s}" for s in (1, 2, 3)}
+    assert {r.info.run_name for r in runs} == {f"dueling_dqn-CartPole-v1-s{s}" for s in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("launcher", ["batch", "basic"])
+def test_cli_multirun_is_one_parent_run_with_the_aggregate(tmp_path, launcher):
+    """Two arms (two batches with the batch launcher) under one parent run: children tagged with it,
+    the parent holding each arm's seeds solved and median episodes-to-solve, a summary table and the
+    children's learning curves."""
+    args = [PYTHON, "-m", "rlexp", "algo=dqn,dueling_dqn", "seed=1,2", "train.max_episodes=8", "solve.window=2",
+            "solve.threshold=12", *SMALL, f"hydra/launcher={launcher}", "-m"]
+    p = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = _runs_in(tmp_path / "mlflow.db")
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "multirun"]
+    assert len(parents) == 1
+    parent, kids = parents[0], [r for r in runs if r is not parents[0]]
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "dqn+dueling_dqn-CartPole-v1-multirun"
+    assert len(kids) == 4 and {r.data.tags[MLFLOW_PARENT_RUN_ID] for r in kids} == {parent.info.run_id}
+    assert {r.data.tags["group"] for r in kids} == {parent.data.tags["group"]}
+    assert {r.info.run_name for r in kids} == {f"{a}-CartPole-v1-s{s}" for a in ("dqn", "dueling_dqn") for s in (1, 2)}
+    m = parent.data.metrics
+    for algo in ("dqn", "dueling_dqn"):
+        arm = [r for r in kids if r.data.tags["algo"] == algo]
+        assert len({r.data.tags[ARM_TAG] for r in arm}) == 1 and f"algo={algo} " in arm[0].data.tags[ARM_TAG]
+        solved = sorted(r.data.metrics["episodes_to_solve"] for r in arm if "episodes_to_solve" in r.data.metrics)
+        assert m[f"algo:{algo}/seeds"] == 2 and m[f"algo:{algo}/seeds_solved"] == len(solved)
+        if len(solved) == 2:  # the median of two solve times, no interval from two runs
+            assert m[f"algo:{algo}/median_episodes_to_solve"] == (solved[0] + solved[1]) / 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert {"summary.md", "learning_curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_ctrl_c_on_the_cli_marks_the_run_killed(tmp_path):

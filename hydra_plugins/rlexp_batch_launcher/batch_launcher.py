@@ -113,6 +113,8 @@ class BatchLauncher(Launcher):
         jobs, rets = [], []
         try:
             for cfg in configs:
+                with read_write(cfg.hydra.sweep):  # resolved now, with the launch's ${now}: copies would re-read the clock
+                    cfg.hydra.sweep.dir = str(cfg.hydra.sweep.dir)
                 HydraConfig.instance().set_config(cfg)
                 out = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
                                    str(OmegaConf.select(cfg, "hydra.sweep.subdir")))

@@ -17,6 +17,7 @@ from analysis.collect import (
     param_differences,
 )
 from analysis.testing import log_contract_run
+from rlexp.tracking import ROLE_TAG
 
 from .conftest import new_store
 
@@ -76,7 +77,14 @@ def filled_store(empty_db, tmp_path_factory) -> tuple[str, dict[str, str]]:
         episodes_csv=False,
         **SOLVE,
     )
+    ids["legacy"] = log_contract_run(  # recorded before the env-step axis, no episodes.csv
+        client, exp, algo="a2c", env="CartPole-v1", seed=1, returns=SLOW, group="g4",
+        episodes_csv=False, step_axis="episode", **SOLVE,
+    )
     ids["report"] = client.create_run(exp, tags={"report": "1", "algo": "ppo"}).info.run_id
+    for holder in ({ROLE_TAG: "multirun"}, {"sweep_role": "study"}, {"sweep_role": "trial"}):
+        run = client.create_run(exp, tags={**holder, "algo": "ppo", "env": "CartPole-v1", "group": "g3"})
+        client.set_terminated(run.info.run_id)  # FINISHED without episodes: a run of runs, skipped
     ids["elsewhere"] = log_contract_run(
         client, other, algo="ppo", env="CartPole-v1", seed=9, returns=FAST, **SOLVE
     )
@@ -100,8 +108,8 @@ def test_collects_finished_runs_into_tidy_tables(filled, store):
     runs = c.runs.set_index("run_id")
     assert set(runs.index) == {
         filled[k]
-        for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2", "sweep", "nocsv", "failed", "killed")
-    }  # no report run; FAILED and KILLED runs are counted (censored where they stopped)
+        for k in ("ppo0", "ppo1", "ppo2", "dqn0", "dqn1", "dqn2", "sweep", "nocsv", "legacy", "failed", "killed")
+    }  # no report run, no parent; FAILED and KILLED runs are counted (censored where they stopped)
     assert runs.loc[filled["failed"], "status"] == "FAILED" and runs.loc[filled["failed"], "episodes"] == 2
     assert runs.loc[filled["ppo0"], "budget"] == 6  # train.max_episodes
     finished = collect(RunQuery(experiment="CartPole-v1", statuses=("FINISHED",)), with_episodes=False)
@@ -127,8 +135,12 @@ def test_collects_finished_runs_into_tidy_tables(filled, store):
     assert one["episode"].tolist() == [1, 2, 3, 4, 5] and one["return"].tolist() == SLOW
     assert (one["algo"].unique().tolist(), one["seed"].unique().tolist()) == (["dqn"], [2])
     assert one["env_step"].tolist() == np.cumsum(SLOW).tolist()
-    fallback = ep[ep["run_id"] == filled["nocsv"]]  # no episodes.csv: metric histories
-    assert fallback["return"].tolist() == FAST and fallback["env_step"].isna().all()
+    fallback = ep[ep["run_id"] == filled["nocsv"]]  # no episodes.csv: metric histories at step = env step
+    assert fallback["episode"].tolist() == [1, 2, 3, 4, 5, 6] and fallback["return"].tolist() == FAST
+    assert fallback["env_step"].tolist() == np.cumsum(FAST).tolist()
+    legacy = ep[ep["run_id"] == filled["legacy"]]  # metric histories at step = episode
+    assert legacy["episode"].tolist() == [1, 2, 3, 4, 5] and legacy["return"].tolist() == SLOW
+    assert legacy["env_step"].isna().all()
 
 
 def test_filters_by_algo_env_group_sweep_tag_status_and_run_ids(filled, store):
@@ -140,7 +152,7 @@ def test_filters_by_algo_env_group_sweep_tag_status_and_run_ids(filled, store):
         filled[k] for k in ("ppo0", "ppo1", "ppo2", "sweep", "killed")
     }
     assert ids(experiment=exp, algos=["ppo", "a2c"], envs=["CartPole-v1"]) == {
-        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv", "killed")
+        filled[k] for k in ("ppo0", "ppo1", "ppo2", "nocsv", "legacy", "killed")
     }
     assert filled["killed"] not in ids(experiment=exp, algos=["ppo"], exclude_run_ids=[filled["killed"]])
     assert ids(experiment=exp, groups=["g2", "g3"]) == {filled["sweep"], filled["nocsv"]}
