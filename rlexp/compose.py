@@ -6,6 +6,7 @@ and validated up front, and any problem is reported as one line naming the key a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Sequence
@@ -19,8 +20,30 @@ from rlexp.config import Config, ConfigError, register_configs
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of structured nodes that their dataclass does not declare (``+algo.typo=1`` adds one)."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    out = []
+    for key in node:
+        name = f"{prefix}{key}"
+        if known is not None and key not in known:
+            out.append(name)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            out += _unknown_keys(child, name + ".")
+    return out
+
+
 def to_config(dcfg: DictConfig) -> Config:
     """DictConfig -> typed Config (runs every ``__post_init__`` check); errors become ConfigError."""
+    if OmegaConf.get_type(dcfg, "algo") is dict:  # a user's algo file that extends no schema
+        raise ConfigError(f"algo.name={dcfg.algo.get('name')!r}: its algo/ file extends no algorithm schema; "
+                          "start it with `defaults: [base_dqn, _self_]` (or base_ppo, base_ddpg, ...)")
+    unknown = _unknown_keys(dcfg)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}={OmegaConf.select(dcfg, unknown[0])!r} is not a key of the schema; "
+                          "check its spelling (`--cfg job` prints the composed config)")
     try:
         cfg = OmegaConf.to_object(dcfg)
     except ConfigError:

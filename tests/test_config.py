@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -109,3 +110,13 @@ def test_cli_refuses_before_any_work(tmp_path, args):
 
 def test_conf_dir_is_the_repo_conf():
     assert (ROOT / "conf" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+algo.foo=1", "algo.foo=1 is not a key"),
+    ("+train.max_episodez=3", "train.max_episodez=3 is not a key"),
+    ("+tracking.nested.key=1", "tracking.nested={'key': 1} is not a key"),
+])
+def test_an_added_key_the_schema_does_not_declare_is_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_config([override])
