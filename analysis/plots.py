@@ -38,15 +38,30 @@ def png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def svg(fig: Figure) -> bytes:
+    """The figure as SVG bytes (vector: for papers and slides)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg")
+    return buf.getvalue()
+
+
+X_LABELS = {"episode": "episode", "env_step": "env steps"}
+
+
 def learning_curves(
-    curve: pd.DataFrame, arms: Sequence[str], by: str = "algo", threshold: float | None = None
+    curve: pd.DataFrame,
+    arms: Sequence[str],
+    by: str = "algo",
+    threshold: float | None = None,
+    x: str = "episode",
 ) -> Figure:
-    """Mean return per episode with its band, one line per arm (from :func:`stats.learning_curve`)."""
+    """Mean return against ``x`` (episode or env_step) with its band, one line per arm (from
+    :func:`stats.learning_curve`)."""
     fig, ax = _figure(7.5, 4.2)
     colours = palette(arms)
     sns.lineplot(
         data=curve,
-        x="episode",
+        x=x,
         y="mean",
         hue=by,
         hue_order=list(arms),
@@ -56,24 +71,30 @@ def learning_curves(
         linewidth=1.2,
     )
     for arm, g in curve.groupby(by):
-        ax.fill_between(g["episode"], g["lo"], g["hi"], color=colours[arm], alpha=0.2, linewidth=0)
+        ax.fill_between(g[x], g["lo"], g["hi"], color=colours[arm], alpha=0.2, linewidth=0)
     if threshold is not None and math.isfinite(threshold):
         ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1, label="solve threshold")
         ax.legend(title=by)
-    ax.set(xlabel="episode", ylabel="return (mean over runs)", title="Learning curves")
+    ax.set(xlabel=X_LABELS.get(x, x), ylabel="return (mean over runs)", title="Learning curves")
     return fig
 
 
 def learning_curve_caption(
-    curve: pd.DataFrame, confidence: float = stats.CONFIDENCE, min_frac: float = 0.5
+    curve: pd.DataFrame, confidence: float = stats.CONFIDENCE, min_frac: float = 0.5, x: str = "episode"
 ) -> str:
     """What the learning-curve figure shows and how unequal run lengths are handled."""
+    where = (
+        "against env steps (each run holds the return of its last finished episode)"
+        if x == "env_step"
+        else "per episode"
+    )
     return (
-        f"Mean episode return across runs, with a {confidence:.0%} t-interval band across "
-        f"seeds. Runs stop at different episodes (most stop when solved), so each arm's curve "
+        f"Mean episode return across runs {where}, with a {confidence:.0%} percentile-bootstrap "
+        "band over the runs (seeded), which stays within the returns observed, so within the "
+        f"reward range. Runs stop at different points (most stop when solved), so each arm's curve "
         f"is drawn only while at least {min_frac:.0%} of its runs (rounded up) are still "
-        "running; nothing is carried forward, and the tail of a curve averages the runs that "
-        "had not yet stopped, which are mostly the slower ones."
+        "running; nothing is carried forward past a run's end, and the tail of a curve averages "
+        "the runs that had not yet stopped, which are mostly the slower ones."
     )
 
 

@@ -1,9 +1,10 @@
 """Comparison report: HTML (self-contained) and Markdown pages from MLflow runs, logged back to MLflow.
 
     python -m analysis.report --experiment CartPole-v1 [--tracking-uri URI] [--algo a b] [--env ..]
-        [--group ..] [--sweep ..] [--tag k=v ..] [--run-ids ..] [--by algo] [--out DIR] [--no-log]
+        [--group ..] [--sweep ..] [--tag k=v ..] [--run-ids ..] [--by algo] [--x episode|env_step]
+        [--out DIR] [--no-log]
 
-Writes ``report.html``, ``report.md``, the figures as PNG, ``runs.csv``, ``episodes.csv``,
+Writes ``report.html``, ``report.md``, the figures as PNG and SVG, ``runs.csv``, ``episodes.csv``,
 ``summary.csv`` and ``pairwise.csv`` into ``--out`` and logs them as artifacts of a report run
 (tagged ``report=1``) in the same experiment. Exits 1 with a one-line error naming the cause and the
 fix when the store is missing, empty or unreadable, the experiment does not exist, no run matches, an
@@ -29,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from analysis import plots, stats
@@ -52,6 +54,7 @@ class EnvAnalysis:
     curve: pd.DataFrame
     threshold: float | None
     notes: list[str] = field(default_factory=list)
+    curve_x: str = "episode"  # the learning curves' x axis: episode or env_step
 
     @property
     def arms(self) -> list[str]:
@@ -122,7 +125,12 @@ def limitations(summary: pd.DataFrame, pairs: pd.DataFrame, by: str) -> list[str
 
 
 def analyse(
-    collection: Collection, by: str = "algo", *, seed: int = 0, n_permutations: int = stats.N_PERMUTATIONS
+    collection: Collection,
+    by: str = "algo",
+    *,
+    seed: int = 0,
+    n_permutations: int = stats.N_PERMUTATIONS,
+    curve_x: str = "episode",
 ) -> list[EnvAnalysis]:
     """Statistics for each environment in the collection (arms compared within an env only)."""
     runs = collection.runs.assign(
@@ -148,9 +156,10 @@ def analyse(
                 summary=summary,
                 pairs=pairs,
                 km=stats.km_curves(g, by),
-                curve=stats.learning_curve(ep, by, min_frac=MIN_FRAC),
+                curve=stats.learning_curve(ep, by, x=curve_x, min_frac=MIN_FRAC, seed=seed),
                 threshold=_threshold(g),
                 notes=limitations(summary, pairs, by),
+                curve_x=curve_x,
             )
         )
     return out
@@ -159,11 +168,16 @@ def analyse(
 # --------------------------------------------------------------------------- page model
 @dataclass
 class Fig:
-    """A figure of the page: file stem, caption, PNG bytes."""
+    """A figure of the page: file stem, caption, PNG and SVG bytes."""
 
     name: str
     caption: str
     png: bytes
+    svg: bytes
+
+    @classmethod
+    def of(cls, name: str, caption: str, fig: Figure) -> Fig:
+        return cls(name, caption, plots.png(fig), plots.svg(fig))
 
 
 @dataclass
@@ -281,31 +295,27 @@ def figures(a: EnvAnalysis) -> list[Fig]:
     """The figures of one environment."""
     stem = slug(a.env)
     figs = [
-        Fig(
+        Fig.of(
             f"{stem}-episodes-to-solve",
             plots.episodes_to_solve_caption(),
-            plots.png(plots.episodes_to_solve(a.runs, a.summary, a.by)),
+            plots.episodes_to_solve(a.runs, a.summary, a.by),
         ),
-        Fig(
-            f"{stem}-solve-curves",
-            plots.solve_curves_caption(),
-            plots.png(plots.solve_curves(a.km, a.arms, a.by)),
-        ),
+        Fig.of(f"{stem}-solve-curves", plots.solve_curves_caption(), plots.solve_curves(a.km, a.arms, a.by)),
     ]
     if not a.curve.empty:
         figs.append(
-            Fig(
+            Fig.of(
                 f"{stem}-learning-curves",
-                plots.learning_curve_caption(a.curve, min_frac=MIN_FRAC),
-                plots.png(plots.learning_curves(a.curve, a.arms, a.by, a.threshold)),
+                plots.learning_curve_caption(a.curve, min_frac=MIN_FRAC, x=a.curve_x),
+                plots.learning_curves(a.curve, a.arms, a.by, a.threshold, x=a.curve_x),
             )
         )
     if len(a.arms) > 1:
         figs.append(
-            Fig(
+            Fig.of(
                 f"{stem}-p-improvement",
                 plots.improvement_matrix_caption(),
-                plots.png(plots.improvement_matrix(a.pairs, a.arms)),
+                plots.improvement_matrix(a.pairs, a.arms),
             )
         )
     return figs
@@ -523,6 +533,7 @@ def write(
     for s in sections:
         for f in s.figures:
             (out_dir / f"{f.name}.png").write_bytes(f.png)
+            (out_dir / f"{f.name}.svg").write_bytes(f.svg)
     paths["runs"], paths["episodes"] = collection.save(out_dir)
     paths["summary"], paths["pairwise"] = out_dir / "summary.csv", out_dir / "pairwise.csv"
     pd.concat([a.summary.assign(env=a.env) for a in analyses]).to_csv(paths["summary"], index=False)
@@ -576,6 +587,7 @@ def make_report(
     n_permutations: int = stats.N_PERMUTATIONS,
     log: bool = True,
     command: str = "",
+    curve_x: str = "episode",
 ) -> ReportResult:
     """Collect, analyse, render, write and (optionally) log the report; raises CollectionError."""
     out, seconds = Path(out_dir), {}
@@ -585,7 +597,7 @@ def make_report(
         raise CollectionError(f"--by {by!r} is not a run column (try algo, group or param.<key>)")
     seconds["collect"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    analyses = analyse(collection, by, seed=seed, n_permutations=n_permutations)
+    analyses = analyse(collection, by, seed=seed, n_permutations=n_permutations, curve_x=curve_x)
     seconds["statistics"] = time.perf_counter() - t0
     run_id = start_report_run(collection, by, query) if log else None
     ok = False
@@ -635,6 +647,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default reports/<experiment>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations and bootstraps")
     p.add_argument("--permutations", type=int, default=stats.N_PERMUTATIONS, help="Monte Carlo permutations")
+    p.add_argument(
+        "--x",
+        choices=["episode", "env_step"],
+        default="episode",
+        help="the learning curves' x axis: episodes (default) or env steps",
+    )
     p.add_argument("--no-log", action="store_true", help="do not log the report run to MLflow")
     return p
 
@@ -669,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_permutations=args.permutations,
             log=not args.no_log,
             command=command,
+            curve_x=args.x,
         )
     except CollectionError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -583,43 +583,87 @@ def improvement_matrix(pairs: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame
     return m
 
 
+def _curve_matrix(g: pd.DataFrame, value: str, x: str, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs, values)``: one row per x, one column per run, NaN where a run has no value there.
+
+    ``x="episode"``: the runs' episodes. ``x="env_step"``: ``points`` env steps evenly up to the
+    arm's last; a run's value at step s is that of its last episode ended by s, NaN before its first
+    episode ends and after its last (it stopped).
+    """
+    if x == "episode":
+        wide = g.pivot_table(index="episode", columns="run_id", values=value, aggfunc="first").sort_index()
+        return wide.index.to_numpy(dtype=float), wide.to_numpy(dtype=float)
+    g = g.dropna(subset=["env_step"])
+    if g.empty:
+        return np.empty(0), np.empty((0, 0))
+    xs = np.linspace(0.0, float(g["env_step"].max()), points + 1)[1:]
+    cols = []
+    for _, r in g.sort_values("env_step").groupby("run_id"):
+        steps, vals = r["env_step"].to_numpy(float), r[value].to_numpy(float)
+        i = np.searchsorted(steps, xs, side="right") - 1
+        cols.append(np.where((i >= 0) & (xs <= steps[-1]), vals[np.maximum(i, 0)], np.nan))
+    return xs, np.column_stack(cols)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval of each row's mean over its non-NaN values (resampling the
+    values, i.e. the runs), clipped to the row's own range: a band never leaves the returns that
+    were observed, so never the reward range. NaN for rows with fewer than two values."""
+    values = np.asarray(values, float)
+    lo, hi = np.full(len(values), np.nan), np.full(len(values), np.nan)
+    counts = np.sum(~np.isnan(values), axis=1)
+    rng = np.random.default_rng(seed)
+    packed = np.sort(values, axis=1)  # NaNs last: a row's n values are its first n
+    q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
+    for n in np.unique(counts[counts >= 2]):
+        rows = np.flatnonzero(counts == n)
+        idx = rng.integers(0, n, size=(n_resamples, n))
+        for start in range(0, len(rows), 64):  # bounded memory: 64 x resamples x n
+            block = packed[rows[start : start + 64], :n]
+            means = block[:, idx].mean(axis=2)
+            lo[rows[start : start + 64]], hi[rows[start : start + 64]] = np.percentile(means, q, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.clip(lo, np.nanmin(values, axis=1), None), np.clip(hi, None, np.nanmax(values, axis=1))
+
+
 def learning_curve(
     episodes: pd.DataFrame,
     by: str = "algo",
     *,
     value: str = "return",
+    x: str = "episode",
     min_frac: float = 0.5,
     confidence: float = CONFIDENCE,
+    points: int = 200,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Mean ``value`` per episode across an arm's runs with a t-interval, while enough runs remain.
+    """Mean ``value`` across an arm's runs against ``x`` (``episode`` or ``env_step``), with a
+    percentile-bootstrap band over runs (:func:`bootstrap_mean_ci`), while enough runs remain.
 
-    Runs stop at different episodes (most stop when solved), so an episode is kept only while at
-    least ``max(1, ceil(min_frac * n_runs))`` of the arm's runs reached it; later episodes would
-    average only the runs still going (mostly the slow ones). No value is carried forward.
-    Columns: ``by, episode, n, mean, lo, hi, min_runs`` (lo/hi NaN when n < 2).
+    Runs stop at different points (most stop when solved), so a point is kept only while at least
+    ``max(1, ceil(min_frac * n_runs))`` of the arm's runs reached it; later points would average
+    only the runs still going (mostly the slow ones). No value is carried past a run's end. Against
+    env steps the curve is sampled at ``points`` steps (:func:`_curve_matrix`); runs without env
+    steps recorded are left out there. Columns: ``by, <x>, n, mean, lo, hi, min_runs`` (lo/hi NaN
+    when n < 2).
     """
     frames = []
-    for arm, g in _arm_groups(episodes, by).items():
+    for i, (arm, g) in enumerate(_arm_groups(episodes, by).items()):
         need = max(1, math.ceil(min_frac * g["run_id"].nunique()))
-        agg = g.groupby("episode")[value].agg(["count", "mean", "std"]).reset_index()
-        agg = agg[agg["count"] >= need]
-        n = agg["count"].to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        xs, values = _curve_matrix(g, value, x, points)
+        if not len(xs):
+            continue
+        n = np.sum(~np.isnan(values), axis=1)
+        keep = n >= need
+        xs, values, n = xs[keep], values[keep], n[keep]
+        lo, hi = bootstrap_mean_ci(values, confidence, seed=seed + i)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            half = stats.t.ppf(0.5 + confidence / 2, n - 1) * agg["std"].to_numpy() / np.sqrt(n)
-        frames.append(
-            pd.DataFrame(
-                {
-                    by: arm,
-                    "episode": agg["episode"],
-                    "n": n,
-                    "mean": agg["mean"],
-                    "lo": agg["mean"] - half,
-                    "hi": agg["mean"] + half,
-                    "min_runs": need,
-                }
-            )
-        )
+            mean = np.nanmean(values, axis=1) if len(values) else np.empty(0)
+        frames.append(pd.DataFrame({by: arm, x: xs, "n": n, "mean": mean, "lo": lo, "hi": hi, "min_runs": need}))
     if not frames:
-        return pd.DataFrame(columns=[by, "episode", "n", "mean", "lo", "hi", "min_runs"])
+        return pd.DataFrame(columns=[by, x, "n", "mean", "lo", "hi", "min_runs"])
     return pd.concat(frames, ignore_index=True)

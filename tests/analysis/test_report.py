@@ -7,13 +7,16 @@ import re
 import shutil
 import subprocess
 from contextlib import redirect_stdout
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.collect import RunQuery, collect
-from analysis.report import main
+from analysis.report import main, median_text
 from analysis.testing import fill_store, log_contract_run
 
 from .conftest import new_store
@@ -74,6 +77,9 @@ def test_report_writes_pages_tables_and_figures(report):
         "CartPole-v1-episodes-to-solve.png",
         "CartPole-v1-p-improvement.png",
     } <= names
+    svgs = sorted(n for n in names if n.endswith(".svg"))  # every figure also as SVG
+    assert svgs == sorted(n.replace(".png", ".svg") for n in names if n.endswith(".png"))
+    assert (out / svgs[0]).read_text().lstrip().startswith("<?xml") and "<svg" in (out / svgs[0]).read_text()
     page = (out / "report.html").read_text()
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 4
     assert "http://" not in page and "https://" not in page  # self-contained
@@ -229,35 +235,110 @@ def test_over_long_names_make_short_file_names(store, tmp_path, capsys):
     assert all(len(p.name) < 100 for p in report_dir.iterdir())
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
-def test_html_renders_with_its_images_in_headless_chromium(report, tmp_path):
+def test_learning_curves_against_env_steps(report, tmp_path):
+    uri, _, _ = report
+    with redirect_stdout(io.StringIO()):
+        code = main(["--experiment", "CartPole-v1", "--tracking-uri", uri, "--out", str(tmp_path), "--no-log",
+                     "--permutations", "200", "--x", "env_step"])
+    assert code == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "Mean episode return across runs against env steps" in md and "percentile-bootstrap" in md
+    assert (tmp_path / "CartPole-v1-learning-curves.svg").read_text().count("env steps") >= 1
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+PROBE = (  # after load: every image's decoded width and box on the page, and the page's height
+    "<script>window.addEventListener('load', () => { const b = document.body; "
+    "b.setAttribute('data-images', [...document.images].map(i => { const r = i.getBoundingClientRect(); "
+    "return [i.naturalWidth, r.left, r.top + scrollY, r.width, r.height].map(Math.round).join(' '); }).join(';')); "
+    "b.setAttribute('data-height', Math.ceil(document.documentElement.scrollHeight)); });</script>"
+)
+
+
+class _Tables(HTMLParser):
+    """The text of every table cell of a page, table by table, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self.tables and self.tables[-1]:
+            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; CI has it)")
+def test_html_renders_its_figures_and_tables_in_headless_chromium(report, tmp_path):
+    """The page as a browser draws it: every figure decodes and is drawn (the screenshot is not blank
+    where the figures are, and is blank in the margin beside them), and the tables the browser
+    holds carry the numbers of summary.csv."""
+    from PIL import Image
+
     _, out, _ = report
-    probe = (
-        "<script>window.addEventListener('load', () => { document.body.setAttribute("
-        "'data-widths', [...document.images].map(i => i.naturalWidth).join(',')); });</script>"
-    )
     page = tmp_path / "probe.html"
-    page.write_text((out / "report.html").read_text().replace("</body>", probe + "</body>"))
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
-    widths = re.search(r'data-widths="([0-9,]*)"', dom)
-    assert widths, "the probe script did not run"
-    assert [int(w) > 0 for w in widths.group(1).split(",")] == [True] * 4
+    page.write_text((out / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    found = re.search(r'data-images="([0-9 ;-]*)"', dom)
+    assert found, "the probe script did not run"
+    height = int(re.search(r'data-height="(\d+)"', dom).group(1))
+    images = [[int(v) for v in box.split()] for box in found.group(1).split(";")]
+    assert len(images) == 4 and all(width > 0 for width, *_ in images)  # every figure decoded
     assert "<h1>Comparison report: CartPole-v1</h1>" in dom
+
+    shot = tmp_path / "page.png"
+    chromium(tmp_path, f"--screenshot={shot}", f"--window-size=1200,{height}", (out / "report.html").as_uri())
+    pixels = Image.open(shot).convert("L")
+    assert pixels.size[0] == 1200 and pixels.size[1] >= images[-1][2] + images[-1][4]
+    for _, left, top, width, height in images:
+        assert width > 300 and height > 150
+        box = np.asarray(pixels.crop((left, top, left + width, top + height)), dtype=float)
+        inked = (box < 200).mean()  # lines, bars, text: dark pixels
+        assert 0.01 < inked < 0.6 and box.std() > 20, (left, top, inked, box.std())
+    margin = np.asarray(pixels.crop((1200 - 40, images[0][2], 1200, images[0][2] + 100)), dtype=float)
+    assert margin.min() > 240  # a blank region is told apart from a figure
+
+    tables = _Tables()
+    tables.feed(dom)
+    summary_rows = next(t for t in tables.tables if t[0][:3] == ["rank", "algo", "runs"])
+    header, rows = summary_rows[0], {r[1]: dict(zip(summary_rows[0], r, strict=True)) for r in summary_rows[1:]}
+    expected = pd.read_csv(out / "summary.csv")
+    assert set(rows) == set(expected["algo"]) == {"ppo", "dqn", "random"}
+    for r in expected.to_dict("records"):
+        row = rows[r["algo"]]
+        assert (row["runs"], row["solved"], row["FAILED/KILLED"]) == (
+            str(r["runs"]), f"{r['solved']}/{r['runs']}", str(r["failed"]))
+        assert row["median episodes [95% CI]"] == median_text(r)
+    assert [rows[a]["runs"] for a in ("ppo", "dqn", "random")] == ["6", "5", "5"]  # ppo: 5 + 1 FAILED
+    assert "median episodes [95% CI]" in header
 
 
 def test_launch_warns_when_no_run_can_solve():

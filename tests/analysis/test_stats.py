@@ -87,9 +87,41 @@ def test_learning_curve_keeps_episodes_reached_by_enough_runs():
     curve = stats.learning_curve(ep, min_frac=0.5)  # need ceil(1.5) = 2 runs
     assert curve["episode"].tolist() == [1, 2, 3, 4] and curve["n"].tolist() == [3, 3, 2, 2]
     assert curve["mean"].tolist() == pytest.approx([12, 22, 32, 42])
-    half = sps.t.ppf(0.975, 2) * 2.0 / math.sqrt(3)  # episode 1: sd of 10, 12, 14 is 2
-    assert curve.loc[0, "hi"] - 12 == pytest.approx(half)
+    # the band: a bootstrap over runs, inside the returns observed (a t-interval at 3 runs, 12 +- 4.97,
+    # would leave them: 7.0 and 17.0 are returns no run had)
+    assert (curve["lo"] >= [10, 20, 30, 40]).all() and (curve["hi"] <= [14, 24, 34, 44]).all()
+    assert (curve["lo"] < curve["mean"]).all() and (curve["hi"] > curve["mean"]).all()
+    assert curve.loc[0, "hi"] - 12 < sps.t.ppf(0.975, 2) * 2.0 / math.sqrt(3)
     assert stats.learning_curve(ep, min_frac=1.0)["episode"].tolist() == [1, 2]
+
+
+def test_learning_curve_against_env_steps_holds_each_run_at_its_last_episode_until_it_stops():
+    ep = pd.DataFrame(
+        {
+            "run_id": ["r1"] * 2 + ["r2"] * 2,
+            "algo": "a",
+            "episode": [1, 2, 1, 2],
+            "env_step": [10.0, 40, 20, 30],
+            "return": [1.0, 5, 3, 7],
+        }
+    )
+    curve = stats.learning_curve(ep, x="env_step", points=4, min_frac=0.5)  # steps 10, 20, 30, 40
+    assert curve["env_step"].tolist() == [10, 20, 30, 40]
+    assert curve["n"].tolist() == [1, 2, 2, 1]  # r2 has ended no episode by 10 and has stopped by 40
+    assert curve["mean"].tolist() == pytest.approx([1, 2, 4, 5])  # at 30: r1's 1 and r2's 7
+    assert curve["lo"].isna().tolist() == [True, False, False, True]  # one run: no band
+    assert stats.learning_curve(ep.assign(env_step=np.nan), x="env_step").empty  # not recorded
+
+
+def test_bootstrap_band_is_seeded_and_inside_the_values():
+    rng = np.random.default_rng(1)
+    values = np.where(rng.random((50, 6)) < 0.2, np.nan, rng.normal(100, 30, (50, 6)))
+    lo, hi = stats.bootstrap_mean_ci(values, seed=3)
+    again = stats.bootstrap_mean_ci(values, seed=3)
+    assert np.array_equal(lo, again[0], equal_nan=True) and np.array_equal(hi, again[1], equal_nan=True)
+    ok = np.sum(~np.isnan(values), axis=1) >= 2
+    assert (lo[ok] >= np.nanmin(values[ok], axis=1)).all() and (hi[ok] <= np.nanmax(values[ok], axis=1)).all()
+    assert (lo[ok] <= np.nanmean(values[ok], axis=1)).all() and (hi[ok] >= np.nanmean(values[ok], axis=1)).all()
 
 
 def test_kaplan_meier_matches_a_hand_computation_with_an_exact_binomial_band():
