@@ -1,0 +1,12 @@
+"""rlexp: reinforcement-learning experiments. ``rlexp.load_policy(run_id)`` gives a run's trained policy."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_policy":  # imported on first use: ``import rlexp.config`` stays light
+        from rlexp.policy import load_policy
+
+        return load_policy
+    raise AttributeError(f"module 'rlexp' has no attribute {name!r}")
+

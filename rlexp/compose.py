@@ -213,3 +213,26 @@ def preflight(overrides: Sequence[str], max_jobs: int = 256) -> list[Config]:
             checked.add(key)
         configs.append(cfg)
     return configs
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A recorded config (a run's ``config.yaml``) as the typed Config, checked as at composition:
+    the algo schema is the one its ``conf/algo/<algo.name>.yaml`` extends."""
+    import yaml
+
+    from rlexp.config import ALGO_SCHEMAS
+
+    name = str(data.get("algo", {}).get("name", ""))
+    path = CONF_DIR / "algo" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"algo.name={name!r} is not an option of algo/; choose one of: "
+                          f"{', '.join(group_options('algo'))}")
+    defaults = yaml.safe_load(path.read_text()).get("defaults", [])
+    schema = next(ALGO_SCHEMAS[d] for d in defaults if isinstance(d, str) and d in ALGO_SCHEMAS)
+    register_configs()
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(Config), {"algo": OmegaConf.structured(schema)}, data)
+    except Exception as e:
+        raise ConfigError(one_line(e)) from None
+    assert isinstance(node, DictConfig)
+    return to_config(node)

@@ -441,6 +441,16 @@ class SolveConfig:
         _check(self.window >= 1, "solve.window", self.window, "must be >= 1")
 
 
+@dataclass
+class EvalConfig:
+    """The greedy evaluation at the end of a run (``python -m rlexp.eval`` runs the same code later)."""
+
+    episodes: int = 10  # greedy episodes on evaluation seeds after training; 0: none
+
+    def __post_init__(self) -> None:
+        _check(self.episodes >= 0, "eval.episodes", self.episodes, "must be >= 0")
+
+
 MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
 MAX_RUN_NAME = 250  # the runs table's name column
 MAX_TAG_KEY = 250  # MAX_ENTITY_KEY_LENGTH
@@ -487,9 +497,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _check(self.seed < 2**32, "seed", self.seed, "must be < 2**32")  # numpy's seed range
         if self.optimizer.lr is None:  # resolved once here so that every record shows the lr used
             self.optimizer.lr = self.algo.lr
 

@@ -26,9 +26,10 @@ from rlexp.algos.registry import check_compatible, get_algorithm
 from rlexp.buffer import ReplayBuffer
 from rlexp.config import Config, ConfigError
 from rlexp.envs import EnvBatch, EnvSpec, solve_threshold
+from rlexp.eval import evaluate
 from rlexp.loops import DivergenceError, EpisodeInfo, EpisodeRecorder, Members, off_policy_loop
-from rlexp.nets import member_state
 from rlexp.onpolicy import run_on_policy
+from rlexp.policy import Policy, agent_state, log_model
 from rlexp.tracking import (
     MlflowTracker,
     NullTracker,
@@ -172,10 +173,13 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
                              time.perf_counter() - t0, list(rec.returns), status=status, error=error)
         tracker.log_metrics(result.summary(), step=rec.episodes)
         tracker.log_artifact(dirs[k] / "episodes.csv")
-        if cfg.train.save_model and agent is not None and hasattr(agent, "modules"):
-            path = dirs[k] / "model.pt"
-            torch.save({name: member_state(m, k, size) for name, m in agent.modules()}, path)
-            tracker.log_artifact(path, "model")
+        state = agent_state(agent, k, size) if agent is not None else {}
+        if state and status == "FINISHED" and cfg.eval.episodes:  # the greedy policy, as rlexp.eval plays it
+            tracker.log_metrics(evaluate(Policy(cfgs[k], state).act, cfg.env, cfg.eval.episodes).metrics(),
+                                step=rec.episodes)
+        if cfg.train.save_model and state:
+            torch.save(state, dirs[k] / "model.pt")
+            log_model(tracker, state, cfgs[k])
         tracker.flush()
         results[k] = result
         if on_end is not None:

@@ -135,9 +135,10 @@ def test_bench_variants_refuses_bad_specs_before_running(tmp_path):
 
 
 def _summary(solved_at):
-    from rlexp.sweep.runner import EvalRun, EvalSummary
+    from rlexp.sweep.preset import EvalSummary
+    from rlexp.train import TrainResult
 
-    return EvalSummary(list(range(len(solved_at))), [EvalRun(i, s, 0, 0, 0.0) for i, s in enumerate(solved_at)])
+    return EvalSummary(list(range(len(solved_at))), [TrainResult(s is not None, s, 0, 0, 0.0, []) for s in solved_at])
 
 
 def test_a_pick_holds_when_it_solves_every_fresh_seed_25_percent_faster_than_the_default():
@@ -312,3 +313,16 @@ def test_result_files_name_the_commit_versions_and_cpu_that_runs_record():
     assert f"python {tags['runtime.python']}, optuna " in line and ", no-such-package not installed, " in line
     assert line.endswith(f"torch {torch.__version__}, gymnasium {tags['runtime.gymnasium']}, "
                          f"cpu {torch.backends.cpu.get_cpu_capability()} ({tags['runtime.machine']})")
+
+
+def test_bench_learner_times_the_update_of_one_and_of_k_members(tmp_path, capsys):
+    from benchmarks import bench_learner
+
+    bench_learner.main(["--algos", "dqn", "--members", "3", "--threads", "2", "--calls", "1", "--rounds",
+                        "1", "--steps", "20", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("learner-*.md")
+    text = out.read_text()
+    assert "| algo | update K=1 (ms) | update K=3 (ms) |" in text and "update K=3, 2 threads (ms)" in text
+    rows = [r for r in text.splitlines() if r.startswith("| dqn |")]
+    assert len(rows) == 1 and all(len(r.split("|")) == 9 for r in rows)
+    assert all(float(c.strip(" *")) > 0 for r in rows for c in r.split("|")[2:-1])

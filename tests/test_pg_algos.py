@@ -195,8 +195,7 @@ def test_ppo_logs_its_namespaced_metrics_and_saves_both_networks(tmp_path):
                 "train/clip_fraction", "train/pi_iters"):
         assert tracker.metrics[key], key
     assert all(0 <= v <= 3 for _, v in tracker.metrics["train/pi_iters"])
-    saved = [p for p, sub in tracker.artifacts if sub == "model"]
-    assert saved and set(torch.load(saved[0])) == {"actor", "critic"}
+    assert set(torch.load(tmp_path / "model.pt")) == {"actor", "critic"}
 
 
 def test_kl_early_stop_cuts_the_policy_passes():

@@ -64,7 +64,10 @@ def test_run_records_the_contract(mlflow_uri, tmp_path):
     assert len(client.get_metric_history(r.info.run_id, "episode_return_mean")) == 12
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"episodes.csv", "config.yaml", "model"} <= arts
-    assert [a.path for a in client.list_artifacts(r.info.run_id, "model")] == ["model/model.pt"]
+    model = {a.path for a in client.list_artifacts(r.info.run_id, "model")}  # an MLflow pyfunc model
+    assert {"model/MLmodel", "model/data"} <= model
+    assert {a.path for a in client.list_artifacts(r.info.run_id, "model/data/policy")} == {
+        "model/data/policy/model.pt", "model/data/policy/config.yaml"}
     csv = Path(client.download_artifacts(r.info.run_id, "episodes.csv", str(tmp_path))).read_text()
     assert csv.splitlines()[0] == "episode,return,length,env_step,wall_time_s" and len(csv.splitlines()) == 13
 

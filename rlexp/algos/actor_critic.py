@@ -71,6 +71,11 @@ class ActorCriticAgent:
         return actions.cpu().numpy(), logp.cpu().numpy(), v.cpu().numpy()
 
     @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Each member's most probable action for ``(K, B, obs_dim)`` observations: ``(K, B)``."""
+        return self.net(torch.as_tensor(obs, dtype=torch.float32, device=self.device))[0].argmax(-1).cpu().numpy()
+
+    @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.net(torch.as_tensor(obs, device=self.device))[1].cpu().numpy()
 

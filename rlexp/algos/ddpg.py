@@ -130,6 +130,11 @@ class DDPGAgent:
                 a[k] = a[k] + self.cfg.noise_sigma * rng.standard_normal(a.shape[1])
         return np.clip(a, self.low, self.high).astype(np.float32)
 
+    @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Each member's ``mu(s)`` without noise for ``(K, B, obs_dim)`` observations: ``(K, B, act_dim)``."""
+        return self.actor(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).cpu().numpy()
+
     def on_episode_start(self, members: Sequence[int]) -> None:
         for k in members:
             self.noise[k].reset()

@@ -117,14 +117,14 @@ class DQNAgent:
                 actions[k] = rng.integers(self.n_actions)
         greedy = actions < 0
         if greedy.any():  # one forward pass for every member, only when one of them needs it
-            actions[greedy] = self.greedy(obs)[greedy]
+            actions[greedy] = self.greedy(obs[:, None])[greedy, 0]
         return actions
 
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(s, a) of each member for ``(K, obs_dim)`` observations."""
-        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
-        return self.nets[0](x)[:, 0].argmax(dim=-1).cpu().numpy()
+        """argmax_a Q(s, a) of each member for ``(K, B, obs_dim)`` observations: ``(K, B)``."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.nets[0](x).argmax(dim=-1).cpu().numpy()
 
     def on_episode_start(self, members: Sequence[int]) -> None:
         pass

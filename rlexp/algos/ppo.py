@@ -87,6 +87,11 @@ class PPOAgent:
         return actions.cpu().numpy(), logp.cpu().numpy(), self.critic(x).squeeze(-1).cpu().numpy()
 
     @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Each member's most probable action for ``(K, B, obs_dim)`` observations: ``(K, B)``."""
+        return self.actor(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).argmax(-1).cpu().numpy()
+
+    @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.critic(torch.as_tensor(obs, device=self.device)).squeeze(-1).cpu().numpy()
 

@@ -60,6 +60,11 @@ class ReinforceAgent:
         return actions.cpu().numpy(), logp.cpu().numpy(), self.value(obs)
 
     @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Each member's most probable action for ``(K, B, obs_dim)`` observations: ``(K, B)``."""
+        return self.policy(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).argmax(-1).cpu().numpy()
+
+    @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
         if self.baseline is None:
             return np.zeros(obs.shape[:-1], dtype=np.float32)

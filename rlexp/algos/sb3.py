@@ -101,19 +101,30 @@ class SB3Agent:
         self.sb3 = _import_sb3(cfg.algo.name)
         self.model: Any = None
 
-    def learn(self, cfg: Config, spec: EnvSpec, members: Members) -> None:
+    def make_model(self, cfg: Config, n_envs: int) -> Any:
+        """The untrained SB3 model of ``cfg`` on a vec env of ``n_envs`` copies of ``env.id``."""
         from stable_baselines3.common.env_util import make_vec_env
-        from stable_baselines3.common.logger import Logger
 
         a = cfg.algo
         assert isinstance(a, SB3Config)
         env_cfg = cfg.env
-        venv = make_vec_env(lambda: gym.make(env_cfg.id, **env_cfg.kwargs), n_envs=num_envs(cfg),
-                            seed=cfg.seed)
-        horizon = cfg.train.max_steps or a.n_timesteps
+        venv = make_vec_env(lambda: gym.make(env_cfg.id, **env_cfg.kwargs), n_envs=n_envs, seed=cfg.seed)
         cls = getattr(self.sb3, _CLASSES[a.name])
         self.model = cls("MlpPolicy", venv, seed=cfg.seed, device=cfg.train.device, verbose=0,
-                         **sb3_kwargs(cfg, horizon))
+                         **sb3_kwargs(cfg, cfg.train.max_steps or a.n_timesteps))
+        return self.model
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action for ``(1, B, obs_dim)`` observations: ``(1, B[, act_dim])``."""
+        return self.model.predict(obs[0], deterministic=True)[0][None]
+
+    def learn(self, cfg: Config, spec: EnvSpec, members: Members) -> None:
+        from stable_baselines3.common.logger import Logger
+
+        a = cfg.algo
+        assert isinstance(a, SB3Config)
+        horizon = cfg.train.max_steps or a.n_timesteps
+        venv = self.make_model(cfg, num_envs(cfg)).get_env()
         self.model.set_logger(Logger(None, [_tracker_writer(members.recs[0].tracker)]))
         try:
             self.model.learn(total_timesteps=horizon, callback=_episode_callback(members))
