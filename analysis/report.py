@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import plots, stats
 from analysis.collect import Collection, CollectionError, RunQuery, collect, param_differences
+from rlexp import command_name
 
 PACKAGES = ("rlexp", "mlflow", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "torch", "gymnasium")
 MIN_FRAC = 0.5  # learning curves: keep an episode while >= this fraction of an arm's runs reach it
@@ -627,7 +628,7 @@ def _tag(text: str) -> tuple[str, str]:
 
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=command_name("analysis.report", "rlexp-report"), description=__doc__.split("\n")[0])
     p.add_argument("--experiment", help="MLflow experiment name (default: that of --run-ids)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--algo", nargs="+", default=[], help="only these algos")
@@ -676,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exclude_run_ids=args.exclude_run_ids,
     )
     out = Path(args.out or Path("reports") / slug(args.experiment or "runs"))
-    command = "python -m analysis.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_name("analysis.report", "rlexp-report") + " " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         result = make_report(
             query,

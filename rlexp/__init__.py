@@ -10,3 +10,10 @@ def __getattr__(name: str) -> Any:
         return load_policy
     raise AttributeError(f"module 'rlexp' has no attribute {name!r}")
 
+
+def command_name(module: str, script: str) -> str:
+    """How the running command names itself: its console script (``rlexp-sweep``) or ``python -m module``."""
+    import os
+    import sys
+
+    return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"

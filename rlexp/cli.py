@@ -14,6 +14,7 @@ the whole command (the running jobs end KILLED with what they recorded, no furth
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,11 +24,12 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, budget_warnings, preflight, to_config
+from rlexp.compose import CONF_DIR, SEARCHPATH, budget_warnings, override_key, preflight, to_config
 from rlexp.config import ConfigError, register_configs
 
 _HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
                      "--shell-completion", "-sc", "--version", "--package", "-p"}
+_CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 OUTCOME_FILE = "rlexp-job.json"  # a job's outcome, in its output directory
 
 register_configs()
@@ -79,7 +81,6 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     group = hc.sweep.dir if multirun else None
     label = hc.runtime.choices.get("experiment") or hc.runtime.choices.get("algo")  # a preset names its runs
     cfg = cfgs[0]
-    progress = cfg.train.progress if cfg.train.progress is not None else sys.stderr.isatty()
     # an algorithm without a seed axis (sb3_*) trains its jobs one after another
     parts = [list(range(len(cfgs)))] if get_algorithm(cfg.algo.name).batched else [[i] for i in range(len(cfgs))]
     out: list[float | None] = [None] * len(cfgs)
@@ -88,7 +89,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
     for part in parts:
         try:
             results = run_batch([cfgs[i] for i in part], label=label, group=group, parent_run_id=parent, tags=tags,
-                                workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=progress)
+                                workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=cfg.train.progress)
         except KeyboardInterrupt as e:
             if "SIGTERM" in str(e):
                 raise Terminated() from None
@@ -181,10 +182,12 @@ def main() -> None:
         argv = [a for a in argv if a not in ("-m", "--multirun")] + ["-m"]
         sys.argv[1:] = argv
     multirun = "-m" in argv
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as under ``python -m rlexp``: the working
+        sys.path.insert(0, os.getcwd())  # directory's modules import (``env.id=my_envs:MyEnv-v0``)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)  # between runs; a run turns it into KILLED
     try:
         if not _HYDRA_INFO_FLAGS.intersection(argv):
-            _preflight([a for a in argv if not a.startswith("-")])
+            _preflight(_overrides(argv))
         _job()
     except KeyboardInterrupt:
         print("\nrlexp: interrupted; the running jobs are recorded as KILLED with all they logged; "
@@ -207,6 +210,29 @@ def main() -> None:
         sys.exit(MultirunSummary.status)
     if _failed:
         sys.exit(1)
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    """The overrides of a command line, ``--config-dir DIR`` as the ``hydra.searchpath`` entry it
+    becomes (Hydra puts it first)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out, dirs, entries = [], [], []
+    args = iter(argv)
+    for a in args:
+        flag, eq, value = a.partition("=")
+        if flag in _CONFIG_DIR_FLAGS:
+            dirs.append(f"file://{Path(value if eq else next(args, '')).resolve()}")
+        elif override_key(a) == SEARCHPATH:
+            entries.append(a)
+        elif not a.startswith("-"):
+            out.append(a)
+    if not dirs:
+        return out + entries
+    for a in entries:
+        parsed = OverridesParser.create().parse_override(a).value()
+        dirs += [str(v) for v in (parsed if isinstance(parsed, list) else [parsed])]
+    return [*out, f"{SEARCHPATH}=[{','.join(repr(d) for d in dirs)}]"]
 
 
 def _preflight(overrides: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 Also the pre-flight check the CLI runs before any job starts: every job of a multirun is composed
 and validated up front, and any problem is reported as one line naming the key and the value.
+A user's own config folders (``hydra.searchpath=[file://DIR]``, which ``--config-dir DIR`` becomes)
+add options to the groups; their files are checked against the same schemas.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlexp.config import Config, ConfigError, register_configs
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def shipped(folder: str) -> Path:
+    """A folder rlexp ships (``conf``, ``sweeps``): inside the installed package, else at the checkout's root."""
+    package = Path(__file__).resolve().parent
+    return package / folder if (package / folder).is_dir() else package.parent / folder
+
+
+CONF_DIR = shipped("conf")
+SEARCHPATH = "hydra.searchpath"
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -37,6 +47,9 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def to_config(dcfg: DictConfig) -> Config:
     """DictConfig -> typed Config (runs every ``__post_init__`` check); errors become ConfigError."""
+    if OmegaConf.get_type(dcfg, "algo") is dict:  # a user's algo file that extends no schema
+        raise ConfigError(f"algo.name={dcfg.algo.get('name')!r}: its algo/ file extends no algorithm schema; "
+                          "start it with `defaults: [base_dqn, _self_]` (or base_ppo, base_ddpg, ...)")
     if OmegaConf.get_type(dcfg, "algo") is dict:  # a user's algo file that extends no schema
         raise ConfigError(f"algo.name={dcfg.algo.get('name')!r}: its algo/ file extends no algorithm schema; "
                           "start it with `defaults: [base_dqn, _self_]` (or base_ppo, base_ddpg, ...)")
@@ -85,27 +98,51 @@ def name_override(msg: str, overrides: Sequence[str]) -> str:
     return msg
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group, from the YAML files under ``conf/<group>/``."""
-    d = CONF_DIR / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+def search_dirs(overrides: Sequence[str]) -> list[Path]:
+    """The user's config folders a command line adds (``hydra.searchpath=[file://DIR,...]``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    dirs: list[Path] = []
+    for ov in overrides:
+        if override_key(ov) != SEARCHPATH:
+            continue
+        try:
+            value = OverridesParser.create().parse_override(ov).value()
+        except Exception as e:
+            raise ConfigError(f"{ov}: {one_line(e)}") from None
+        for entry in value if isinstance(value, list) else [value]:
+            scheme, sep, where = str(entry).partition("://")
+            if sep and scheme != "file":
+                continue  # pkg://: Hydra resolves it; its options are not listed here
+            path = Path(where if sep else scheme)
+            if not path.is_dir():
+                raise ConfigError(f"{SEARCHPATH}: {entry!r} is not a folder (from {Path.cwd()})")
+            dirs.append(path)
+    return dirs
 
 
-def group_names() -> list[str]:
-    """The config groups: the folders of ``conf/``."""
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+def group_options(group: str, dirs: Sequence[Path] = ()) -> list[str]:
+    """The options of a config group: the YAML files under ``conf/<group>/`` and ``DIR/<group>/``
+    of the user's config folders ``dirs``."""
+    return sorted({p.stem for d in (CONF_DIR, *dirs) for p in (d / group).glob("*.yaml")})
 
 
-def is_group(key: str) -> bool:
+def group_names(dirs: Sequence[Path] = ()) -> list[str]:
+    """The config groups: the folders of ``conf/`` (and of the user's config folders)."""
+    return sorted({p.name for d in (CONF_DIR, *dirs) for p in d.iterdir() if p.is_dir()})
+
+
+def is_group(key: str, dirs: Sequence[Path] = ()) -> bool:
     """Whether ``key`` names a config group (``algo``, ``env``, ...) rather than a value."""
-    return "." not in key and (CONF_DIR / key).is_dir()
+    return "." not in key and any((d / key).is_dir() for d in (CONF_DIR, *dirs))
 
 
-def check_group_option(group: str, value: str, at: str | None = None) -> None:
-    """Refuse ``value`` unless it is an option of config group ``group``; the message starts with
-    ``at`` (default ``group=``), the key the user wrote."""
-    options = group_options(group)
-    if value not in options and group != "experiment" and value in group_options("experiment"):
+def check_group_option(group: str, value: str, at: str | None = None, dirs: Sequence[Path] = ()) -> None:
+    """Refuse ``value`` unless it is an option of config group ``group`` (in ``conf/`` or the
+    user's config folders ``dirs``); the message starts with ``at`` (default ``group=``), the key
+    the user wrote."""
+    options = group_options(group, dirs)
+    if value not in options and group != "experiment" and value in group_options("experiment", dirs):
         raise ConfigError(f"{at if at is not None else f'{group}='}{value!r} is now a preset: "
                           f"use +experiment={value}")
     if value not in options:
@@ -113,10 +150,10 @@ def check_group_option(group: str, value: str, at: str | None = None) -> None:
                           f"choose one of: {', '.join(options)}")
 
 
-def _check_group_choice(key: str, value: str) -> None:
+def _check_group_choice(key: str, value: str, dirs: Sequence[Path]) -> None:
     group = key.lstrip("+~")
-    if is_group(group):
-        check_group_option(group, value)
+    if is_group(group, dirs):
+        check_group_option(group, value, dirs=dirs)
 
 
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "config",
@@ -129,11 +166,12 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "config",
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
+    dirs = search_dirs(overrides)
     for ov in overrides:
         if "=" in ov and not ov.startswith("hydra"):
             k, v = ov.split("=", 1)
             if "," not in v:
-                _check_group_choice(k, v)
+                _check_group_choice(k, v, dirs)
     gh = GlobalHydra.instance()
     was_initialized = gh.is_initialized()
     if was_initialized:  # inside a Hydra app (a sweep job): compose without re-initializing
@@ -167,7 +205,7 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     """The job override lists of a Hydra basic sweep (``seed=1,2,3 algo=a,b`` -> 6 lists).
 
     Hydra's own overrides (``hydra.*``, ``hydra/launcher=...``) are dropped: they don't change the
-    job's config.
+    job's config; but ``hydra.searchpath`` (the user's config folders) is kept in every job.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -177,7 +215,7 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
         raise ConfigError(one_line(e)) from None
     axes: list[list[str]] = []
     for o in parsed:
-        if o.is_hydra_override():
+        if o.is_hydra_override() and o.get_key_element() != SEARCHPATH:
             continue
         if o.is_sweep_override():
             key = o.get_key_element()

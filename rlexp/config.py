@@ -418,7 +418,8 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (a GPU when one exists, else cpu)
     log_interval: int = 1_000  # env steps between training-diagnostic metrics
     save_model: bool = True  # log the trained weights as an MLflow artifact
-    progress: bool | None = None  # None: show only when stderr is a terminal
+    progress: bool = True  # the CLI's progress on stderr: a live bar per seed on a terminal, else log lines
+    log_every_s: float = 10.0  # off a terminal: seconds between progress lines
 
     def __post_init__(self) -> None:
         _check(self.max_episodes >= 1, "train.max_episodes", self.max_episodes, "must be >= 1")
@@ -426,6 +427,7 @@ class TrainConfig:
             _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "must be >= 1")
         _check(self.num_threads >= 1, "train.num_threads", self.num_threads, "must be >= 1")
         _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+        _check(self.log_every_s > 0, "train.log_every_s", self.log_every_s, "must be > 0")
         _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None, "train.device", self.device,
                "must be cpu, cuda, cuda:N, mps or auto")
 

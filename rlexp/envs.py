@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +27,17 @@ class EnvSpec:
 
 
 def registered_threshold(env_id: str) -> float | None:
-    """The env's registered ``reward_threshold``; ConfigError for an unknown id."""
+    """The env's registered ``reward_threshold``; ConfigError for an unknown id. In gymnasium's
+    ``module:EnvId`` form, ``module`` is imported first (it registers the env), as ``gym.make`` does."""
+    module, sep, name = env_id.partition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ConfigError(f"env.id={env_id!r}: importing {module!r} failed ({type(e).__name__}: {e}); "
+                              "it must be installed or in the working directory") from None
     try:
-        spec = gym.spec(env_id)
+        spec = gym.spec(name if sep else env_id)
     except gym.error.Error as e:
         raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment ({e})") from None
     return spec.reward_threshold

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import nn
 from rlexp.buffer import Batch, ReplayBuffer
 from rlexp.envs import EnvBatch
 from rlexp.metrics import Counters, Metrics, SolveTracker
+from rlexp.progress import Progress
 from rlexp.tracking import Tracker
 
 
@@ -134,7 +134,7 @@ class Members:
     """
 
     def __init__(self, recs: Sequence[EpisodeRecorder], max_steps: int | None,
-                 on_end: Callable[[int, str, str | None], None], progress: bool = False) -> None:
+                 on_end: Callable[[int, str, str | None], None], progress: Progress | None = None) -> None:
         self.recs = list(recs)
         self.max_steps = max_steps if max_steps is not None else math.inf
         self.on_end = on_end
@@ -142,8 +142,6 @@ class Members:
         self.progress = progress
         self._sums: dict[str, np.ndarray] = {}
         self._n = 0
-        self._last_print = 0.0
-        self.start = time.perf_counter()
         self.step = 0
 
     def __len__(self) -> int:
@@ -209,24 +207,8 @@ class Members:
 
     # ------------------------------------------------------------------ progress
     def _show(self, env_step: int, final: bool = False) -> None:
-        if not self.progress:
-            return
-        now = time.perf_counter()
-        if not final and now - self._last_print < 0.25:
-            return
-        self._last_print = now
-        wall = now - self.start
-        sps = env_step * max(len(self.active), 1) / wall if wall > 0 else 0.0
-        eps = [r.episodes for r in self.recs]
-        means = [r.mean for r in self.recs if r.returns]
-        solved = sum(r.solved_at is not None for r in self.recs)
-        mean = f"{np.median(means):9.2f}" if means else "      nan"
-        head = f"{len(self)} seeds  episodes {min(eps)}-{max(eps)}" if len(self) > 1 else f"episode {eps[0]:>6}"
-        sys.stderr.write(f"\r{head}/{self.recs[0].max_episodes}  mean{self.recs[0].window} {mean}"
-                         f"  steps {env_step:>9}  {sps:7.0f} steps/s  solved {solved}/{len(self)}   ")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        if self.progress is not None:
+            self.progress.show(env_step, self.active, final)
 
 
 class OffPolicyAgent(Protocol):

@@ -30,6 +30,7 @@ from rlexp.eval import evaluate
 from rlexp.loops import DivergenceError, EpisodeInfo, EpisodeRecorder, Members, off_policy_loop
 from rlexp.onpolicy import run_on_policy
 from rlexp.policy import Policy, agent_state, log_model
+from rlexp.progress import Progress
 from rlexp.tracking import (
     MlflowTracker,
     NullTracker,
@@ -185,7 +186,8 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
         if on_end is not None:
             on_end(k, result)
 
-    members = Members(recs, cfg.train.max_steps, end, progress)
+    members = Members(recs, cfg.train.max_steps, end,
+                      Progress(recs, cfg.train.max_steps, cfg.train.log_every_s) if progress else None)
     with stack:
         try:
             agent = algo.build(cfg, spec, [c.seed for c in cfgs], device)
@@ -286,7 +288,7 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
 
     check_batch(cfgs)
     spec = check_compatible(cfg)  # refuse bad input before anything is written
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)  # refused before anything is written; tagged on the runs
     client, exp_id = open_experiment(experiment_name(cfg))
     data = config_dict(cfg)
     data["solve"]["threshold"] = solve_threshold(cfg, spec)  # the threshold in force, not None
@@ -298,7 +300,8 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
         try:
             for k, c in enumerate(cfgs):
                 all_tags = {**runtime_tags(), "algo": label or c.algo.name, "algo_name": c.algo.name,
-                            "env": c.env.id, "seed": str(c.seed), **c.tracking.tags, **(tags or {})}
+                            "env": c.env.id, "seed": str(c.seed), "device": str(device), **c.tracking.tags,
+                            **(tags or {})}
                 if parent_run_id:
                     all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
                 mlrun = retry_locked(partial(client.create_run, exp_id, run_name=run_name(c, label),

@@ -27,6 +27,7 @@ from rlexp.compose import (
     name_override,
     one_line,
     override_key,
+    shipped,
 )
 from rlexp.config import Config, ConfigError
 from rlexp.sweep.config import (
@@ -39,7 +40,7 @@ from rlexp.sweep.config import (
     register_sweep_schema,
 )
 
-SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+SWEEPS_DIR = shipped("sweeps")
 _ABSENT = object()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlexp.compose import CONF_DIR, compose_dict, is_group
+from rlexp.compose import compose_dict, is_group
 
 
 def preset_name(study_name: str) -> str:
@@ -24,7 +24,7 @@ def preset_name(study_name: str) -> str:
 
 
 def preset_path(study_name: str, preset_dir: str | None) -> Path:
-    folder = Path(preset_dir) if preset_dir else CONF_DIR / "experiment"
+    folder = Path(preset_dir) if preset_dir else Path("conf", "experiment")
     return folder / f"{preset_name(study_name)}.yaml"
 
 
