@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import gymnasium as gym
 import numpy as np
 
+from rlexp import command_name
 from rlexp.config import ConfigError, EnvConfig
 
 EVAL_SEED = 2**33  # evaluation episode j: env seed EVAL_SEED + j
@@ -118,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: Sequence[str]) -> EvalArgs:
     """``key=value`` arguments (:class:`EvalArgs`); a bad one raises ConfigError naming it."""
-    parser = _Parser(prog="python -m rlexp.eval", description=__doc__.split("\n")[0])
+    parser = _Parser(prog=command_name("rlexp.eval", "rlexp-eval"), description=__doc__.split("\n")[0])
     parser.add_argument("items", nargs="*", type=_item, metavar="KEY=VALUE",
                         help=f"keys: {', '.join(_TYPES)} (run= is required)")
     args = EvalArgs(**dict(parser.parse_args(list(argv)).items))

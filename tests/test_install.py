@@ -18,7 +18,7 @@ from .conftest import cli_env
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "rlexp", "analysis", "hydra_plugins", "conf", "sweeps")
 SCRIPTS = {"rlexp": "rlexp.cli:main", "rlexp-sweep": "rlexp.sweep.__main__:main",
-           "rlexp-report": "analysis.report:main"}
+           "rlexp-report": "analysis.report:main", "rlexp-eval": "rlexp.eval:main"}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,9 @@ def test_the_installed_commands_run_outside_the_checkout(wheel, tmp_path):
     site = next(venv.glob("lib/python*/site-packages"))
     assert [Path(w).parent for w in where] == [site / "rlexp", site / "rlexp"], where
     assert sh("rlexp", "--help").stdout.startswith("rlexp is powered by Hydra")
-    assert sh("rlexp-report", "--help").stdout.startswith("usage: rlexp-report")
+    for script in ("rlexp-report", "rlexp-eval"):
+        assert sh(script, "--help").stdout.startswith(f"usage: {script}")
+    assert sh("rlexp-sweep", "--help").stdout.startswith("``rlexp-sweep sweep=NAME")
 
     p = sh("rlexp", "algo=dqn", "train.max_episodes=3")
     assert p.returncode == 0 and "rlexp: dqn seed=0: not solved (3 episodes" in p.stderr, p.stderr[-3000:]

@@ -31,9 +31,11 @@ USAGE = __doc__ or ""
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or any(a in ("-h", "--help") for a in args):
+        from rlexp import command_name
         from rlexp.sweep.load import sweep_names
 
-        print(f"{USAGE.strip()}\n\nsweeps: {', '.join(sweep_names())}", file=sys.stdout if args else sys.stderr)
+        usage = USAGE.strip().replace("python -m rlexp.sweep", command_name("rlexp.sweep", "rlexp-sweep"))
+        print(f"{usage}\n\nsweeps: {', '.join(sweep_names())}", file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     sweeps = [a for a in args if a.startswith("sweep=")]
     others = [a for a in args if not a.startswith("sweep=")]
