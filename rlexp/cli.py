@@ -187,7 +187,7 @@ def main() -> None:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)  # between runs; a run turns it into KILLED
     try:
         if not _HYDRA_INFO_FLAGS.intersection(argv):
-            _preflight(_overrides(argv))
+            _preflight(argv)
         _job()
     except KeyboardInterrupt:
         print("\nrlexp: interrupted; the running jobs are recorded as KILLED with all they logged; "
@@ -214,7 +214,7 @@ def main() -> None:
 
 def _overrides(argv: list[str]) -> list[str]:
     """The overrides of a command line, ``--config-dir DIR`` as the ``hydra.searchpath`` entry it
-    becomes (Hydra puts it first)."""
+    becomes (Hydra puts it first); ConfigError when DIR is no folder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     out, dirs, entries = [], [], []
@@ -222,7 +222,10 @@ def _overrides(argv: list[str]) -> list[str]:
     for a in args:
         flag, eq, value = a.partition("=")
         if flag in _CONFIG_DIR_FLAGS:
-            dirs.append(f"file://{Path(value if eq else next(args, '')).resolve()}")
+            folder = value if eq else next(args, "")
+            if not Path(folder).is_dir():
+                raise ConfigError(f"{flag} {folder!r}: no such folder (from {Path.cwd()})")
+            dirs.append(f"file://{Path(folder).resolve()}")
         elif override_key(a) == SEARCHPATH:
             entries.append(a)
         elif not a.startswith("-"):
@@ -235,12 +238,13 @@ def _overrides(argv: list[str]) -> list[str]:
     return [*out, f"{SEARCHPATH}=[{','.join(repr(d) for d in dirs)}]"]
 
 
-def _preflight(overrides: list[str]) -> None:
-    """Compose and check every job, the tracking store and the experiments before any job starts."""
+def _preflight(argv: list[str]) -> None:
+    """Compose and check every job of the command line ``argv``, the tracking store and the
+    experiments before any job starts."""
     from rlexp.tracking import check_tracking, open_experiment
 
     try:
-        configs = preflight(overrides)
+        configs = preflight(_overrides(argv))
         if any(c.tracking.enabled for c in configs):
             check_tracking()  # an unwritable store or a silent server: refused in seconds
     except ConfigError as e:

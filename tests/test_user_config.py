@@ -105,14 +105,18 @@ def test_user_options_need_their_folder(user_dir):
         compose_config(["hydra.searchpath=[file://nope]"])
 
 
-def test_the_cli_turns_config_dir_into_the_search_path():
+def test_the_cli_turns_config_dir_into_the_search_path(tmp_path, monkeypatch):
     from rlexp.cli import _overrides
 
-    here = Path.cwd()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    here = tmp_path
     assert _overrides(["--config-dir", "a", "algo=x", "-m"]) == ["algo=x", f"hydra.searchpath=['file://{here / 'a'}']"]
     assert _overrides(["hydra.searchpath=[file:///b]", "-cd=a", "seed=1"]) == \
         ["seed=1", f"hydra.searchpath=['file://{here / 'a'}','file:///b']"]
     assert _overrides(["hydra.searchpath=[file:///b]", "seed=1"]) == ["seed=1", "hydra.searchpath=[file:///b]"]
+    with pytest.raises(ConfigError, match=r"--config-dir 'nope': no such folder"):
+        _overrides(["--config-dir", "nope"])
 
 
 def test_a_module_env_id_imports_its_module_or_says_why(user_dir):
