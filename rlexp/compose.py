@@ -50,9 +50,6 @@ def to_config(dcfg: DictConfig) -> Config:
     if OmegaConf.get_type(dcfg, "algo") is dict:  # a user's algo file that extends no schema
         raise ConfigError(f"algo.name={dcfg.algo.get('name')!r}: its algo/ file extends no algorithm schema; "
                           "start it with `defaults: [base_dqn, _self_]` (or base_ppo, base_ddpg, ...)")
-    if OmegaConf.get_type(dcfg, "algo") is dict:  # a user's algo file that extends no schema
-        raise ConfigError(f"algo.name={dcfg.algo.get('name')!r}: its algo/ file extends no algorithm schema; "
-                          "start it with `defaults: [base_dqn, _self_]` (or base_ppo, base_ddpg, ...)")
     unknown = _unknown_keys(dcfg)
     if unknown:
         raise ConfigError(f"{unknown[0]}={OmegaConf.select(dcfg, unknown[0])!r} is not a key of the schema; "
