@@ -36,7 +36,7 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     out = []
     for key in node:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         if known is not None and key not in known:
             out.append(name)
         child = node._get_node(key)
