@@ -35,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _eval_cells(ev: object | None) -> str:
-    from rlexp.sweep.runner import EvalSummary
+    from rlexp.sweep.preset import EvalSummary
 
     if not isinstance(ev, EvalSummary):
         return "– | –"

@@ -44,7 +44,8 @@ def eval_from_mlflow(client: Any, tag: str, seeds: Sequence[int], budget: int, t
     """The re-evaluation recorded in MLflow for ``seeds``: the latest finished run per seed tagged
     ``sweep=tag``, ``sweep_role=eval`` (and ``trial``); ValueError when one is missing or ran
     another budget."""
-    from rlexp.sweep.runner import EvalRun, EvalSummary
+    from rlexp.sweep.preset import EvalSummary
+    from rlexp.train import TrainResult
 
     flt = f"tags.sweep = '{tag}' and tags.sweep_role = 'eval' and attributes.status = 'FINISHED'"
     if trial is not None:
@@ -66,7 +67,8 @@ def eval_from_mlflow(client: Any, tag: str, seeds: Sequence[int], budget: int, t
                              f"not the re-evaluation's {budget}")
         m = r.data.metrics
         solved = int(m["episodes_to_solve"]) if "episodes_to_solve" in m else None
-        out.append(EvalRun(s, solved, int(m.get("episodes", 0)), int(m.get("env_steps", 0)), m.get("wall_time_s", 0.0)))
+        out.append(TrainResult(solved is not None, solved, int(m.get("episodes", 0)), int(m.get("env_steps", 0)),
+                               m.get("wall_time_s", 0.0), []))
     return EvalSummary(list(seeds), out)
 
 
@@ -117,14 +119,14 @@ def _steps(trials: Sequence[Any], study: Any) -> tuple[int, int]:
 
 
 def _picked(study: Any, number: int | None, sweep: Any) -> str:
-    from rlexp.sweep.runner import pick
+    from rlexp.sweep.preset import pick
 
     if number is None:
         return "–"
     trials = study.get_trials(deepcopy=False)
     rows = pick([trials[number]], study.user_attrs.get("validation") or {}, sweep.cfg.validation.seed_list(),
                 sweep.cfg.objective.aggregate)
-    if not rows or not sweep.cfg.validation.enabled:
+    if not rows or not sweep.cfg.validation.seed_list():
         return f"{number} (not validated)"
     return f"{number} ({rows[0].value:.1f} over {rows[0].seeds} seeds, {rows[0].solved} solved)"
 
@@ -146,7 +148,7 @@ def table(rows: Sequence[dict[str, Any]], default: Any, fresh: Sequence[int]) ->
         if ev is None:
             return "– | – | –"
         med = ev.median_episodes_to_solve
-        ets = ", ".join("unsolved" if r.solved_at is None else str(r.solved_at) for r in ev.runs)
+        ets = ", ".join("unsolved" if r.episodes_to_solve is None else str(r.episodes_to_solve) for r in ev.runs)
         return f"{ets} | {ev.solved}/{len(ev.runs)} | {'censored' if math.isinf(med) else f'{med:g}'}"
 
     def minutes(s: float) -> str:

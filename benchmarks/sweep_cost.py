@@ -74,12 +74,18 @@ def default_by(trials: Iterable[Any]) -> list[str]:
     return keys
 
 
+def _duration_s(t: Any) -> float | None:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
 def trial_costs(trials: Sequence[Any], by: Sequence[str]) -> list[Cost]:
     """One :class:`Cost` per value of the ``by`` parameters over the counted finished trials,
     most worker time first."""
     from optuna.trial import TrialState
 
-    from rlexp.sweep.study import counts, duration_s
+    from rlexp.sweep.study import counts
 
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     groups: dict[str, Cost] = {}
@@ -89,7 +95,7 @@ def trial_costs(trials: Sequence[Any], by: Sequence[str]) -> list[Cost]:
         label = " ".join(f"{k}={t.params[k]}" for k in by if k in t.params) or "all trials"
         solved = sum(e is not None for e in t.user_attrs.get("episodes_to_solve") or [])
         groups.setdefault(label, Cost(label)).add(state[t.state], int(t.user_attrs.get("env_steps", 0)),
-                                                 duration_s(t), solved)
+                                                 _duration_s(t), solved)
     return sorted(groups.values(), key=lambda c: (-c.worker_s, c.label))
 
 

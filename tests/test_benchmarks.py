@@ -135,9 +135,10 @@ def test_bench_variants_refuses_bad_specs_before_running(tmp_path):
 
 
 def _summary(solved_at):
-    from rlexp.sweep.runner import EvalRun, EvalSummary
+    from rlexp.sweep.preset import EvalSummary
+    from rlexp.train import TrainResult
 
-    return EvalSummary(list(range(len(solved_at))), [EvalRun(i, s, 0, 0, 0.0) for i, s in enumerate(solved_at)])
+    return EvalSummary(list(range(len(solved_at))), [TrainResult(s is not None, s, 0, 0, 0.0, []) for s in solved_at])
 
 
 def test_a_pick_holds_when_it_solves_every_fresh_seed_25_percent_faster_than_the_default():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -27,17 +28,8 @@ from rlexp.sweep import study as st
 from rlexp.sweep.__main__ import main
 from rlexp.sweep.config import ParamSpec, format_value
 from rlexp.sweep.load import SWEEPS_DIR, default_params, param_override, start_points, sweep_names
-from rlexp.sweep.objective import (
-    Curves,
-    Objective,
-    Pruned,
-    aggregate,
-    final_value,
-    seed_value,
-    shortfall,
-    tail_mean,
-)
-from rlexp.sweep.runner import pick, validation_table
+from rlexp.sweep.objective import Curves, Objective, Pruned, aggregate, seed_value, tail_mean
+from rlexp.sweep.preset import pick, validation_table
 from rlexp.tracking import store_lock
 from rlexp.train import TrainResult, config_dict
 
@@ -105,7 +97,7 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("algo.bogus=1", "base: algo.bogus=1"),
     ("env=nope", "env='nope' is not an option of env/"),
     ('validation.eval_overrides=["algo.gamma=2"]', "validation.eval_overrides: algo.gamma=2.0 must be in (0, 1]"),
-    ('validation.eval_overrides=["seed=3"]', "validation.eval_overrides: 'seed=3': the fresh seeds are the sweep's"),
+    ('validation.eval_overrides=["seed=3"]', "validation.eval_overrides: 'seed=3': the seeds are the sweep's"),
     ("validation.eval_overrides=[nokey]", "validation.eval_overrides='nokey' entries must be key=value overrides"),
     ('validation.eval_overrides=["algo.lr=1e-3"]', "algo.lr is searched (space.algo.lr)"),
     ("+groups.agent=[dqn]", "groups.agent: 'agent' is not a config group; choose among: algo, env"),
@@ -231,10 +223,10 @@ def test_a_group_choice_runs_labels_and_reaches_the_preset(tmp_path, monkeypatch
     runs = client.search_runs([client.get_experiment_by_name("CartPole-v1").experiment_id],
                               filter_string="tags.sweep_role != 'study'")
     # the trial's seed run and the re-evaluation are named and tagged by the algorithm they ran
-    named = sorted((r.data.tags["sweep_role"], r.info.run_name, r.data.tags["algo"]) for r in runs
+    named = sorted((r.data.tags["sweep_role"], r.data.tags["seed"], r.data.tags["algo"]) for r in runs
                    if r.data.tags["sweep_role"] != "trial")
-    assert named == [("eval", "clipped_double_dqn-CartPole-v1-1000000", "clipped_double_dqn"),
-                     ("seed", "clipped_double_dqn-CartPole-v1-0", "clipped_double_dqn")]
+    assert named == [("eval", "1000000", "clipped_double_dqn"), ("seed", "0", "clipped_double_dqn")]
+    assert all(r.info.run_name.startswith("clipped_double_dqn-") for r in runs if r.data.tags["sweep_role"] != "trial")
     assert all(r.data.params["algo.clipped"] == "True" for r in runs if "algo.clipped" in r.data.params)
     assert result.preset is not None and "override /algo: clipped_double_dqn" in result.preset.read_text()
 
@@ -242,26 +234,33 @@ def test_a_group_choice_runs_labels_and_reaches_the_preset(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- objective
 def test_censoring_rule_by_hand():
     # B = 500 episodes, penalty P = 500, CartPole threshold 475
-    assert seed_value(120, 500, 500.0) == 120.0
-    assert shortfall(237.5, 475.0) == 0.5  # (475 - 237.5) / 475
-    assert seed_value(None, 500, 500.0, shortfall(237.5, 475.0)) == 500 + 500 * 1.5 == 1250.0
-    assert seed_value(None, 500, 500.0, shortfall(475.0, 475.0)) == 1000.0  # the best an unsolved seed gets
-    assert seed_value(None, 500, 500.0, shortfall(9.0, 475.0)) == pytest.approx(500 + 500 * (1 + 466 / 475))
-    assert shortfall(600.0, 475.0) == 0.0 and shortfall(-1e9, 475.0) == 1.0
-    assert shortfall(-150.0, -100.0) == 0.5  # negative thresholds (Acrobot): / max(|thr|, 1)
+    def value(solved_at, last_mean, threshold=475.0):
+        return seed_value(solved_at, last_mean, threshold, 500, 500.0)
+
+    assert value(120, 100.0) == 120.0
+    assert value(None, 237.5) == 500 + 500 * (1 + 0.5) == 1250.0  # shortfall (475 - 237.5) / 475
+    assert value(None, 475.0) == 1000.0 == value(None, 600.0)  # the best an unsolved seed gets
+    assert value(None, 9.0) == pytest.approx(500 + 500 * (1 + 466 / 475))
+    assert value(None, -1e9) == value(None, None) == 500 + 500 * 2  # the shortfall is at most 1
+    assert value(None, -150.0, threshold=-100.0) == 1250.0  # negative thresholds (Acrobot): / max(|thr|, 1)
     assert aggregate([120.0, 1250.0, 200.0], "mean") == pytest.approx(1570 / 3)
     assert aggregate([120.0, 1250.0, 200.0], "median") == 200.0
     # a configuration solving no seed never beats one solving every seed, even at the budget
-    assert aggregate([seed_value(None, 500, 500.0, 0.0)] * 3, "mean") > aggregate([500.0] * 3, "mean")
+    assert aggregate([value(None, 475.0)] * 3, "mean") > aggregate([500.0] * 3, "mean")
 
 
 def _info(ep: int, mean: float, solved: int | None = None) -> EpisodeInfo:
     return EpisodeInfo(ep, mean, 10, ep * 10, mean, solved)
 
 
+def _trial(reports: list, prune=lambda: False) -> SimpleNamespace:
+    """What Curves uses of an Optuna trial: report(value, step) and should_prune()."""
+    return SimpleNamespace(report=lambda v, s: reports.append((s, v)), should_prune=prune)
+
+
 def _curves(n: int, reports: list, prune=lambda: False) -> Curves:
     """B = 100 episodes, reports every 25, CartPole-like threshold 500, penalty 100."""
-    return Curves(n, 100, 25, 500.0, 100.0, "mean", lambda v, s: reports.append((s, v)), prune)
+    return Curves(n, 100, 25, 500.0, 100.0, "mean", _trial(reports, prune))
 
 
 def test_a_trial_reports_all_its_seeds_at_step_episode_once_every_running_seed_got_there():
@@ -298,12 +297,12 @@ def test_the_reports_do_not_depend_on_how_the_batch_is_scheduled():
         seeds.append([_info(e, float(np.mean(rets[max(0, e - 10):e])), solved if solved and e >= solved else None)
                       for e in range(1, end + 1)])
     one_after_the_other: list = []
-    c = Curves(3, 100, 25, 500.0, 100.0, "mean", lambda v, s: one_after_the_other.append((s, v)), lambda: False)
+    c = Curves(3, 100, 25, 500.0, 100.0, "mean", _trial(one_after_the_other))
     for i, infos in enumerate(seeds):
         for info in infos:
             c(i, info)
     side_by_side: list = []
-    c = Curves(3, 100, 25, 500.0, 100.0, "mean", lambda v, s: side_by_side.append((s, v)), lambda: False)
+    c = Curves(3, 100, 25, 500.0, 100.0, "mean", _trial(side_by_side))
     for e in range(100):
         for i, infos in enumerate(seeds):
             if e < len(infos):
@@ -354,9 +353,9 @@ def test_a_trial_whose_runs_all_ended_completes_even_if_the_pruner_says_stop(tmp
 
 
 def test_a_finished_seed_is_censored_on_its_last_window():
-    assert final_value(None, tail_mean([0.0, 0.0, 200.0, 300.0], 2), 500.0, 4, 4.0) == 4 + 4 * (1 + 0.5)
-    assert final_value(3, tail_mean([500.0] * 3, 2), 500.0, 4, 4.0) == 3.0
-    assert final_value(None, None, 500.0, 4, 4.0) == 4 + 4 * 2  # no episode at all: the worst
+    assert seed_value(None, tail_mean([0.0, 0.0, 200.0, 300.0], 2), 500.0, 4, 4.0) == 4 + 4 * (1 + 0.5)
+    assert seed_value(3, tail_mean([500.0] * 3, 2), 500.0, 4, 4.0) == 3.0
+    assert tail_mean([], 2) is None and seed_value(None, None, 500.0, 4, 4.0) == 4 + 4 * 2  # no episode: the worst
 
 
 def test_budget_counts_and_progress_line():
@@ -371,10 +370,10 @@ def test_budget_counts_and_progress_line():
     assert [st.counts(x) for x in trials] == [True, True, True, False, True, False]
     assert st.is_lost(trials[3]) and not st.is_lost(trials[2])
     assert st.done(trials) == 4 and st.ahead_of(trials, 6) == 5 and st.ahead_of(trials, 3) == 3
-    line = st.progress_line("s", trials[4], trials, n_trials=6, workers=2)
-    assert "[s] trial 4 COMPLETE value 250.0 | 4/6 done (2 complete, 1 pruned, 1 failed, 1 lost)" in line
-    assert "best 250.0 (trial 4)" in line and "left" in line
-    assert "FAILED: DivergenceError" in st.progress_line("s", trials[2], trials, 6, 1)
+    line = st.progress_line("s", trials[4], trials, n_trials=6)
+    assert line == "[s] trial 4 COMPLETE value 250.0 | 4/6 done (2 complete, 1 pruned, 1 failed, 1 lost) | best 250.0 (trial 4)"
+    assert "FAILED: DivergenceError" in st.progress_line("s", trials[2], trials, 6)
+    assert "LOST" in st.progress_line("s", trials[3], trials, 6)
     surplus = t(TrialState.FAIL, 6, surplus=True)
     assert not st.counts(surplus) and not st.is_lost(surplus) and st.tally([surplus])["lost"] == 0
 
@@ -436,7 +435,7 @@ def test_the_commands_wall_time_includes_its_validation_and_re_evaluation(tmp_pa
 
     monkeypatch.chdir(tmp_path)
     real, started = runner.finalize, []
-    monkeypatch.setattr(runner, "finalize", lambda *a: (started.append(time.perf_counter()), time.sleep(1.5), real(*a)))
+    monkeypatch.setattr(runner, "finalize", lambda *a: (started.append(time.perf_counter()), time.sleep(1.5), real(*a))[-1])
     sweep = load("dqn_cartpole", tiny(tmp_path, "n_trials=1"))
     t0 = time.perf_counter()
     result = run_sweep(sweep)
@@ -649,7 +648,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_o
 def test_a_signal_during_a_re_evaluation_ends_its_runs_killed_and_leaves_no_process(tmp_path, sig):
     # the re-evaluation (the end of a sweep, and bench_sweep's default config) trains its seeds as
     # one batch: a signal stops every member, whose runs end KILLED, and nothing is left training
-    script = ("from rlexp.sweep.runner import evaluate\n"
+    script = ("from rlexp.sweep import evaluate\n"
               "evaluate(['algo=dqn_target', 'algo.hidden=[16]', 'algo.learning_starts=50', 'train.max_episodes=100000',"
               " 'train.save_model=false'], [1, 2, 3], tags={'sweep': 'x', 'sweep_role': 'eval'})\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,22 +1,11 @@
 """``python -m rlexp.sweep sweep=NAME [key=value ...]``: start, resume or extend an Optuna sweep.
 
-The same command resumes a sweep after an interruption (completed trials are kept, a trial that
-was running when its worker died is failed as lost and replaced) and adds trials when
-``n_trials`` is raised. Keys of the sweep definition (``n_trials=10 workers=2 seeds=[1,2,3]
-storage=postgresql://... pruner.name=none space.algo.lr.high=1e-2``) override ``sweeps/NAME.yaml``;
-any other key (``train.max_episodes=100 algo.hidden=[32]``) is appended to the trials' ``base``
-overrides. ``pruner.args={...}`` replaces the file's arguments, and ``pruner.name=X`` alone starts
-X without any. A bad key or value stops everything with one line naming it (exit 2) before any trial.
-
-Trial k runs seeds ``seeds[i] + k * seed_stride`` (recorded as the trial's ``seeds`` user attribute);
-its value is the mean (or median) episodes-to-solve over them, an unsolved seed counting
-``B + penalty * (1 + shortfall)`` with B = train.max_episodes (see rlexp.sweep.objective). At the end
-the top trials run on held-out seeds, and the pick is re-evaluated on ``validation.eval_seeds`` fresh seeds and written to
-``conf/experiment/<study>.yaml``: ``python -m rlexp +experiment=<study> seed=1,2,3 -m`` reproduces it.
-
-Several machines run one study when they share the storage (PostgreSQL/MySQL URL) and the
-MLflow store (``MLFLOW_TRACKING_URI``): run the same command on each, with ``finalize=false`` on
-all but one.
+The same command resumes a sweep after an interruption and adds trials when ``n_trials`` is raised.
+Keys of the sweep definition (``n_trials=10 workers=2 storage=postgresql://... pruner.name=none``)
+override ``sweeps/NAME.yaml``; any other (``train.max_episodes=100``) is appended to the trials'
+``base``. At the end the pick is written to ``conf/experiment/<study>.yaml``. Several machines run one
+study with the same storage URL and MLflow store, ``finalize=false`` on all but one. The keys, the
+objective and the end of a sweep: docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -25,8 +14,6 @@ import sys
 
 from rlexp.config import ConfigError
 
-USAGE = __doc__ or ""
-
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -34,11 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlexp import command_name
         from rlexp.sweep.load import sweep_names
 
-        usage = USAGE.strip().replace("python -m rlexp.sweep", command_name("rlexp.sweep", "rlexp-sweep"))
+        usage = (__doc__ or '').strip().replace("python -m rlexp.sweep", command_name("rlexp.sweep", "rlexp-sweep"))
         print(f"{usage}\n\nsweeps: {', '.join(sweep_names())}", file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
-    sweeps = [a for a in args if a.startswith("sweep=")]
-    others = [a for a in args if not a.startswith("sweep=")]
+    sweeps = [a.split("=", 1)[1] for a in args if a.startswith("sweep=")]
     if len(sweeps) != 1:
         print("rlexp.sweep: error: name one sweep: sweep=NAME (a file of sweeps/) or sweep=path/to.yaml",
               file=sys.stderr)
@@ -48,13 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from rlexp.tracking import check_tracking
 
     try:
-        sweep = load(sweeps[0].split("=", 1)[1], others)
+        sweep = load(sweeps[0], [a for a in args if not a.startswith("sweep=")])
         check_tracking()  # an unwritable MLflow store or a silent server: refused before any trial
-    except ConfigError as e:
-        print(f"rlexp.sweep: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        result = run_sweep(sweep)
+        return 0 if run_sweep(sweep).all_started else 1
     except ConfigError as e:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2
@@ -62,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nrlexp.sweep: interrupted; finished trials are kept, the running ones are lost. "
               "Resume with the same command.", file=sys.stderr)
         return 130
-    return 0 if result.all_started else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Typed schema of a sweep definition (``sweeps/NAME.yaml``), registered in Hydra's ConfigStore as
-``base_sweep``: a file extends it (``defaults: [base_sweep, _self_]``), so an unknown key or a wrong
-type is refused at composition, and ``__post_init__`` names key and value of a bad range. ``space``
-is a tree shaped like the rlexp config whose leaves are parameter specs, e.g.
-``space: {algo: {lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}}}``, so that
-``space.algo.lr.high=1e-2`` or ``+space.algo.gamma={type:float,low:0.9,high:0.999}`` work on the command line.
+"""Typed schema of a sweep definition (``sweeps/NAME.yaml``), registered with Hydra as ``base_sweep``.
+
+A file extends it (``defaults: [base_sweep, _self_]``), so an unknown key or a wrong type is refused at
+composition, and ``__post_init__`` names key and value of a bad range. ``space`` is a tree shaped like
+the rlexp config whose leaves are parameter specs, e.g. ``space: {algo: {lr: {type: float, low: 1.0e-4,
+high: 3.0e-3, log: true}}}``, so that ``space.algo.lr.high=1e-2`` works on the command line.
 """
 
 from __future__ import annotations
@@ -20,21 +20,27 @@ from rlexp.config import ConfigError, _check, _choice
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "threshold", "none")
-AGGREGATES = ("mean", "median")
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
-# keys of older definitions: refused with one line saying where they went
+# keys (or settings) of older definitions: refused with one line saying where they went
 REMOVED = {
     "pruner.lockstep": "removed: a trial's seeds train as one batch and report together",
     "pruner.bound": "removed: Optuna's pruner alone stops trials",
     "pruner.bound_rank": "removed with pruner.bound",
     "pruner.max_return": "removed with pruner.bound",
+    "pruner.name=bound": "removed with pruner.bound; choose one of " + ", ".join(PRUNERS),
     "sampler.consider_pruned": "removed: the sampler handles pruned trials as Optuna does",
     "sampler.pruned_value": "removed with sampler.consider_pruned",
     "eval_seeds": "moved: use validation.eval_seeds",
     "eval_seed_base": "moved: use validation.eval_seed_base",
     "eval_overrides": "moved: use validation.eval_overrides",
 }
+
+
+def removed(key: str) -> str | None:
+    """The one-line refusal of an older definition's key (or ``key=value``), None for a current one."""
+    old = next((k for k in REMOVED if key == k or key.startswith((k + ".", k + "="))), None)
+    return None if old is None else f"{old} was {REMOVED[old]}"
 
 
 def _is_number(v: Any) -> bool:
@@ -85,7 +91,7 @@ class ParamSpec:
         """Whether ``value`` (as the rlexp config holds it) is a point of this range or a choice."""
         if self.type == "categorical":
             return value in self.optuna_choices() or value in self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not _is_number(value):
             return False
         assert self.low is not None and self.high is not None
         k = (value - self.low) / self.step if self.step else 0.0
@@ -100,16 +106,13 @@ class ParamSpec:
 
 def format_value(v: Any) -> str:
     """A value as Hydra reads it on the command line (floats exactly, strings quoted)."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list | tuple):
         return "[" + ",".join(format_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{s}'"
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def parse_space(space: Mapping[str, Any], prefix: str = "") -> list[ParamSpec]:
@@ -117,18 +120,15 @@ def parse_space(space: Mapping[str, Any], prefix: str = "") -> list[ParamSpec]:
     out: list[ParamSpec] = []
     for k, v in space.items():
         key = f"{prefix}{k}"
-        if not isinstance(v, Mapping):
+        if not isinstance(v, Mapping) or not v:
             raise ConfigError(f"space.{key}={v!r} must be a parameter spec "
                               "{type: float|int|categorical, ...} or a section of them")
         if "type" not in v:
-            if not v:
-                raise ConfigError(f"space.{key} is an empty section")
             out.extend(parse_space(v, key + "."))
             continue
         unknown = sorted(set(v) - _SPEC_KEYS)
         if unknown:
-            raise ConfigError(f"space.{key}.{unknown[0]} is not a parameter field; "
-                              f"use {', '.join(sorted(_SPEC_KEYS))}")
+            raise ConfigError(f"space.{key}.{unknown[0]} is not a parameter field; use {', '.join(sorted(_SPEC_KEYS))}")
         choices = v.get("choices")
         if choices is not None and not isinstance(choices, list | tuple):
             raise ConfigError(f"space.{key}.choices={choices!r} must be a list")
@@ -170,9 +170,8 @@ class ObjectiveConfig:
     penalty: float | None = None  # episodes added for an unsolved seed, x (1 + shortfall); None: the budget
 
     def __post_init__(self) -> None:
-        _choice("objective.aggregate", self.aggregate, AGGREGATES)
-        if self.penalty is not None:
-            _check(self.penalty > 0, "objective.penalty", self.penalty, "must be > 0")
+        _choice("objective.aggregate", self.aggregate, ("mean", "median"))
+        _check(self.penalty is None or self.penalty > 0, "objective.penalty", self.penalty, "must be > 0")
 
 
 @dataclass
@@ -195,12 +194,9 @@ class ValidationConfig:
             _check(isinstance(ov, str) and "=" in ov, "validation.eval_overrides", ov,
                    "entries must be key=value overrides")
 
-    @property
-    def enabled(self) -> bool:
-        return self.top >= 1 and self.seeds >= 1
-
     def seed_list(self) -> list[int]:
-        return [self.seed_base + j for j in range(self.seeds)] if self.enabled else []
+        """The held-out seeds (none when validation is off: top or seeds 0)."""
+        return [self.seed_base + j for j in range(self.seeds)] if self.top >= 1 else []
 
     def fresh_seeds(self) -> list[int]:
         return [self.eval_seed_base + j for j in range(self.eval_seeds)]
@@ -243,7 +239,8 @@ class SweepConfig:
             _check(len(options) >= 1, f"groups.{g}", options, "must list at least one option")
             _check(len(set(options)) == len(options), f"groups.{g}", options, "must not repeat an option")
         self.params()  # validates every leaf
-        _check(self.n_trials >= 1, "n_trials", self.n_trials, "must be >= 1")
+        for key in ("n_trials", "workers", "heartbeat_interval", "top"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         _check(len(self.seeds) >= 1, "seeds", self.seeds, "must list at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
         _check(all(s >= 0 for s in self.seeds), "seeds", self.seeds, "must be >= 0")
@@ -264,17 +261,12 @@ class SweepConfig:
                    f"seed_stride={self.seed_stride}, n_trials={self.n_trials}); they must be held out")
         _check("://" in self.storage, "storage", self.storage,
                "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")
-        if self.study_name is not None:
-            _check(bool(self.study_name.strip()), "study_name", self.study_name, "must not be empty")
-            # it names MLflow runs (sweep-NAME-trial-N: 250 characters at most) and goes into their
-            # search filters, where quotes are escaped but a backslash is not
-            _check(len(self.study_name) <= 200, "study_name", self.study_name[:40] + "...",
-                   f"is {len(self.study_name)} characters long; at most 200")
+        if self.study_name is not None:  # it names MLflow runs and goes into their search filters,
+            # where quotes are escaped but a backslash is not
+            _check(0 < len(self.study_name.strip()) <= 200, "study_name", self.study_name[:40],
+                   "must not be empty nor longer than 200 characters")
             _check(self.study_name.isprintable() and "\\" not in self.study_name, "study_name", self.study_name,
                    "must not hold backslashes or control characters")
-        _check(self.workers >= 1, "workers", self.workers, "must be >= 1")
-        _check(self.heartbeat_interval >= 1, "heartbeat_interval", self.heartbeat_interval, "must be >= 1")
-        _check(self.top >= 1, "top", self.top, "must be >= 1")
 
     def params(self) -> list[ParamSpec]:
         """The searched parameters, validated: the group choices first, then the space in file order."""

@@ -1,10 +1,9 @@
 """Hydra at the sweep's edge: compose ``sweeps/NAME.yaml`` with command-line keys, validate, convert once.
 
-A ``key=value`` whose first part is a field of :class:`~rlexp.sweep.config.SweepConfig`
-(``n_trials=10``, ``pruner.name=none``, ``space.algo.lr.high=1e-2``) overrides the sweep
-definition; any other (``train.max_episodes=30``, ``algo.hidden=[16]``) is an rlexp override appended
-to ``base``. Everything is checked before a trial runs: the definition's types and ranges, that
-every searched key exists in the composed rlexp config, and that the base composed with each
+A ``key=value`` whose first part is a field of :class:`~rlexp.sweep.config.SweepConfig` (``n_trials=10``,
+``space.algo.lr.high=1e-2``) overrides the definition; any other (``train.max_episodes=30``) is an rlexp
+override appended to ``base``. Everything is checked before a trial runs: the definition's types and
+ranges, that every searched key exists in the rlexp config, and that the base composed with each
 parameter's bounds and choices is a valid, compatible config.
 """
 
@@ -30,15 +29,7 @@ from rlexp.compose import (
     shipped,
 )
 from rlexp.config import Config, ConfigError
-from rlexp.sweep.config import (
-    FIELDS,
-    PRUNERS,
-    REMOVED,
-    ParamSpec,
-    SweepConfig,
-    format_value,
-    register_sweep_schema,
-)
+from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema, removed
 
 SWEEPS_DIR = shipped("sweeps")
 _ABSENT = object()
@@ -63,75 +54,33 @@ def sweep_names() -> list[str]:
 
 def _locate(sweep: str) -> tuple[Path, str]:
     """``sweep=NAME`` (a file of sweeps/) or ``sweep=path/to/file.yaml``: (config dir, name)."""
-    if sweep.endswith((".yaml", ".yml")):
-        path = Path(sweep).resolve()
-        if not path.is_file():
-            raise ConfigError(f"sweep={sweep!r}: no such file")
-        return path.parent, path.stem
-    if not (SWEEPS_DIR / f"{sweep}.yaml").is_file():
-        raise ConfigError(f"sweep={sweep!r} is not a file of sweeps/; choose one of: {', '.join(sweep_names())}")
-    return SWEEPS_DIR, sweep
+    path = Path(sweep).resolve() if sweep.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{sweep}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep={sweep!r}: no such file" if sweep.endswith((".yaml", ".yml")) else
+                          f"sweep={sweep!r} is not a file of sweeps/; choose one of: {', '.join(sweep_names())}")
+    return path.parent, path.stem
 
 
-def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(sweep-definition overrides, rlexp overrides) by the key's first part."""
-    sweep_ovs: list[str] = []
-    rlexp_ovs: list[str] = []
-    for ov in overrides:
-        if "=" not in ov and not ov.startswith("~"):
-            raise ConfigError(f"{ov!r} is not a key=value override")
-        top = override_key(ov).split(".", 1)[0]
-        (sweep_ovs if top in FIELDS else rlexp_ovs).append(ov)
-    return sweep_ovs, rlexp_ovs
-
-
-def _whole_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Pull out ``pruner.args={...}`` / ``sampler.args={...}``: they replace the file's args.
-
-    Hydra would merge them into the file's (the file's median arguments would reach a threshold
-    pruner); and ``pruner.name=X`` without ``pruner.args=`` starts X from no arguments.
-    """
+def _replaced_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Pull out ``pruner.args={...}`` / ``sampler.args={...}``: they replace the file's arguments
+    (Hydra would merge them), and ``pruner.name=X`` alone starts X without any."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     replaced: dict[str, dict[str, Any]] = {}
-    rest = []
-    for ov in overrides:
-        key = ov.split("=", 1)[0]
-        if key in ("pruner.args", "sampler.args"):
-            try:
-                value = OverridesParser.create().parse_override(ov).value()
-            except Exception as e:
-                raise ConfigError(f"{ov}: {one_line(e)}") from None
-            if not isinstance(value, dict):
-                raise ConfigError(f"{ov}: must be a dict of keyword arguments, e.g. {key}={{n_warmup_steps:100}}")
-            replaced[key.split(".")[0]] = value
-        else:
-            rest.append(ov)
+    for ov in [ov for ov in overrides if override_key(ov) in ("pruner.args", "sampler.args")]:
+        try:
+            value = OverridesParser.create().parse_override(ov).value()
+        except Exception as e:
+            raise ConfigError(f"{ov}: {one_line(e)}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{ov}: must be a dict of keyword arguments, e.g. {override_key(ov)}={{a:1}}")
+        replaced[override_key(ov).split(".")[0]] = value
+    rest = [ov for ov in overrides if override_key(ov) not in ("pruner.args", "sampler.args")]
     for part in ("pruner", "sampler"):
         keys = [override_key(ov) for ov in rest]
-        if part not in replaced and f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys):
-            replaced[part] = {}
+        if f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys):
+            replaced.setdefault(part, {})
     return replaced, rest
-
-
-def refuse_removed(keys: Sequence[str], where: str) -> None:
-    """One line naming the first key of an older definition (:data:`REMOVED`) among ``keys``."""
-    for key in keys:
-        old = next((k for k in REMOVED if key == k or key.startswith(k + ".")), None)
-        if old is not None:
-            raise ConfigError(f"{where}{old} was {REMOVED[old]}")
-
-
-def _file_keys(node: Any, prefix: str = "") -> list[str]:
-    """The dotted keys of a sweep file (``space`` and ``groups`` hold no definition keys)."""
-    if not isinstance(node, DictConfig):
-        return []
-    keys = []
-    for k, v in node.items_ex(resolve=False):
-        keys.append(key := prefix + str(k))
-        if key not in ("space", "groups"):
-            keys += _file_keys(v, key + ".")
-    return keys
 
 
 def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, SweepConfig]:
@@ -141,18 +90,20 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
 
     register_sweep_schema()
     conf_dir, name = _locate(sweep)
-    refuse_removed([override_key(ov) for ov in overrides if "=" in ov or ov.startswith("~")], "")
-    if "pruner.name=bound" in overrides:
-        raise ConfigError("pruner.name=bound was removed with pruner.bound; choose one of " + ", ".join(PRUNERS))
-    refuse_removed(_file_keys(OmegaConf.load(conf_dir / f"{name}.yaml")), f"{conf_dir / name}.yaml: ")
-    sweep_ovs, rlexp_ovs = split_overrides(overrides)
+    sweep_ovs: list[str] = []
+    rlexp_ovs: list[str] = []
     known = set(Config.__dataclass_fields__) | set(group_names())
-    for ov in rlexp_ovs:
+    for ov in overrides:
+        if "=" not in ov and not ov.startswith("~"):
+            raise ConfigError(f"{ov!r} is not a key=value override")
+        if msg := removed(ov.lstrip("+~")):
+            raise ConfigError(msg)
         top = override_key(ov).split(".", 1)[0]
-        if top not in known:
+        if top not in FIELDS | known:
             raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
                               f"nor of the rlexp config ({', '.join(sorted(known))})")
-    replaced, sweep_ovs = _whole_args(sweep_ovs)
+        (sweep_ovs if top in FIELDS else rlexp_ovs).append(ov)
+    replaced, sweep_ovs = _replaced_args(sweep_ovs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -163,6 +114,8 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     except ConfigError:
         raise
     except Exception as e:
+        if msg := removed(str(getattr(e.__cause__ or e.__context__, "full_key", ""))):  # an older definition file's key
+            raise ConfigError(f"{conf_dir / name}.yaml: {msg}") from None
         msg = name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
         if "not in struct" in msg and ".args." in msg.split(":", 1)[0]:
             msg += " (pruner.args={...} / sampler.args={...} set all the arguments at once)"
@@ -187,49 +140,33 @@ def param_override(p: ParamSpec, value: object) -> str:
         return f"{p.key}={value}"  # a group option, as on the command line (unquoted)
     if p.type == "categorical" and isinstance(value, str) and value in p.optuna_choices():
         value = p.choices[p.optuna_choices().index(value)]  # back from a list's text
-    if p.type == "int":
-        value = int(value)  # type: ignore[call-overload]
-    return f"{p.key}={format_value(value)}"
+    return f"{p.key}={format_value(int(value) if p.type == 'int' else value)}"  # type: ignore[call-overload]
 
 
-def _compose_checked(overrides: list[str]) -> Config:
+def _compose_checked(where: str, overrides: list[str]) -> None:
     from rlexp.algos.registry import check_compatible
 
-    cfg = compose_config(overrides)
-    check_compatible(cfg)
-    return cfg
-
-
-def _refuse_seeds_and_deletions(where: str, overrides: Sequence[str], seed_message: str) -> None:
-    """Overrides written into a preset can neither delete a key nor set the seed (the sweep's)."""
-    for ov in overrides:
-        if ov.startswith("~"):
-            raise ConfigError(f"{where}: {ov!r}: deletions cannot be written to a preset; set a value instead")
-        if override_key(ov) == "seed":
-            raise ConfigError(f"{where}: {ov!r}: {seed_message}")
+    try:
+        check_compatible(compose_config(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def validate(name: str, cfg: SweepConfig) -> Sweep:
     """Check the base and the search space against the real rlexp config; raises ConfigError."""
-    params = cfg.params()
-    base = list(cfg.base)
-    _refuse_seeds_and_deletions("base", base, "the seeds are the sweep's (seeds=, seed_stride=), not base's")
-    try:
-        _compose_checked(base)
-    except ConfigError as e:
-        raise ConfigError(f"base: {e}") from None
-    evals = cfg.validation.eval_overrides
-    where = "validation.eval_overrides"
-    _refuse_seeds_and_deletions(where, evals, "the fresh seeds are the sweep's (validation.eval_seeds=)")
+    params, base, evals = cfg.params(), list(cfg.base), cfg.validation.eval_overrides
     searched = {p.key for p in params}
-    for ov in evals:
-        if override_key(ov) in searched:
-            raise ConfigError(f"{where}: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
-                              "the re-evaluation uses the pick's value")
-    try:
-        _compose_checked([*base, *evals])
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    for where, ovs in (("base", base), ("validation.eval_overrides", evals)):
+        for ov in ovs:  # what a preset holds: neither a deletion nor the seed, nor a searched key
+            if ov.startswith("~"):
+                raise ConfigError(f"{where}: {ov!r}: deletions cannot be written to a preset; set a value instead")
+            if override_key(ov) == "seed":
+                raise ConfigError(f"{where}: {ov!r}: the seeds are the sweep's (seeds=, validation.*seeds=)")
+            if where != "base" and override_key(ov) in searched:
+                raise ConfigError(f"{where}: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
+                                  "the re-evaluation uses the pick's value")
+    _compose_checked("base", base)
+    _compose_checked("validation.eval_overrides", [*base, *evals])
     dbase = compose_dict(base)
     for p in params:
         if p.key == "seed" or p.key.startswith("hydra"):
@@ -243,18 +180,14 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
             continue
         node = OmegaConf.select(dbase, p.key, default=_ABSENT)
         if node is _ABSENT:
-            raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from "
-                              f"base {base}")
+            raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from base {base}")
         if isinstance(node, DictConfig) or (isinstance(node, ListConfig) and p.type != "categorical"):
             raise ConfigError(f"space.{p.key}: {p.key} is a section, not a value; search one of its keys")
     # every bound and every choice composed at least once, all parameters set at the same time
     corners = [p.corners() for p in params]
     for i in range(max(len(c) for c in corners)):
         ovs = [param_override(p, c[i % len(c)]) for p, c in zip(params, corners, strict=True)]
-        try:
-            _compose_checked(base + ovs)
-        except ConfigError as e:
-            raise ConfigError(f"space: with {' '.join(ovs)}: {e}") from None
+        _compose_checked(f"space: with {' '.join(ovs)}", base + ovs)
     return Sweep(name, cfg, tuple(params))
 
 
@@ -276,24 +209,18 @@ def default_params(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
 
 def start_points(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
     """The trials a new study starts from (``start_from_default``), as (label, params): the base
-    config's values of the searched keys, then for each searched group (``groups``) each other
-    option at its own defaults, e.g. ``algo=clipped_double_dqn`` with clipped double DQN's lr,
-    batch and tau. Keys whose default lies outside the space are left to the sampler."""
+    config's values of the searched keys, then each other option of a searched group at its own
+    defaults (``algo=clipped_double_dqn`` with its lr, batch and tau). Keys whose default lies outside
+    the space are left to the sampler."""
     points = [("default", default_params(sweep))]
     for p in sweep.params:
-        if not (p.key in sweep.cfg.groups and is_group(p.key)):
-            continue
-        for option in p.choices:
-            if points[0][1].get(p.key) == option:
-                continue
-            params = default_params(sweep, [param_override(p, option)])
-            params[p.key] = option  # the option itself, whatever the base chose
-            points.append((f"default {p.key}={option}", params))
+        if p.key in sweep.cfg.groups and is_group(p.key):
+            for option in (o for o in p.choices if o != points[0][1].get(p.key)):
+                params = {**default_params(sweep, [param_override(p, option)]), p.key: option}
+                points.append((f"default {p.key}={option}", params))
     return [(label, params) for label, params in points if params]
 
 
 def load(sweep: str, overrides: Sequence[str] = ()) -> Sweep:
     """Compose and validate ``sweep`` with command-line ``overrides``; raises ConfigError."""
-    name, cfg = compose_sweep(sweep, overrides)
-    return validate(name, cfg)
-
+    return validate(*compose_sweep(sweep, overrides))

@@ -1,7 +1,7 @@
 """MLflow records of a sweep: one parent run per study, a child run per trial, the seed runs below it.
 
-Tags: every run of a sweep has ``sweep`` (the study name) and ``sweep_role`` (``study``, ``trial``,
-``seed`` or ``eval``); trial and seed runs have ``trial`` (the number); child runs have
+Every run of a sweep has the tags ``sweep`` (the study name) and ``sweep_role`` (``study``, ``trial``,
+``seed``, ``validate`` or ``eval``); trial and seed runs have ``trial`` (the number); child runs have
 ``mlflow.parentRunId``. A resumed sweep finds its parent run by tag and reuses it.
 """
 
@@ -14,12 +14,13 @@ from typing import Any
 from rlexp.tracking import MlflowTracker, flatten, open_experiment, retry_locked, tracking_uri
 
 ROLE = "sweep_role"
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "failed": "FAILED"}
 
 
-def _client() -> Any:
+def _tracker(run_id: str) -> MlflowTracker:
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri())
+    return MlflowTracker(MlflowClient(tracking_uri()), run_id)
 
 
 def open_parent(study_name: str, experiment: str, storage: str, definition: Mapping[str, Any],
@@ -33,9 +34,8 @@ def open_parent(study_name: str, experiment: str, storage: str, definition: Mapp
             if run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active":
                 run_id = known_run_id
         except Exception:  # another tracking store than last time
-            run_id = None
-    if run_id is None:
-        run_id = _earliest_parent(client, exp_id, study_name, storage)
+            pass
+    run_id = run_id or _earliest_parent(client, exp_id, study_name, storage)
     if run_id is None:
         run = retry_locked(lambda: client.create_run(exp_id, run_name=f"sweep-{study_name}", tags={
             "sweep": study_name, ROLE: "study", "optuna_storage": storage}))
@@ -56,64 +56,42 @@ def _earliest_parent(client: Any, exp_id: str, study_name: str, storage: str) ->
     found = retry_locked(lambda: client.search_runs(
         [exp_id], filter_string=f"tags.sweep = '{q(study_name)}' and tags.{ROLE} = 'study' "
                                 f"and tags.optuna_storage = '{q(storage)}'", max_results=100))
-    if not found:
-        return None
-    return str(min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id)
+    return str(min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id) if found else None
 
 
-def finish_parent(run_id: str, status: str, metrics: Mapping[str, float] | None = None) -> None:
-    tracker = MlflowTracker(_client(), run_id)
+def end_run(run_id: str, status: str, metrics: Mapping[str, float] | None = None,
+            tags: Mapping[str, str] | None = None, artifacts: tuple[Path, ...] = ()) -> None:
+    """End a parent or trial run with its last metrics, tags and artifacts."""
+    tracker = _tracker(run_id)
+    if tags:
+        tracker.set_tags(tags)
     if metrics:
         tracker.log_metrics(metrics, step=0)
+    for path in artifacts:
+        tracker.log_artifact(path)
     tracker.terminate(status)
 
 
-def log_artifacts(run_id: str, paths: list[Path]) -> None:
-    tracker = MlflowTracker(_client(), run_id)
-    for path in paths:
-        tracker.log_artifact(path)
+def start_trial_run(experiment: str, parent_run_id: str, study_name: str, number: int,
+                    params: Mapping[str, Any], seeds: list[int]) -> str:
+    """The MLflow run of one trial, a child of the study's run; returns its id."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-
-class TrialRun:
-    """The MLflow run of one trial, a child of the study's run."""
-
-    def __init__(self, experiment: str, parent_run_id: str, study_name: str, number: int,
-                 params: Mapping[str, Any], seeds: list[int]) -> None:
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-        client, exp_id = open_experiment(experiment)
-        run = retry_locked(lambda: client.create_run(exp_id, run_name=f"{study_name}-trial-{number}", tags={
-            MLFLOW_PARENT_RUN_ID: parent_run_id, "sweep": study_name, ROLE: "trial", "trial": str(number)}))
-        self.run_id: str = run.info.run_id
-        self.tracker = MlflowTracker(client, self.run_id)
-        self.tracker.log_params({**params, "seeds": seeds})
-
-    def seed_done(self, index: int, value: float, solved_at: int | None, env_steps: int) -> None:
-        m = {"seed_value": value, "seed_env_steps": float(env_steps)}
-        if solved_at is not None:
-            m["seed_episodes_to_solve"] = float(solved_at)
-        self.tracker.log_metrics(m, step=index)
-
-    def end(self, state: str, value: float | None, env_steps: int, reason: str | None = None) -> None:
-        """``state``: complete | pruned | failed | interrupted."""
-        tags = {"state": state, **({"fail_reason": reason[:5000]} if reason else {})}
-        self.tracker.set_tags(tags)
-        m = {"env_steps": float(env_steps)}
-        if value is not None:
-            m["objective"] = value
-        self.tracker.log_metrics(m, step=0)
-        status = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}.get(state, "FAILED")
-        self.tracker.terminate(status)
+    client, exp_id = open_experiment(experiment)
+    run = retry_locked(lambda: client.create_run(exp_id, run_name=f"{study_name}-trial-{number}", tags={
+        MLFLOW_PARENT_RUN_ID: parent_run_id, "sweep": study_name, ROLE: "trial", "trial": str(number)}))
+    MlflowTracker(client, run.info.run_id).log_params({**params, "seeds": seeds})
+    return str(run.info.run_id)
 
 
 def close_lost_runs(trial_run_id: str) -> None:
     """A lost trial's run and its still-RUNNING seed runs end FAILED with ``state=lost``."""
-    client = _client()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
     run = retry_locked(lambda: client.get_run(trial_run_id))
     children = retry_locked(lambda: client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{trial_run_id}'"))
     for r in [run, *children]:
         if r.info.status == "RUNNING":
-            tracker = MlflowTracker(client, r.info.run_id)
-            tracker.set_tags({"state": "lost", "stop_reason": "worker lost (heartbeat stopped)"})
-            tracker.terminate("FAILED")
+            end_run(r.info.run_id, "FAILED", tags={"state": "lost", "stop_reason": "worker lost (heartbeat stopped)"})
