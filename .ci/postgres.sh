@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server on 127.0.0.1 for the multi-worker sweep test (tests/test_sweep_postgres.py).
+# A throwaway PostgreSQL server on 127.0.0.1 for the multi-worker sweep test (tests/test_sweep_postgres.py)
+# and the MLflow server test (tests/test_cluster.py: its backend store, a database of its own, since
+# Optuna and MLflow both keep an alembic_version table).
 #
-#   eval "$(.ci/postgres.sh)"      # starts it if needed, exports RLEXP_TEST_POSTGRES_URL
+#   eval "$(.ci/postgres.sh)"      # starts it if needed, exports RLEXP_TEST_POSTGRES_URL and
+#                                  # RLEXP_TEST_MLFLOW_POSTGRES_URL (SQLAlchemy's psycopg2 dialect named:
+#                                  # its default for postgresql:// is psycopg 3, not installed)
 #   .ci/postgres.sh stop           # stops it (the data dir is kept)
 #
 # Idempotent: safe to call when the server already runs (it is reused, nothing is recreated).
 # As root it installs the `postgresql` package when no server binaries are found, and runs the
 # server as the `postgres` user. Data dir: $RLEXP_PG_DATA (default /tmp/rlexp-postgres); port:
-# 5432 or the next free one (remembered in the data dir). Only the export line goes to stdout.
+# 5432 or the next free one (remembered in the data dir). Only the export lines go to stdout.
 set -euo pipefail
 
 DATA=${RLEXP_PG_DATA:-/tmp/rlexp-postgres}
 DB=rlexp_test
+MLFLOW_DB=rlexp_mlflow
 ROLE=rlexp
 PASSWORD=rlexp
 log() { echo "postgres.sh: $*" >&2; }
@@ -73,10 +78,13 @@ psql_pg() { as_pg "$BIN/psql" -h "$DATA" -p "$PORT" -U postgres -d postgres -v O
 if [ "$(psql_pg -c "SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'")" != 1 ]; then
     psql_pg -c "CREATE ROLE $ROLE LOGIN PASSWORD '$PASSWORD'"
 fi
-if [ "$(psql_pg -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
-    psql_pg -c "CREATE DATABASE $DB OWNER $ROLE"
-fi
+for db in "$DB" "$MLFLOW_DB"; do
+    if [ "$(psql_pg -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
+        psql_pg -c "CREATE DATABASE $db OWNER $ROLE"
+    fi
+done
 
 URL="postgresql://$ROLE:$PASSWORD@127.0.0.1:$PORT/$DB"
 log "ready: $URL"
 echo "export RLEXP_TEST_POSTGRES_URL=$URL"
+echo "export RLEXP_TEST_MLFLOW_POSTGRES_URL=postgresql+psycopg2://$ROLE:$PASSWORD@127.0.0.1:$PORT/$MLFLOW_DB"

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,39 @@ def pick(name: str) -> str:
     from rlexp.compose import group_options
 
     return f"+experiment={name}" if name in group_options("experiment") else f"algo={name}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_store: str, artifacts: Path) -> Iterator[str]:
+    """An ``mlflow server`` on loopback over ``backend_store`` with ``artifacts`` as its artifact
+    root (served through it: clients need no access to the folder); yields its URI, stops it after."""
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", backend_store, "--artifacts-destination", str(artifacts)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail(f"mlflow server over {backend_store} did not come up")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from rlexp.parent import ARM_TAG
 from rlexp.tracking import ROLE_TAG
 from rlexp.train import RunInterrupted, run
 
-from .conftest import PYTHON, cli_env, sigint_default
+from .conftest import PYTHON, cli_env, mlflow_server, sigint_default
 
 SMALL = ["algo.hidden=[16]", "algo.learning_starts=50", "train.log_interval=100"]
 
@@ -189,33 +188,9 @@ def test_ctrl_c_on_the_cli_marks_the_run_killed(tmp_path):
     assert runs[0].data.metrics["episodes"] >= 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.mlflow_server
 def test_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
-    port = _free_port()
-    server = subprocess.Popen(
-        [PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not come up")
-                time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         result = run(compose_config(["train.max_episodes=5", "seed=2", *SMALL]))
         client = MlflowClient(uri)
@@ -223,9 +198,6 @@ def test_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
         assert r.info.status == "FINISHED" and r.data.metrics["episodes"] == 5
         assert {"episodes.csv", "config.yaml", "model"} <= {a.path for a in client.list_artifacts(result.run_id)}
         assert len(list((tmp_path / "artifacts").rglob("episodes.csv"))) == 1  # stored by the server
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_parallel_processes_share_one_sqlite_store(tmp_path):
