@@ -40,9 +40,11 @@ TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
 def tiny(tmp_path: Path, *extra: str) -> list[str]:
     """Overrides shrinking dqn_cartpole to seconds, storage and preset in tmp_path; no validation
-    stage unless ``extra`` asks for one."""
+    stage unless ``extra`` asks for one. Such budgets solve nothing: ``preset_unsolved=true`` lets the
+    end of a sweep run all the same."""
     return [*TINY, f"storage=sqlite:///{tmp_path / 'optuna.db'}", f"preset_dir={tmp_path / 'presets'}",
-            "seeds=[0]", "validation.eval_seeds=0", "pruner.report_every=4", "validation.top=0", *extra]
+            "seeds=[0]", "validation.eval_seeds=0", "pruner.report_every=4", "validation.top=0",
+            "preset_unsolved=true", *extra]
 
 
 def trials_of(tmp_path: Path, name: str = "dqn_cartpole") -> list[optuna.trial.FrozenTrial]:
@@ -512,6 +514,18 @@ def test_failed_trial_is_recorded_and_the_preset_reproduces_the_best(tmp_path, m
     preset_cfg = compose_config(["+experiment=dqn_cartpole", "seed=3"])
     assert config_dict(preset_cfg) == config_dict(trial_cfg)
     assert preset_cfg.algo.lr == best.params["algo.lr"] and preset_cfg.train.max_episodes == 12
+
+
+def test_a_sweep_in_which_no_trial_solved_says_so_and_writes_no_preset(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "pruner.name=none", "tracking.enabled=false",
+                                  "train.max_episodes=4", "validation.top=2", "preset_unsolved=false"))
+    result = run_sweep(s)
+    assert result.finished and result.tally["complete"] == 2 and result.best_number is not None
+    assert result.preset is None and not (tmp_path / "presets").exists()
+    assert result.validated == [] and result.evaluation is None  # no work spent on a pick of unsolved runs
+    assert "no trial solved any of its seeds" in capsys.readouterr().err
+    assert list(tmp_path.glob("outputs/**/top_trials.md"))  # the ranking is still shown
 
 
 def test_a_resumed_study_refuses_a_changed_objective(tmp_path, monkeypatch):

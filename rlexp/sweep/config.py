@@ -227,6 +227,7 @@ class SweepConfig:
     heartbeat_interval: int = 10  # s between a running trial's heartbeats; silent for 2x: failed as lost
     finalize: bool = True  # at the end: validate, re-evaluate, write the preset (false on helpers)
     preset_dir: str | None = None  # where the pick's preset goes; None: conf/experiment
+    preset_unsolved: bool = False  # validate and write a pick even when no trial solved any of its seeds
     top: int = 5  # rows of the top-trials table printed at the end
 
     def __post_init__(self) -> None:

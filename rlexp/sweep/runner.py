@@ -299,6 +299,13 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> list[Pat
     if b is None:
         print(f"[{name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
         return artifacts
+    if not any(e is not None for t in trials for e in t.user_attrs.get("episodes_to_solve") or []):
+        print(f"[{name}] no trial solved any of its seeds: the ranking only orders unsolved runs; "
+              + ("validating and writing the best anyway (preset_unsolved=true)" if cfg.preset_unsolved else
+                 "no preset written (a longer train.max_episodes or another space may solve; "
+                 "preset_unsolved=true writes the best anyway)"), file=sys.stderr)
+        if not cfg.preset_unsolved:
+            return artifacts
     result.validated = validate_top(study, sweep, result.parent_run_id)
     chosen = "the best trial"
     if result.validated:
