@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ class ReplayBuffer:
     """One ring buffer per member. Members step together, so they share the write position;
     each samples with its own generator. Truncated transitions are stored as non-terminal so they
     bootstrap."""
+
+    _ARRAYS = ("obs", "next_obs", "actions", "rewards", "terminated")
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int | None, seeds: Sequence[int],
                  device: torch.device | str = "cpu") -> None:
@@ -54,6 +56,19 @@ class ReplayBuffer:
         self.terminated[:, i] = terminated
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Member ``k``'s transitions (the filled part), write position and sampling generator."""
+        arrays = {name: getattr(self, name)[k, :self.size].copy() for name in self._ARRAYS}
+        return {"arrays": arrays, "pos": self.pos, "size": self.size, "rng": self.rngs[k].bit_generator.state}
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        """Restore member ``k`` from :meth:`member_state` (the others' write position is shared)."""
+        size = int(state["size"])
+        for name, a in state["arrays"].items():
+            getattr(self, name)[k, :size] = a
+        self.pos, self.size = int(state["pos"]), size
+        self.rngs[k].bit_generator.state = state["rng"]
 
     def sample(self, batch_size: int, n_batches: int = 1) -> list[Batch]:
         """``n_batches`` independent uniform minibatches per member, gathered in one go."""

@@ -178,6 +178,10 @@ def _end_parents(status: str, summarize: bool = True) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    if any(a.startswith("resume=") for a in argv):  # continue a run from its checkpoint (rlexp.resume)
+        from rlexp.resume import main as resume
+
+        sys.exit(resume(argv))
     if {"-m", "--multirun"}.intersection(argv):  # argparse refuses overrides on both sides of -m: move it last
         argv = [a for a in argv if a not in ("-m", "--multirun")] + ["-m"]
         sys.argv[1:] = argv
@@ -256,6 +260,7 @@ def _preflight(argv: list[str]) -> None:
     from rlexp.runs import note_stale
     from rlexp.train import experiment_name
 
+    _experiments.clear()  # this command's (main may run several commands in one process: tests)
     for c in configs:
         if c.tracking.enabled:
             _experiments.setdefault(experiment_name(c), []).append(c.algo.name)

@@ -417,6 +417,7 @@ class TrainConfig:
     num_threads: int = 1  # torch intra-op threads; small MLPs are fastest on one
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (a GPU when one exists, else cpu)
     log_interval: int = 1_000  # env steps between training-diagnostic metrics
+    checkpoint_every: int = 100  # episodes between a member's checkpoints (and one at Ctrl-C/SIGTERM); 0: none
     save_model: bool = True  # log the trained weights as an MLflow artifact
     progress: bool = True  # the CLI's progress on stderr: a live bar per seed on a terminal, else log lines
     log_every_s: float = 10.0  # off a terminal: seconds between progress lines
@@ -427,6 +428,7 @@ class TrainConfig:
             _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "must be >= 1")
         _check(self.num_threads >= 1, "train.num_threads", self.num_threads, "must be >= 1")
         _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "must be >= 0")
         _check(self.log_every_s > 0, "train.log_every_s", self.log_every_s, "must be > 0")
         _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None, "train.device", self.device,
                "must be cpu, cuda, cuda:N, mps or auto")

@@ -10,6 +10,7 @@ its run is closed at once, while the others go on.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
@@ -22,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from rlexp.buffer import Batch, ReplayBuffer
+from rlexp.checkpoint import Checkpoints, env_state, load_env_state
 from rlexp.envs import EnvBatch
 from rlexp.metrics import Counters, Metrics, SolveTracker
 from rlexp.progress import Progress
@@ -110,6 +112,18 @@ class EpisodeRecorder:
         if self.callback is not None:
             self.callback(EpisodeInfo(ep, ret, length, env_step, mean, self.solved_at))
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the recorder: returns, solve window, elapsed time, csv rows."""
+        rows = self.csv_path.read_text().splitlines()[1:self.episodes + 1] if self.csv_path is not None else []
+        return {"returns": list(self.returns), "solve": copy.deepcopy(self.solve), "env_steps": self.env_steps,
+                "elapsed": time.perf_counter() - self.start, "rows": rows}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.returns, self.solve, self.env_steps = list(state["returns"]), state["solve"], state["env_steps"]
+        self.start = time.perf_counter() - state["elapsed"]
+        if self._csv is not None:
+            self._csv.write("".join(row + "\n" for row in state["rows"]))
+
     def close(self) -> None:
         if self._csv is not None:
             self._csv.close()
@@ -142,6 +156,7 @@ class Members:
         self.progress = progress
         self._sums: dict[str, np.ndarray] = {}
         self._n = 0
+        self.checkpoints: Checkpoints | None = None  # set when train.checkpoint_every > 0
         self.step = 0
 
     def __len__(self) -> int:
@@ -181,6 +196,8 @@ class Members:
         """Member ``k`` finished an episode; it ends if that spent its budget or solved the task."""
         self.step = max(self.step, env_step)
         self.recs[k].add(ret, length, env_step)
+        if self.checkpoints is not None:
+            self.checkpoints.episode_done(k, self.recs[k].episodes)
         if self.recs[k].finished:
             why = non_finite(self._member_metrics(k), env_step)
             self.end(k, "FAILED" if why else "FINISHED", why)
@@ -205,6 +222,29 @@ class Members:
         for k in list(self.active):
             self.end(k, status, error)
 
+    # ------------------------------------------------------------------ checkpoints
+    def safe_point(self, loop_state: Callable[[int], dict[str, Any]]) -> None:
+        """The loop is between two env steps: write the due checkpoints (``loop_state(k)``: the loop's
+        part of member ``k``'s); after a stop request, every active member's, then stop."""
+        cp = self.checkpoints
+        if cp is None or not (cp.due or cp.stop_reason is not None):
+            return
+        for k in sorted(set(self.active) if cp.stop_reason is not None else cp.due & set(self.active)):
+            cp.write(k, {**loop_state(k), "members": self.member_state(k)})
+        cp.due.clear()
+        if cp.stop_reason is not None:
+            raise KeyboardInterrupt(*([cp.stop_reason] if cp.stop_reason else []))
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        return {"recorder": self.recs[k].state(), "sums": {key: float(s[k]) for key, s in self._sums.items()},
+                "n": self._n, "step": self.step}
+
+    def load_member(self, state: Mapping[str, Any], k: int = 0) -> None:
+        """Member ``k`` (of a batch of one: the update metrics not yet logged are the batch's) as checkpointed."""
+        self.recs[k].restore(state["recorder"])
+        self._sums = {key: np.array([v]) for key, v in state["sums"].items()}
+        self._n, self.step = state["n"], state["step"]
+
     # ------------------------------------------------------------------ progress
     def _show(self, env_step: int, final: bool = False) -> None:
         if self.progress is not None:
@@ -226,19 +266,38 @@ class OffPolicyAgent(Protocol):
 
     def diagnostics(self) -> Metrics: ...
 
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        ...
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None: ...
+
     def modules(self) -> Iterator[tuple[str, nn.Module]]: ...
 
 
 def off_policy_loop(agent: OffPolicyAgent, envs: EnvBatch, buffer: ReplayBuffer, members: Members, *,
                     learning_starts: int, train_freq: int, gradient_steps: int, batch_size: int,
-                    log_interval: int) -> Counters:
+                    log_interval: int, resume: Mapping[str, Any] | None = None) -> Counters:
     """Collect one transition per member at a time, train every ``train_freq`` steps, until every
-    member has ended; returns the counters."""
+    member has ended; returns the counters. ``resume``: the checkpoint a batch of one continues from."""
     k = len(members)
     c = Counters(episodes=np.zeros(k, dtype=np.int64))
     obs = envs.reset()[:, 0]
     agent.on_episode_start(range(k))
     ep_ret, ep_len = np.zeros(k), np.zeros(k, dtype=np.int64)
+    if resume is not None:  # a batch of one, from its checkpoint
+        agent.load_member(resume["agent"])
+        buffer.load_member(resume["buffer"])
+        load_env_state(envs, resume["envs"])
+        s = resume["loop"]
+        obs, ep_ret[0], ep_len[0] = envs.obs[:, 0].copy(), s["ep_ret"], s["ep_len"]
+        c.step, c.updates, c.episodes[0] = s["step"], s["updates"], s["episodes"]
+
+    def state(m: int) -> dict[str, Any]:
+        return {"agent": agent.member_state(m), "buffer": buffer.member_state(m), "envs": env_state(envs, m),
+                "loop": {"ep_ret": float(ep_ret[m]), "ep_len": int(ep_len[m]), "step": c.step, "updates": c.updates,
+                         "episodes": int(c.episodes[m])}}
+
     while members.active:
         actions = agent.act(obs, c)
         obs_after, next_obs, reward, terminated, truncated = envs.step(actions[:, None], members.active)
@@ -260,4 +319,5 @@ def off_policy_loop(agent: OffPolicyAgent, envs: EnvBatch, buffer: ReplayBuffer,
             ep_ret[m], ep_len[m] = 0.0, 0
         members.advance(c.step)
         obs = obs_after[:, 0]
+        members.safe_point(state)
     return c

@@ -128,3 +128,14 @@ def member_state(module: nn.Module, k: int, size: int) -> dict[str, torch.Tensor
     buffers, for saving one member's model."""
     return {name: (t.detach()[k] if t.dim() == 3 and t.shape[0] == size else t.detach()).clone()
             for name, t in module.state_dict().items()}
+
+
+@torch.no_grad()
+def load_member_state(module: nn.Module, state: dict[str, torch.Tensor], k: int = 0) -> None:
+    """Copy one member's saved state (:func:`member_state`) into member ``k`` of ``module``, in place
+    (an optimizer's views of the parameters stay valid)."""
+    own = module.state_dict()
+    if set(own) != set(state):
+        raise ValueError(f"saved keys {sorted(state)} != the module's {sorted(own)}")
+    for name, t in own.items():
+        (t[k] if t.dim() == state[name].dim() + 1 else t).copy_(state[name])

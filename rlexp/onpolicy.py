@@ -23,13 +23,15 @@ episodes-to-solve means the same for every algorithm and every ``num_envs``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from rlexp.checkpoint import env_state, load_env_state
 from rlexp.config import Config
 from rlexp.envs import EnvBatch, EnvSpec, num_envs
 from rlexp.loops import Members
@@ -52,6 +54,12 @@ class OnPolicyAgent(Protocol):
     def update(self, rollout: Rollout, members: torch.Tensor, counters: Counters) -> Metrics:
         """Learn from the rollout of ``members`` (int64 indices); their metrics, ``(len(members),)`` arrays."""
         ...
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        ...
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None: ...
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]: ...
 
@@ -80,6 +88,22 @@ class _Collector:
         self.obs = envs.reset()
         self.ret = np.zeros((k, envs.n))
         self.len = np.zeros((k, envs.n), dtype=np.int64)
+
+    def state(self, k: int, **extra: Any) -> dict[str, Any]:
+        """Member ``k``'s part of a checkpoint: agent, envs, counters, episode accumulators (and ``extra``)."""
+        return {"agent": self.agent.member_state(k), "envs": env_state(self.envs, k),
+                "loop": {"ret": self.ret[k].copy(), "len": self.len[k].copy(), "step": self.c.step,
+                         "updates": self.c.updates, "episodes": int(self.c.episodes[k]), **extra}}
+
+    def restore(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A batch of one as checkpointed; returns the loop's own part."""
+        self.agent.load_member(state["agent"])
+        load_env_state(self.envs, state["envs"])
+        s = state["loop"]
+        self.obs = self.envs.obs.copy()
+        self.ret[0], self.len[0], self.c.step, self.c.updates, self.c.episodes[0] = (
+            s["ret"], s["len"], s["step"], s["updates"], s["episodes"])
+        return dict(s)
 
     def step(self) -> _Step:
         obs, members = self.obs, self.members
@@ -113,9 +137,13 @@ def _spread(metrics: Metrics, members: torch.Tensor, size: int) -> dict[str, np.
     return out
 
 
-def step_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_steps: int) -> Counters:
-    """Rollouts of ``n_steps`` per env in lockstep, then one update of the members still training."""
+def step_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_steps: int,
+                  resume: Mapping[str, Any] | None = None) -> Counters:
+    """Rollouts of ``n_steps`` per env in lockstep, then one update of the members still training
+    (``resume``: the checkpoint a batch of one continues from)."""
     col, size = _Collector(agent, envs, members), len(members)
+    if resume is not None:
+        col.restore(resume)
     while members.active:
         steps = []
         for _ in range(n_steps):
@@ -133,16 +161,20 @@ def step_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_step
         members.add_metrics(_spread(agent.update(rollout, who, col.c), who, size))
         col.c.updates += 1
         members.log(col.c.step)
+        members.safe_point(col.state)
     return col.c
 
 
 def episode_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_episodes: int = 1,
-                     min_steps: int = 1) -> Counters:
+                     min_steps: int = 1, resume: Mapping[str, Any] | None = None) -> Counters:
     """Each member updates once it has ``n_episodes`` whole episodes and ``min_steps`` steps."""
     col, n = _Collector(agent, envs, members), envs.n
     running: list[list[list[list[float]]]] = [[[] for _ in range(n)] for _ in range(len(members))]
     finished: list[list[list[list[float]]]] = [[] for _ in range(len(members))]
     steps_since = np.zeros(len(members), dtype=np.int64)
+    if resume is not None:
+        saved = col.restore(resume)
+        running[0], finished[0], steps_since[0] = saved["running"], saved["finished"], saved["steps_since"]
     while members.active:
         stepped = list(members.active)
         s = col.step()
@@ -166,6 +198,8 @@ def episode_rollouts(agent: OnPolicyAgent, envs: EnvBatch, members: Members, n_e
                 finished[k], steps_since[k] = [], 0
                 members.log_member(k, {key: float(np.asarray(v).reshape(-1)[0]) for key, v in metrics.items()},
                                    col.c.step)
+        members.safe_point(lambda m: col.state(m, running=copy.deepcopy(running[m]),
+                                               finished=copy.deepcopy(finished[m]), steps_since=int(steps_since[m])))
     return col.c
 
 
@@ -178,17 +212,18 @@ def _stack(rows: list[list[float]]) -> Rollout:
     return Rollout(torch.from_numpy(obs), torch.from_numpy(actions), *(torch.from_numpy(x) for x in rest))
 
 
-def run_on_policy(agent: OnPolicyAgent, cfg: Config, spec: EnvSpec, members: Members) -> None:
+def run_on_policy(agent: OnPolicyAgent, cfg: Config, spec: EnvSpec, members: Members,
+                  resume: Mapping[str, Any] | None = None) -> None:
     """``train.LOOPS["on_policy"]``: the members' envs, then step or episode rollouts until every
-    member has ended."""
+    member has ended (``resume``: the checkpoint a batch of one continues from)."""
     a = cfg.algo
     envs = EnvBatch(cfg.env, [r.seed for r in members.recs], num_envs(cfg))
     try:
         n_steps = getattr(a, "n_steps", None)
         if n_steps is not None:
-            step_rollouts(agent, envs, members, n_steps)
+            step_rollouts(agent, envs, members, n_steps, resume)
         else:
             episode_rollouts(agent, envs, members, getattr(a, "episodes_per_update", 1),
-                             getattr(a, "min_steps_per_update", 1))
+                             getattr(a, "min_steps_per_update", 1), resume)
     finally:
         envs.close()

@@ -10,7 +10,7 @@ have stopped their policy updates early; the others are left exactly as they wer
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim import adam, rmsprop, sgd
 
 from rlexp.config import OptimizerConfig
+from rlexp.nets import load_member_state, member_state
 
 Members = torch.Tensor | None  # int64 member indices, or None for all
 
@@ -104,8 +105,35 @@ class StackedOptimizer:
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "state": {k: v.clone() for k, v in self.state.items()}}
 
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Member ``k``'s step count and state rows (for a checkpoint)."""
+        return {"steps": int(self.step_counts[k].item()), "state": {n: v[k].clone() for n, v in self.state.items()}}
+
+    def load_member(self, sd: dict[str, Any], k: int = 0) -> None:
+        """Restore member ``k`` from :meth:`member_state`."""
+        self.step_counts[k].fill_(float(sd["steps"]))
+        for n, v in sd["state"].items():
+            self.state[n][k].copy_(v)
+
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         for t, n in zip(self.step_counts, sd["steps"], strict=True):
             t.fill_(float(n))
         for k, v in sd["state"].items():
             self.state[k].copy_(v)
+
+
+def member_checkpoint(k: int, size: int, nets: Sequence[nn.Module], optimizers: Sequence[StackedOptimizer],
+                      rng: np.random.Generator) -> dict[str, Any]:
+    """Member ``k``'s networks, optimizer states and random generator: what every agent's checkpoint holds."""
+    return {"nets": [member_state(n, k, size) for n in nets], "optimizers": [o.member_state(k) for o in optimizers],
+            "rng": rng.bit_generator.state}
+
+
+def load_member_checkpoint(state: dict[str, Any], nets: Sequence[nn.Module], optimizers: Sequence[StackedOptimizer],
+                           rng: np.random.Generator, k: int = 0) -> None:
+    """Restore member ``k`` from :func:`member_checkpoint`."""
+    for n, s in zip(nets, state["nets"], strict=True):
+        load_member_state(n, s, k)
+    for o, s in zip(optimizers, state["optimizers"], strict=True):
+        o.load_member(s, k)
+    rng.bit_generator.state = state["rng"]

@@ -24,6 +24,8 @@ import yaml
 
 from rlexp.algos.registry import check_compatible, get_algorithm
 from rlexp.buffer import ReplayBuffer
+from rlexp.checkpoint import Checkpoints, request_stop, set_global_rng_state, stoppable
+from rlexp.checkpoint import writer as checkpoint_writer
 from rlexp.config import Config, ConfigError
 from rlexp.envs import EnvBatch, EnvSpec, solve_threshold
 from rlexp.eval import evaluate
@@ -106,7 +108,8 @@ def check_batch(cfgs: Sequence[Config]) -> None:
         raise ConfigError(f"seed={seeds}: a batch's seeds must be distinct")
 
 
-def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, members: Members) -> None:
+def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, members: Members,
+                    resume: Mapping[str, Any] | None = None) -> None:
     a = cfg.algo
     seeds = [r.seed for r in members.recs]
     envs = EnvBatch(cfg.env, seeds)
@@ -115,12 +118,12 @@ def _run_off_policy(agent: Any, cfg: Config, spec: EnvSpec, members: Members) ->
                               device=agent.device)
         off_policy_loop(agent, envs, buffer, members, learning_starts=a.learning_starts, train_freq=a.train_freq,
                         gradient_steps=a.gradient_steps, batch_size=a.batch_size,
-                        log_interval=cfg.train.log_interval)
+                        log_interval=cfg.train.log_interval, resume=resume)
     finally:
         envs.close()
 
 
-LOOPS: dict[str, Callable[[Any, Config, EnvSpec, Members], None]] = {
+LOOPS: dict[str, Callable[..., None]] = {  # (agent, cfg, spec, members, resume)
     "off_policy": _run_off_policy,
     "on_policy": run_on_policy,
 }
@@ -130,14 +133,16 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
                 workdirs: Sequence[Path | None] | None = None,
                 callback: Callable[[int, EpisodeInfo], None] | None = None, progress: bool = False,
                 on_end: Callable[[int, TrainResult], None] | None = None,
-                spec: EnvSpec | None = None) -> list[TrainResult]:
+                spec: EnvSpec | None = None, resume: Mapping[str, Any] | None = None) -> list[TrainResult]:
     """Train the seeds of one configuration together, each member to its own end.
 
     Every member's episodes go to its tracker; when a member ends (solved, out of budget, or
     diverged: ``status`` FAILED) its summary metrics, ``episodes.csv`` and model go to its tracker
     at that moment and ``on_end(k, result)`` is called. An interrupt (Ctrl-C, SIGTERM,
     :class:`RunInterrupted` from ``callback``) ends every member still training, KILLED or FAILED,
-    with what it recorded kept, and propagates.
+    with what it recorded kept, and propagates. With ``train.checkpoint_every`` each member's
+    checkpoint is written every that many episodes and at a stop (:mod:`rlexp.checkpoint`);
+    ``resume``, a checkpoint, continues its member (a batch of one) from there.
     """
     check_batch(cfgs)
     cfg, size = cfgs[0], len(cfgs)
@@ -188,12 +193,19 @@ def train_batch(cfgs: Sequence[Config], trackers: Sequence[Tracker] | None = Non
 
     members = Members(recs, cfg.train.max_steps, end,
                       Progress(recs, cfg.train.max_steps, cfg.train.log_every_s) if progress else None)
+    if cfg.train.checkpoint_every and algo.loop in LOOPS:
+        members.checkpoints = Checkpoints(cfg.train.checkpoint_every, checkpoint_writer(cfgs, trackers, dirs, recs))
+    if resume is not None:
+        members.load_member(resume["members"])
+        set_global_rng_state(resume["global_rng"])
+        t0 -= resume["members"]["recorder"]["elapsed"]
     with stack:
         try:
             agent = algo.build(cfg, spec, [c.seed for c in cfgs], device)
             loop = LOOPS.get(algo.loop)
             if loop is not None:
-                loop(agent, cfg, spec, members)
+                with stoppable(members.checkpoints):
+                    loop(agent, cfg, spec, members, resume)
             else:
                 agent.learn(cfg, spec, members)
             members.end_all("FINISHED")
@@ -230,19 +242,34 @@ def train(cfg: Config, tracker: Tracker | None = None, *, workdir: Path | None =
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into ``KeyboardInterrupt("terminated by SIGTERM")`` while a run is going (main
     thread only): like Ctrl-C it is no ``Exception``, so no library call it lands in (an MLflow write)
-    can wrap it into an error, and the runs end KILLED."""
+    can wrap it into an error, and the runs end KILLED. A loop that checkpoints is only asked to stop
+    (SIGTERM or Ctrl-C): it writes its members' checkpoints at its next safe point and raises there;
+    a second signal stops at once."""
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("terminated by SIGTERM")
+        reason = "terminated by SIGTERM" if signum == signal.SIGTERM else ""
+        if not request_stop(reason):
+            raise KeyboardInterrupt(*([reason] if reason else []))
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _end_run(tracker: Any, result: TrainResult, run_id: str) -> None:
+    """End a member's MLflow run: why it stopped (``stop_reason``, ``error``) and its status."""
+    result.run_id = run_id
+    if result.status == "KILLED":
+        tracker.set_tags({"stop_reason": result.error or "stopped"})
+    elif result.error:
+        tracker.set_tags({"error": result.error[:5000]})
+    tracker.terminate(result.status)
 
 
 def experiment_name(cfg: Config) -> str:
@@ -326,12 +353,7 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
             raise
 
         def on_end(k: int, result: TrainResult) -> None:
-            result.run_id = run_ids[k]
-            if result.status == "KILLED":
-                trackers[k].set_tags({"stop_reason": result.error or "stopped"})
-            elif result.error:
-                trackers[k].set_tags({"error": result.error[:5000]})
-            trackers[k].terminate(result.status)
+            _end_run(trackers[k], result, run_ids[k])
 
         with _sigterm_as_interrupt():
             return train_batch(cfgs, trackers, workdirs=dirs, callback=callback, progress=progress,

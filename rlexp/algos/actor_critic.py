@@ -15,6 +15,7 @@ the value head only with ``normalize_returns=false``. K members (seeds) share th
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from rlexp.envs import EnvSpec
 from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, Linear, generators
 from rlexp.nets import Members as Index
-from rlexp.optim import StackedOptimizer
+from rlexp.optim import StackedOptimizer, load_member_checkpoint, member_checkpoint
 from rlexp.pg import (
     MemberRandom,
     Rollout,
@@ -101,6 +102,13 @@ class ActorCriticAgent:
         return {"train/policy_loss": policy_loss.detach().cpu().numpy(),
                 "train/value_loss": value_loss.detach().cpu().numpy(),
                 "train/entropy": entropy.detach().mean(-1).cpu().numpy()}
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        return member_checkpoint(k, self.size, [self.net], [self.optimizer], self.random.rngs[k])
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        load_member_checkpoint(state, [self.net], [self.optimizer], self.random.rngs[k], k)
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor_critic", self.net

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from rlexp.config import DDPGConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.optim import StackedOptimizer
+from rlexp.optim import StackedOptimizer, load_member_checkpoint, member_checkpoint
 
 
 class OUNoise:
@@ -171,6 +172,19 @@ class DDPGAgent:
     def diagnostics(self) -> Metrics:
         return {"train/updates": float(self.updates),
                 "train/noise": np.array([float(np.abs(n.x).mean()) for n in self.noise])}
+
+    def _nets(self) -> list[nn.Module]:
+        return [self.actor, self.critic, self.actor_target, self.critic_target]
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        return {**member_checkpoint(k, self.size, self._nets(), [self.actor_optimizer, self.critic_optimizer],
+                                    self.rngs[k]), "noise": self.noise[k].x.copy(), "updates": self.updates}
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        load_member_checkpoint(state, self._nets(), [self.actor_optimizer, self.critic_optimizer], self.rngs[k], k)
+        self.noise[k].x = state["noise"].copy()
+        self.updates = state["updates"]
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor", self.actor

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from rlexp.config import DQNConfig, OptimizerConfig
 from rlexp.envs import EnvSpec
 from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.optim import StackedOptimizer
+from rlexp.optim import StackedOptimizer, load_member_checkpoint, member_checkpoint
 from rlexp.schedules import epsilon
 
 
@@ -173,6 +174,15 @@ class DQNAgent:
 
     def diagnostics(self) -> Metrics:
         return {"train/epsilon": self.eps.copy(), "train/updates": float(self.updates)}
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        return {**member_checkpoint(k, self.size, self.nets + self.targets, self.optimizers, self.rngs[k]),
+                "updates": self.updates, "last_sync": self._last_sync}
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        load_member_checkpoint(state, self.nets + self.targets, self.optimizers, self.rngs[k], k)
+        self.updates, self._last_sync = state["updates"], state["last_sync"]
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         for i, n in enumerate(self.nets):

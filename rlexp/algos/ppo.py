@@ -21,6 +21,7 @@ initialisation, action and minibatch generator, and optimizer state.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from rlexp.config import OptimizerConfig, PPOConfig
 from rlexp.envs import EnvSpec
 from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.optim import StackedOptimizer
+from rlexp.optim import StackedOptimizer, load_member_checkpoint, member_checkpoint
 from rlexp.pg import (
     MemberRandom,
     Rollout,
@@ -175,6 +176,13 @@ class PPOAgent:
         if v_losses:
             out["train/value_loss"] = torch.stack(v_losses).mean(0)
         return {key: v.cpu().numpy() for key, v in out.items()}
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        return member_checkpoint(k, self.size, [self.actor, self.critic], [self.pi_optimizer, self.v_optimizer], self.random.rngs[k])
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        load_member_checkpoint(state, [self.actor, self.critic], [self.pi_optimizer, self.v_optimizer], self.random.rngs[k], k)
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "actor", self.actor

@@ -15,6 +15,7 @@ from its own generator and updates when its own episodes are in.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from rlexp.config import OptimizerConfig, ReinforceConfig
 from rlexp.envs import EnvSpec
 from rlexp.metrics import Counters, Metrics
 from rlexp.nets import MLP, generators
-from rlexp.optim import StackedOptimizer
+from rlexp.optim import StackedOptimizer, load_member_checkpoint, member_checkpoint
 from rlexp.pg import (
     MemberRandom,
     Rollout,
@@ -95,6 +96,18 @@ class ReinforceAgent:
                 self.value_optimizer.step(members)
             out["train/value_loss"] = v_loss.detach()
         return {key: v.cpu().numpy() for key, v in out.items()}
+
+    def _parts(self) -> tuple[list[nn.Module], list[StackedOptimizer]]:
+        if self.baseline is None:
+            return [self.policy], [self.optimizer]
+        return [self.policy, self.baseline], [self.optimizer, self.value_optimizer]
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything member ``k`` needs to continue exactly (a checkpoint)."""
+        return member_checkpoint(k, self.size, *self._parts(), self.random.rngs[k])
+
+    def load_member(self, state: dict[str, Any], k: int = 0) -> None:
+        load_member_checkpoint(state, *self._parts(), self.random.rngs[k], k)
 
     def modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield "policy", self.policy
