@@ -160,7 +160,7 @@ def test_bench_sweep_seeds_runs_each_sampler_seed_and_reads_the_finished_sweeps_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench_sweep_seeds, "RESULTS", tmp_path / "results")
     tiny = ["sweep=dqn_cartpole", "n_trials=4", "seeds=[1]", "validation.eval_seeds=1", "train.max_episodes=3",
-            "algo.hidden=[8]", "algo.learning_starts=10", "validation.top=2", "validation.seeds=1"]
+            "algo.hidden=[8]", "algo.learning_starts=10", "validation.top=2", "validation.seeds=1", "preset_unsolved=true"]
     assert bench_sweep_seeds.main([*tiny, "sampler_seeds=[0,1]"]) == 0
     (out,) = (tmp_path / "results").glob("sweep-seeds-*.md")
     text = out.read_text()

@@ -4,6 +4,7 @@ resume after a SIGKILL, and the preset round trip. Tiny budgets; tests write pre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -378,6 +379,21 @@ def test_budget_counts_and_progress_line():
     assert "LOST" in st.progress_line("s", trials[3], trials, 6)
     surplus = t(TrialState.FAIL, 6, surplus=True)
     assert not st.counts(surplus) and not st.is_lost(surplus) and st.tally([surplus])["lost"] == 0
+
+
+def test_a_trial_composes_its_config_once_and_its_seeds_differ_by_seed_alone(tmp_path, monkeypatch):
+    from rlexp.sweep import objective
+
+    composed, batches = [], []
+    real_compose, real_batch = objective.compose_config, objective.run_batch
+    monkeypatch.setattr(objective, "compose_config", lambda ovs: composed.append(ovs) or real_compose(ovs))
+    monkeypatch.setattr(objective, "run_batch", lambda cfgs, **kw: batches.append(cfgs) or real_batch(cfgs, **kw))
+    s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "seeds=[0,1,2]", "train.max_episodes=4",
+                                  "pruner.name=none", "tracking.enabled=false", "finalize=false"))
+    study = optuna.create_study()
+    study.optimize(Objective(s, None, None), n_trials=2)
+    assert len(composed) == 2 and [[c.seed for c in b] for b in batches] == [[0, 1, 2], [0, 1, 2]]
+    assert all(dataclasses.replace(c, seed=0) == dataclasses.replace(b[0], seed=0) for b in batches for c in b)
 
 
 def test_a_trial_beyond_n_trials_runs_nothing(tmp_path):
