@@ -58,8 +58,11 @@ def children(pid: int, *, workers_only: bool = False) -> set[int]:
 def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str | None = None,
                            timeout: float = 180) -> set[int]:
     """Poll the MLflow store ``uri`` while ``p`` runs until ``n`` runs (with tag ``sweep_role`` ``role``,
-    if given) have logged an episode return; then ``p``'s worker processes (empty: they never did)."""
+    if given; a multirun's parent run is not counted) have logged an episode return; then ``p``'s
+    worker processes (empty: they never did)."""
     from mlflow import MlflowClient
+
+    from rlexp.tracking import ROLE_TAG
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and p.poll() is None:
@@ -69,7 +72,7 @@ def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         except Exception:  # the store is not created yet
             continue
-        runs = [r for r in runs if role is None or r.data.tags.get("sweep_role") == role]
+        runs = [r for r in runs if ROLE_TAG not in r.data.tags and (role is None or r.data.tags.get("sweep_role") == role)]
         if len(runs) == n and all(r.data.metrics.get("episode_return") is not None for r in runs):
             return children(p.pid, workers_only=True)
     return set()

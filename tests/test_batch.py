@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError, OptimizerConfig
 from rlexp.nets import MLP, generators, member_state
 from rlexp.optim import StackedOptimizer
+from rlexp.tracking import ROLE_TAG
 from rlexp.train import run_batch, train_batch
 
 from .conftest import PYTHON, ROOT, TINY, cli_env
@@ -189,9 +191,12 @@ def test_the_launcher_batches_each_configs_seeds(tmp_path):
         assert json.loads((tmp_path / "sweep" / d / "rlexp-job.json").read_text())["status"] == "FINISHED"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if ROLE_TAG in r.data.tags]  # one parent for the command's two batches
+    runs = [r for r in runs if r is not parent]
     assert sorted((r.data.tags["algo"], r.data.tags["seed"]) for r in runs) == [
         (a, s) for a in ("dqn", "ppo") for s in ("1", "2", "3")]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.status for r in [parent, *runs]} == {"FINISHED"}
+    assert {r.data.tags[MLFLOW_PARENT_RUN_ID] for r in runs} == {parent.info.run_id}
 
 
 def test_max_batch_caps_a_batch():

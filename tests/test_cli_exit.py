@@ -27,11 +27,32 @@ def _popen(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
                             preexec_fn=sigint_default)
 
 
-def _runs(tmp_path: Path) -> list:
+def _all_runs(tmp_path: Path) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(_uri(tmp_path))
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def _runs(tmp_path: Path) -> list:
+    """The jobs' runs, each checked to be a child of the command's one parent run."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from rlexp.tracking import ROLE_TAG
+
+    runs = _all_runs(tmp_path)
+    parents = [r.info.run_id for r in runs if ROLE_TAG in r.data.tags]
+    jobs = [r for r in runs if ROLE_TAG not in r.data.tags]
+    assert len(parents) <= 1 and {r.data.tags.get(MLFLOW_PARENT_RUN_ID) for r in jobs} <= {*parents[:1]} | {None}
+    assert all(r.data.tags.get(MLFLOW_PARENT_RUN_ID) for r in jobs) == bool(parents)  # all children or a single run
+    return jobs
+
+
+def _parent_status(tmp_path: Path) -> str:
+    from rlexp.tracking import ROLE_TAG
+
+    (parent,) = [r for r in _all_runs(tmp_path) if ROLE_TAG in r.data.tags]
+    return parent.info.status
 
 
 def _outcomes(tmp_path: Path) -> dict[str, str]:
@@ -54,6 +75,7 @@ def test_a_failed_job_makes_the_multirun_exit_1_after_every_job_ran(tmp_path):
     assert f"{len(failed)} job(s) did not finish" in err
     assert all(v == "FINISHED" for k, v in outcomes.items() if k.startswith(("2-", "3-")))  # lr=1e-3
     assert sorted(r.info.status for r in _runs(tmp_path)) == sorted(outcomes.values())
+    assert _parent_status(tmp_path) == "FAILED"  # the multirun's parent: a job failed
 
 
 def test_fail_fast_starts_no_further_batch(tmp_path):
@@ -61,6 +83,7 @@ def test_fail_fast_starts_no_further_batch(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1, err[-3000:]
     assert _outcomes(tmp_path) == {"0-dqn_target-0": "FAILED"}  # the lr=1e-3 job never started
+    assert _parent_status(tmp_path) == "FAILED" and len(_runs(tmp_path)) == 1
 
 
 def test_a_single_run_that_fails_exits_1_with_one_line(tmp_path):
@@ -85,6 +108,7 @@ def test_a_signal_stops_the_whole_multirun(tmp_path, sig, code):
     assert len(runs) == 2 and {r.data.tags["algo"] for r in runs} == {"dqn"}  # the second batch never started
     assert {r.info.status for r in runs} == {"KILLED"}
     assert all(r.data.metrics.get("episodes", 0) > 0 for r in runs)
+    assert _parent_status(tmp_path) == "KILLED"
 
 
 def test_another_launcher_runs_one_seed_per_job(tmp_path):
@@ -98,6 +122,7 @@ def test_another_launcher_runs_one_seed_per_job(tmp_path):
     runs = _runs(tmp_path)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
     assert len({r.data.tags["group"] for r in runs}) == 1  # the workers share the launch's folder
+    assert _parent_status(tmp_path) == "FAILED"  # and the launch's parent run (_runs checks they are its children)
     assert sorted(_outcomes(tmp_path).values()) == ["FAILED", "FINISHED"]
 
 
