@@ -300,21 +300,21 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
               tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
               workdirs: Sequence[Path | None] | None = None,
               callback: Callable[[int, EpisodeInfo], None] | None = None,
-              progress: bool = False) -> list[TrainResult]:
+              progress: bool = False, spec: EnvSpec | None = None) -> list[TrainResult]:
     """Train configs that differ only in ``seed`` as one batch: one MLflow run per member.
 
     Each member's run ends when the member does (FINISHED, or FAILED with an ``error`` tag when its
     loss diverged, while the others go on). ``callback(i, info)`` follows member ``i``'s episodes;
     raising :class:`RunInterrupted` from it stops every member (their runs end KILLED) and
-    propagates, as Ctrl-C and SIGTERM do.
+    propagates, as Ctrl-C and SIGTERM do. ``spec``: the env's, from a caller that ran check_compatible.
     """
     cfg = cfgs[0]
     if not cfg.tracking.enabled:
-        return train_batch(cfgs, workdirs=workdirs, callback=callback, progress=progress)
+        return train_batch(cfgs, workdirs=workdirs, callback=callback, progress=progress, spec=spec)
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     check_batch(cfgs)
-    spec = check_compatible(cfg)  # refuse bad input before anything is written
+    spec = spec or check_compatible(cfg)  # refuse bad input before anything is written
     device = resolve_device(cfg.train.device)  # refused before anything is written; tagged on the runs
     client, exp_id = open_experiment(experiment_name(cfg))
     data = config_dict(cfg)

@@ -381,18 +381,24 @@ def test_budget_counts_and_progress_line():
     assert not st.counts(surplus) and not st.is_lost(surplus) and st.tally([surplus])["lost"] == 0
 
 
-def test_a_trial_composes_its_config_once_and_its_seeds_differ_by_seed_alone(tmp_path, monkeypatch):
+def test_a_trial_composes_its_config_once_and_its_seeds_differ_by_seed_alone(tmp_path, monkeypatch, mlflow_uri):
+    from rlexp import train
     from rlexp.sweep import objective
 
-    composed, batches = [], []
+    composed, batches, checked = [], [], []
+    real_check = objective.check_compatible
+    for module in (objective, train):  # the algorithm/env check: once per trial, by the objective
+        monkeypatch.setattr(module, "check_compatible", lambda cfg: checked.append(cfg) or real_check(cfg))
     real_compose, real_batch = objective.compose_config, objective.run_batch
     monkeypatch.setattr(objective, "compose_config", lambda ovs: composed.append(ovs) or real_compose(ovs))
     monkeypatch.setattr(objective, "run_batch", lambda cfgs, **kw: batches.append(cfgs) or real_batch(cfgs, **kw))
     s = load("dqn_cartpole", tiny(tmp_path, "n_trials=2", "seeds=[0,1,2]", "train.max_episodes=4",
-                                  "pruner.name=none", "tracking.enabled=false", "finalize=false"))
+                                  "pruner.name=none", "finalize=false"))
     study = optuna.create_study()
-    study.optimize(Objective(s, None, None), n_trials=2)
-    assert len(composed) == 2 and [[c.seed for c in b] for b in batches] == [[0, 1, 2], [0, 1, 2]]
+    study.optimize(Objective(s, None, None), n_trials=1)  # tracked: the seed runs in MLflow
+    s.cfg.base.append("tracking.enabled=false")
+    study.optimize(Objective(s, None, None), n_trials=1)  # untracked
+    assert len(composed) == 2 == len(checked) and [[c.seed for c in b] for b in batches] == [[0, 1, 2], [0, 1, 2]]
     assert all(dataclasses.replace(c, seed=0) == dataclasses.replace(b[0], seed=0) for b in batches for c in b)
 
 

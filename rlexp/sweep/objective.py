@@ -148,8 +148,8 @@ class Objective:
         trial.set_user_attr("seeds", seeds)
         trial.set_user_attr("overrides", overrides)
         rcfg = compose_config([*cfg.base, *overrides])  # once: the seeds differ by seed alone
-        budget = rcfg.train.max_episodes
-        curves = Curves(len(seeds), budget, cfg.pruner.report_every, solve_threshold(rcfg, check_compatible(rcfg)),
+        budget, spec = rcfg.train.max_episodes, check_compatible(rcfg)  # once per trial: run_batch takes the spec
+        curves = Curves(len(seeds), budget, cfg.pruner.report_every, solve_threshold(rcfg, spec),
                         cfg.objective.penalty or budget, cfg.objective.aggregate, trial, rcfg.train.stop_on_solve)
         run_id = None
         if self.experiment is not None and self.parent_run_id:
@@ -158,7 +158,7 @@ class Objective:
         state, value, reason = "failed", None, None
         try:
             results = run_batch([replace(rcfg, seed=s) for s in seeds], label=algo_label([*cfg.base, *overrides]),
-                                group=f"{study}/trial-{trial.number}", parent_run_id=run_id, callback=curves,
+                                group=f"{study}/trial-{trial.number}", parent_run_id=run_id, callback=curves, spec=spec,
                                 tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"})
             values = curves.finish(results, rcfg.solve.window)
             trial.set_user_attr("seed_values", values)

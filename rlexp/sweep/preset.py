@@ -67,18 +67,19 @@ class EvalSummary:
 
 
 def _batch(overrides: Sequence[str], seeds: Sequence[int], parent_run_id: str | None,
-           tags: dict[str, Any]) -> tuple[Any, list[TrainResult]]:
+           tags: dict[str, Any]) -> tuple[Any, Any, list[TrainResult]]:
     """``overrides`` composed once and trained on ``seeds`` as one batch, tracked as configured."""
     cfg = compose_config(list(overrides))
+    spec = check_compatible(cfg)  # once per batch: run_batch takes the spec
     group = f"{tags['sweep']}/{tags.get('sweep_role', 'eval')}" if "sweep" in tags else None
-    return cfg, run_batch([replace(cfg, seed=s) for s in seeds], label=algo_label(overrides), group=group,
-                          tags=tags, parent_run_id=parent_run_id)  # SIGTERM: KeyboardInterrupt, runs KILLED
+    return cfg, spec, run_batch([replace(cfg, seed=s) for s in seeds], label=algo_label(overrides), group=group,
+                                tags=tags, parent_run_id=parent_run_id, spec=spec)  # SIGTERM: runs KILLED
 
 
 def evaluate(overrides: Sequence[str], seeds: Sequence[int], *, parent_run_id: str | None = None,
              tags: dict[str, Any] | None = None) -> EvalSummary:
     """Train ``overrides`` on ``seeds`` as one batch; a failed seed is a result."""
-    return EvalSummary(list(seeds), _batch(overrides, seeds, parent_run_id, dict(tags or {}))[1])
+    return EvalSummary(list(seeds), _batch(overrides, seeds, parent_run_id, dict(tags or {}))[2])
 
 
 def validation_runs(job: tuple[int, list[str], list[int], float | None, str | None, dict[str, Any]]
@@ -86,8 +87,8 @@ def validation_runs(job: tuple[int, list[str], list[int], float | None, str | No
     """Trial ``number``'s configuration on held-out seeds: (number, seed -> its record: value by the
     trials' censoring rule and budget, solved_at, env_steps, wall_time_s, error)."""
     number, overrides, seeds, penalty, parent_run_id, tags = job
-    cfg, results = _batch(overrides, seeds, parent_run_id, tags)
-    threshold, budget = solve_threshold(cfg, check_compatible(cfg)), cfg.train.max_episodes
+    cfg, spec, results = _batch(overrides, seeds, parent_run_id, tags)
+    threshold, budget = solve_threshold(cfg, spec), cfg.train.max_episodes
     return number, {str(s): {"value": seed_value(r.episodes_to_solve, tail_mean(r.returns, cfg.solve.window),
                                                  threshold, budget, penalty or budget),
                              "solved_at": r.episodes_to_solve, "env_steps": r.env_steps,
