@@ -82,10 +82,11 @@ def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepRes
 
 # --------------------------------------------------------------------------- workers
 def _load_study(sweep: Sweep) -> optuna.Study:
+    """The study with the definition's storage, sampler and pruner (created if new; bad arguments refused)."""
     cfg = sweep.cfg
-    return optuna.load_study(study_name=sweep.study_name, storage=st.make_storage(cfg.storage, cfg.heartbeat_interval),
-                             sampler=st.make_sampler(cfg),
-                             pruner=st.make_pruner(cfg, compose_config(cfg.base).train.max_episodes))
+    return optuna.create_study(study_name=sweep.study_name, storage=st.make_storage(cfg.storage, cfg.heartbeat_interval),
+                               sampler=st.make_sampler(cfg), direction="minimize", load_if_exists=True,
+                               pruner=st.make_pruner(cfg, compose_config(cfg.base).train.max_episodes))
 
 
 def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, spawned: bool = False) -> None:
@@ -205,11 +206,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     base_cfg = compose_config(cfg.base)
     experiment = experiment_name(base_cfg) if base_cfg.tracking.enabled else None
-    storage = st.make_storage(cfg.storage, cfg.heartbeat_interval)
-    st.make_pruner(cfg, base_cfg.train.max_episodes)  # refuse bad pruner args before anything runs
-    st.make_sampler(cfg)
-    study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction="minimize",
-                                load_if_exists=True)
+    study = _load_study(sweep)
     _check_definition(study, sweep)
     url = st.redact(st.storage_url(cfg.storage))
     parent = None
