@@ -7,6 +7,10 @@ it again, bit for bit, and a metric whose step the run already holds is skipped.
 
 Refused with one line (exit 2): an unknown run, a FINISHED run, a RUNNING run whose process lives,
 a run without a checkpoint, a run whose config no longer validates.
+
+A multirun's parent run (``resume=PARENT_ID``) resumes every child run that did not finish, one
+after another, each checked before the first starts; the parent then holds the new aggregate and
+ends FINISHED when every child has.
 """
 
 from __future__ import annotations
@@ -90,6 +94,44 @@ def resume(run_id: str, *, workdir: Path | None = None, progress: bool = False) 
     return result[0]
 
 
+def unfinished_children(client: Any, parent: Any) -> list[str]:
+    """The parent's child runs that did not finish, each checked resumable (ConfigError otherwise)."""
+    from rlexp.parent import children
+
+    todo = [r.info.run_id for r in children(client, parent) if r.info.status != "FINISHED"]
+    if not todo:
+        raise ConfigError(f"resume={parent.info.run_id!r}: every run of this multirun is FINISHED; nothing to resume")
+    for run_id in todo:
+        check_resumable(client, run_id)
+        if not any(a.path.endswith(".pt") for a in client.list_artifacts(run_id, "checkpoint")):
+            raise ConfigError(f"resume={parent.info.run_id!r}: its run {run_id} has no checkpoint")
+    return todo
+
+
+def resume_parent(parent_id: str, *, progress: bool = False) -> list[Any]:
+    """Resume the unfinished children of a multirun's parent run; then re-summarize and end the parent."""
+    from mlflow.tracking import MlflowClient
+
+    from rlexp.parent import summarize_parent
+    from rlexp.tracking import MlflowTracker, retry_locked, tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    todo = unfinished_children(client, client.get_run(parent_id))
+    tracker = MlflowTracker(client, parent_id)
+    retry_locked(lambda: client.update_run(parent_id, status="RUNNING"))
+    results = []
+    try:
+        for run_id in todo:
+            results.append(resume(run_id, progress=progress))
+    except KeyboardInterrupt:
+        tracker.terminate("KILLED")
+        raise
+    with tempfile.TemporaryDirectory(prefix="rlexp-resume-") as tmp:
+        summarize_parent(client, tracker, Path(tmp))
+    tracker.terminate("FINISHED" if all(r.status == "FINISHED" for r in results) else "FAILED")
+    return results
+
+
 def main(argv: list[str]) -> int:
     """``resume=RUN_ID`` alone on the command line; exit 0 (finished), 1 (failed), 2 (refused),
     130/143 (Ctrl-C/SIGTERM: the run ends KILLED again, with a new checkpoint)."""
@@ -100,7 +142,7 @@ def main(argv: list[str]) -> int:
     try:
         if others or len(ids) != 1:
             raise ConfigError(f"resume= takes one run id and nothing else (got {' '.join(argv)!r})")
-        r = resume(ids[0], progress=sys.stderr.isatty())
+        results = _resume_any(ids[0], progress=sys.stderr.isatty())
     except ConfigError as e:
         print(f"rlexp: error: {e}", file=sys.stderr)
         return 2
@@ -108,10 +150,29 @@ def main(argv: list[str]) -> int:
         print(f"rlexp: run {ids[0]} stopped again ({e or 'interrupted'}); resume it with resume={ids[0]}",
               file=sys.stderr)
         return 143 if "SIGTERM" in str(e) else 130
-    if r.status != "FINISHED":
-        print(f"rlexp: run {r.run_id} {r.status}: {r.error}", file=sys.stderr)
-        return 1
-    verdict = f"solved at episode {r.episodes_to_solve}" if r.solved else "not solved"
-    print(f"rlexp: run {r.run_id} resumed: {verdict} ({r.episodes} episodes, {r.env_steps} env steps)",
-          file=sys.stderr)
-    return 0
+    status = 0
+    for r in results:
+        if r.status != "FINISHED":
+            print(f"rlexp: run {r.run_id} {r.status}: {r.error}", file=sys.stderr)
+            status = 1
+            continue
+        verdict = f"solved at episode {r.episodes_to_solve}" if r.solved else "not solved"
+        print(f"rlexp: run {r.run_id} resumed: {verdict} ({r.episodes} episodes, {r.env_steps} env steps)",
+              file=sys.stderr)
+    return status
+
+
+def _resume_any(run_id: str, progress: bool) -> list[Any]:
+    """A multirun's parent (all its unfinished children) or one run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from rlexp.tracking import ROLE_TAG, tracking_uri
+
+    try:
+        role = MlflowClient(tracking_uri()).get_run(run_id).data.tags.get(ROLE_TAG)
+    except MlflowException:
+        role = None  # resume() says the run is unknown
+    if role == "multirun":
+        return resume_parent(run_id, progress=progress)
+    return [resume(run_id, progress=progress)]

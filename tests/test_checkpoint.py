@@ -3,6 +3,7 @@ its metric history holds each episode once; SIGTERM writes a checkpoint; refusal
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 
@@ -14,7 +15,7 @@ from rlexp import checkpoint
 from rlexp.compose import compose_config
 from rlexp.resume import main as resume_main
 from rlexp.resume import resume
-from rlexp.train import RunInterrupted, run
+from rlexp.train import RunInterrupted, experiment_name, run
 
 from .conftest import PYTHON, ROOT, children_once_training, cli_env, sigint_default
 
@@ -159,3 +160,42 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path, store):
     whole = run(compose_config(args))  # the same command, never interrupted (in the module's store)
     assert [v for _, v in _history(client, r.info.run_id, "episode_return")] == whole.returns
     assert client.get_run(r.info.run_id).info.status == "FINISHED"
+
+
+def test_a_multirun_resumes_as_a_whole_through_its_parent(store, capsys):
+    """resume=PARENT: the parent's unfinished children resume (the finished one is left alone), each
+    ends with the returns of its run never interrupted, and the parent ends FINISHED with the aggregate."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from rlexp.tracking import ROLE_TAG
+
+    client = MlflowClient()
+    cfg = _cfg("dqn_target")
+    exp = client.get_experiment_by_name(experiment_name(cfg)) or client.get_experiment(
+        client.create_experiment(experiment_name(cfg)))
+    parent = client.create_run(exp.experiment_id, tags={ROLE_TAG: "multirun"}).info.run_id
+    client.set_terminated(parent, "KILLED")
+    done = run(dataclasses.replace(cfg, seed=1), parent_run_id=parent)
+    for seed in (2, 3):
+        def crash(info):
+            if info.episode == 7:
+                raise RunInterrupted("crash")
+
+        with pytest.raises(RunInterrupted):
+            run(dataclasses.replace(cfg, seed=seed), callback=crash, parent_run_id=parent)
+    killed = [r.info.run_id for r in client.search_runs([exp.experiment_id],
+                                                        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and "
+                                                        "attributes.status = 'KILLED'")]
+    assert len(killed) == 2
+    assert resume_main([f"resume={parent}"]) == 0
+    assert capsys.readouterr().err.count("resumed:") == 2
+    for run_id in killed:
+        r = client.get_run(run_id)
+        whole = run(dataclasses.replace(cfg, seed=int(r.data.params["seed"])))
+        assert r.info.status == "FINISHED"
+        assert [v for _, v in _history(client, run_id, "episode_return")] == whole.returns
+    assert client.get_run(done.run_id).data.tags.get("resumed_from_episode") is None  # left alone
+    p = client.get_run(parent)
+    assert p.info.status == "FINISHED" and any(k.endswith("seeds") and v == 3 for k, v in p.data.metrics.items())
+    assert resume_main([f"resume={parent}"]) == 2
+    assert "every run of this multirun is FINISHED" in capsys.readouterr().err
