@@ -183,8 +183,9 @@ def test_the_launcher_batches_each_configs_seeds(tmp_path):
              "train.save_model=false", "-m")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "6 jobs locally in 2 batch(es)" in p.stdout + p.stderr  # Hydra's log line
-    dirs = sorted(d.name for d in (tmp_path / "sweep").iterdir() if d.is_dir())
+    dirs = sorted(d.name for d in (tmp_path / "sweep").iterdir() if d.is_dir() and not d.name.startswith("parent-"))
     assert dirs == ["0-dqn-1", "1-dqn-2", "2-dqn-3", "3-ppo-1", "4-ppo-2", "5-ppo-3"]
+    (summary,) = (tmp_path / "sweep").glob("parent-*/summary.md")  # the parent run's aggregate, kept beside
     for d in dirs:
         assert (tmp_path / "sweep" / d / ".hydra" / "config.yaml").exists()
         assert len((tmp_path / "sweep" / d / "episodes.csv").read_text().splitlines()) == 4
