@@ -122,6 +122,13 @@ def run_rlexp(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
         main()
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        if "hydra/launcher=joblib" in args:
+            # joblib keeps its worker processes for the next call, with this test's captured stderr
+            # as theirs: a later joblib command's workers would print into this test's capture
+            from joblib.externals.loky import get_reusable_executor
+
+            get_reusable_executor().shutdown(wait=True)
     return 0
 
 
