@@ -660,6 +660,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
+    from rlexp.completion import argparse_candidates, handle
+
+    if handle(sys.argv[1:] if argv is None else argv, argparse_candidates(parser())):
+        return 0
     args = parser().parse_args(argv)
     if not args.experiment and not args.run_ids:
         parser().error("give --experiment or --run-ids")

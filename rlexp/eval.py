@@ -117,6 +117,14 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message.split(": ", 1)[-1] if message.startswith("argument") else message)
 
 
+def _candidates(words: list[str], current: str) -> list[str]:
+    """Tab completion (rlexp.completion): the keys, and the choices of the boolean and render keys."""
+    key, eq, _ = current.partition("=")
+    if eq:
+        return [f"{key}={v}" for v in {"video": ("true", "false"), "render": ("none", "human")}.get(key, ())]
+    return [f"{k}=" for k in _TYPES]
+
+
 def parse_args(argv: Sequence[str]) -> EvalArgs:
     """``key=value`` arguments (:class:`EvalArgs`); a bad one raises ConfigError naming it."""
     parser = _Parser(prog=command_name("rlexp.eval", "rlexp-eval"), description=__doc__.split("\n")[0])
@@ -154,6 +162,10 @@ def run_eval(args: EvalArgs) -> EvalResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from rlexp.completion import handle
+
+    if handle(sys.argv[1:] if argv is None else argv, _candidates):
+        return 0
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         result = run_eval(args)

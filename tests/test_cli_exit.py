@@ -137,3 +137,59 @@ def test_sigterm_ends_a_single_run_killed_with_143(tmp_path):
     (run,) = _runs(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "terminated by SIGTERM"
     assert run.data.metrics["episodes"] > 0
+
+
+# --------------------------------------------------------------------------- sweeps: the same contract
+def _sweep(tmp_path: Path, *args: str, lr: str = "{type: float, low: 1.0e-4, high: 1.0e-3, log: true}",
+           max_episodes: int = 40) -> subprocess.Popen[str]:
+    """``python -m rlexp.sweep`` on a two-trial definition written to tmp_path (storage and outputs there)."""
+    (tmp_path / "mine.yaml").write_text(
+        "defaults: [base_sweep, _self_]\n"
+        f"base: [algo=dqn_target, 'algo.hidden=[8]', algo.learning_starts=50, train.max_episodes={max_episodes},"
+        " train.save_model=false]\n"
+        f"space: {{algo: {{lr: {lr}}}}}\n"
+        "n_trials: 2\nseeds: [0, 1]\nstart_from_default: false\npruner: {name: none}\n"
+        "validation: {top: 0, eval_seeds: 0}\n")
+    return subprocess.Popen([PYTHON, "-m", "rlexp.sweep", f"sweep={tmp_path / 'mine.yaml'}",
+                             f"storage=sqlite:///{tmp_path / 'optuna.db'}", f"preset_dir={tmp_path / 'presets'}", *args],
+                            cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=_uri(tmp_path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+
+
+def test_a_sweep_whose_trials_fail_exits_1_with_one_line_per_failed_trial(tmp_path):
+    """Every trial diverges (lr >= 1e30): both still run, and the command ends with one line per failed
+    trial (its overrides, the reason, its MLflow run) and exit status 1."""
+    p = _sweep(tmp_path, lr="{type: float, low: 1.0e+30, high: 1.0e+31, log: true}")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    summary = [ln for ln in lines if ln.startswith("rlexp.sweep: FAILED trial ")]
+    assert lines[-3:] == ["rlexp.sweep: 2 trial(s) of study 'mine' failed (they count towards n_trials and are "
+                          "not run again):", *summary]  # the last lines a scheduler's log shows
+    assert [ln.split()[3] for ln in summary] == ["0", "1"]
+    assert all("[algo.lr=" in ln and "the run diverged" in ln for ln in summary)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(_uri(tmp_path))
+    for ln in summary:  # the named run is the trial's, and it ended FAILED
+        run = client.get_run(ln.rsplit("(run ", 1)[1].rstrip(")"))
+        assert run.info.status == "FAILED" and run.data.tags["sweep_role"] == "trial"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_sweep(tmp_path, sig, code):
+    """SIGTERM or Ctrl-C while a trial's seeds train: every run ends KILLED with what it logged, no
+    further trial starts, exit 143 or 130 with one line, no traceback."""
+    p = _sweep(tmp_path, max_episodes=100000)
+    children_once_training(p, _uri(tmp_path), 2, role="seed", timeout=180)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    assert ("terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted") in err.splitlines()[-1]
+    runs = _all_runs(tmp_path)
+    roles = sorted(r.data.tags.get("sweep_role") for r in runs)
+    assert roles == ["seed", "seed", "study", "trial"], roles  # trial 1 never started
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert all(r.data.metrics.get("episodes", 0) > 0 for r in runs if r.data.tags["sweep_role"] == "seed")

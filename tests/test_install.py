@@ -84,6 +84,38 @@ def test_tab_completion_lists_the_options():
     assert {"algo=dqn", "algo=dqn_target"} <= set(p.stdout.split())
 
 
+@pytest.mark.parametrize("module, line, expected", [
+    ("rlexp.sweep.__main__", "rlexp-sweep sweep=dqn_c", {"sweep=dqn_cartpole"}),
+    ("rlexp.sweep.__main__", "rlexp-sweep sweep=dqn_cartpole pruner.name=hy", {"pruner.name=hyperband"}),
+    ("rlexp.sweep.__main__", "rlexp-sweep sweep=dqn_cartpole n_trials=3 algo=dq", {"algo=dqn", "algo=dqn_target"}),
+    ("rlexp.sweep.__main__", "rlexp-sweep sweep=dqn_cartpole workers=2 train.max_e", {"train.max_episodes="}),
+    ("rlexp.eval", "rlexp-eval run=abc video", {"video=", "video_episodes="}),
+    ("rlexp.eval", "rlexp-eval render=", {"render=none", "render=human"}),
+    ("analysis.report", "rlexp-report --experiment x --x ", {"episode", "env_step"}),
+    ("analysis.report", "rlexp-report --run", {"--run-ids"}),
+])
+def test_tab_completion_of_the_other_commands(module, line, expected, monkeypatch, capsys):
+    """rlexp-sweep, rlexp-eval and rlexp-report answer Hydra's completion protocol (rlexp.completion)."""
+    import importlib
+
+    monkeypatch.setenv("COMP_LINE", line)
+    assert importlib.import_module(module).main(["-sc", "query=bash"]) == 0
+    assert set(capsys.readouterr().out.split()) == expected
+
+
+@pytest.mark.parametrize("script, module", [("rlexp-sweep", "rlexp.sweep.__main__"), ("rlexp-eval", "rlexp.eval"),
+                                            ("rlexp-report", "analysis.report")])
+def test_tab_completion_installs_for_each_command(script, module, monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}", "-sc", "install=bash"])
+    assert importlib.import_module(module).main(["-sc", "install=bash"]) == 0
+    out = capsys.readouterr().out
+    assert "hydra_bash_completion()" in out and out.rstrip().endswith(f"-F hydra_bash_completion {script}")
+    with pytest.raises(SystemExit, match="install=zsh"):
+        importlib.import_module(module).main(["-sc", "install=zsh"])
+
+
 # --------------------------------------------------------------------------- a fresh venv
 def _venv(tmp: Path, wheel: Path) -> Path:
     """A venv holding the wheel (not the checkout); its other packages are this interpreter's."""
@@ -114,6 +146,16 @@ def test_the_installed_commands_run_outside_the_checkout(wheel, tmp_path):
     for script in ("rlexp-report", "rlexp-eval"):
         assert sh(script, "--help").stdout.startswith(f"usage: {script}")
     assert sh("rlexp-sweep", "--help").stdout.startswith("``rlexp-sweep sweep=NAME")
+    for script, line, expected in (("rlexp", "rlexp algo=dueling", "algo=dueling_dqn"),
+                                   ("rlexp-sweep", "rlexp-sweep sweep=dqn_cart", "sweep=dqn_cartpole"),
+                                   ("rlexp-report", "rlexp-report --x e", "episode env_step"),
+                                   ("rlexp-eval", "rlexp-eval episo", "episodes=")):
+        # the real thing: bash loads the command's completion function and calls it as on a Tab
+        words = len(line.split()) - 1
+        script_line = (f'eval "$({script} -sc install=bash)"; COMP_LINE="{line}"; COMP_POINT={len(line)}; '
+                       f'COMP_WORDS=({line}); COMP_CWORD={words}; hydra_bash_completion; echo "${{COMPREPLY[@]}}"')
+        p = sh("bash", "-c", script_line)
+        assert p.stdout.split() == expected.split(), (script, p.stdout, p.stderr[-2000:])
 
     p = sh("rlexp", "algo=dqn", "train.max_episodes=3")
     assert p.returncode == 0 and "rlexp: dqn seed=0: not solved (3 episodes" in p.stderr, p.stderr[-3000:]

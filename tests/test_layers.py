@@ -67,7 +67,7 @@ def test_the_cycle_check_can_fail():
 
 
 def test_analysis_reads_tracking_output_only():
-    allowed = {"rlexp", "rlexp.runs", "rlexp.tracking", "rlexp.metrics", "rlexp.config", "rlexp.survival"}
+    allowed = {"rlexp", "rlexp.completion", "rlexp.runs", "rlexp.tracking", "rlexp.metrics", "rlexp.config", "rlexp.survival"}
     for m, targets in _imports().items():
         if m.startswith("analysis"):
             assert {t for t in targets if t.startswith("rlexp")} <= allowed, m

@@ -170,6 +170,16 @@ def test_a_sweep_file_elsewhere_with_a_bad_range(tmp_path):
         load(str(f))
 
 
+def test_a_sweep_file_that_is_not_yaml_is_refused_naming_the_file_and_the_place(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("defaults: [base_sweep, _self_]\nbase: [algo=dqn, algo.hidden=[16]]\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(f))
+    assert str(e.value).startswith(f"{f}, line 2, column ")
+    assert str(e.value).endswith(": not valid YAML: expected ',' or ']', but got '[' "
+                                 "(quote a list item with brackets: - 'algo.hidden=[16]')")
+
+
 def test_cli_error_is_one_line_and_exit_2_before_any_trial(tmp_path, capsys):
     assert main(["sweep=dqn_cartpole", f"storage=sqlite:///{tmp_path / 'o.db'}", "space.algo.lr.low=-1"]) == 2
     err = capsys.readouterr().err.strip()

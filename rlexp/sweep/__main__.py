@@ -15,8 +15,29 @@ import sys
 from rlexp.config import ConfigError
 
 
+def candidates(words: list[str], current: str) -> list[str]:
+    """Tab completion (rlexp.completion): ``sweep=`` names, the definition's keys and their choices,
+    and for anything else ``rlexp``'s own overrides, which go to the trials' base."""
+    from rlexp.completion import dataclass_keys, rlexp_overrides
+    from rlexp.sweep.config import PRUNERS, SAMPLERS, SweepConfig
+    from rlexp.sweep.load import sweep_names
+
+    keys = ["sweep=", *dataclass_keys(SweepConfig)]
+    choices = {"sweep": sweep_names(), "sampler.name": SAMPLERS, "pruner.name": PRUNERS,
+               "objective.aggregate": ("mean", "median")}
+    key, eq, _ = current.partition("=")
+    if eq and f"{key}=" in keys:
+        return [f"{key}={c}" for c in choices.get(key, ())]
+    trial = [w for w in words if f"{w.partition('=')[0]}=" not in keys]
+    return [k for k in keys if k.startswith(current)] + rlexp_overrides(trial, current)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    from rlexp.completion import handle
+
+    if handle(args, candidates):
+        return 0
     if not args or any(a in ("-h", "--help") for a in args):
         from rlexp import command_name
         from rlexp.sweep.load import sweep_names
@@ -36,14 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load(sweeps[0], [a for a in args if not a.startswith("sweep=")])
         check_tracking()  # an unwritable MLflow store or a silent server: refused before any trial
-        return 0 if run_sweep(sweep).all_started else 1
+        result = run_sweep(sweep)
     except ConfigError as e:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nrlexp.sweep: interrupted; finished trials are kept, the running ones are lost. "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if "SIGTERM" in str(e) else "interrupted"
+        print(f"\nrlexp.sweep: {how}; finished trials are kept, the running ones are lost (their runs end KILLED). "
               "Resume with the same command.", file=sys.stderr)
-        return 130
+        return 143 if "SIGTERM" in str(e) else 130
+    if result.failed:  # after the end's own output, so these are the last lines a user or a scheduler sees
+        print(f"rlexp.sweep: {len(result.failed)} trial(s) of study {result.study_name!r} failed (they count "
+              "towards n_trials and are not run again):", file=sys.stderr)
+        for f in result.failed:
+            print(f"rlexp.sweep: {f.line()}", file=sys.stderr)
+    return 0 if result.all_started and not result.failed else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlexp.compose import (
@@ -116,6 +117,12 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     except Exception as e:
         if msg := removed(str(getattr(e.__cause__ or e.__context__, "full_key", ""))):  # an older definition file's key
             raise ConfigError(f"{conf_dir / name}.yaml: {msg}") from None
+        if isinstance(e, yaml.YAMLError):  # the file itself: where, and what the parser expected
+            where = getattr(e, "problem_mark", None)
+            at = f", line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(e, "problem", None) or one_line(e)
+            hint = " (quote a list item with brackets: - 'algo.hidden=[16]')" if "'['" in problem else ""
+            raise ConfigError(f"{conf_dir / name}.yaml{at}: not valid YAML: {problem}{hint}") from None
         msg = name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
         if "not in struct" in msg and ".args." in msg.split(":", 1)[0]:
             msg += " (pruner.args={...} / sampler.args={...} set all the arguments at once)"

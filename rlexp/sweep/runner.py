@@ -40,6 +40,20 @@ COMPARABLE = ("base", "seeds", "seed_stride", "objective")  # what trial values 
 STEPS = "episode"  # intermediate values: step = episode e, over all of a trial's seeds
 
 
+@dataclass(frozen=True)
+class FailedTrial:
+    """A trial that raised (counted towards ``n_trials``, never run again): what the command reports."""
+
+    number: int
+    overrides: list[str]
+    reason: str
+    run_id: str | None  # its MLflow run (None: tracking off)
+
+    def line(self) -> str:
+        reason = " ".join(self.reason.split())[:300]
+        return f"FAILED trial {self.number} [{' '.join(self.overrides)}]: {reason} (run {self.run_id})"
+
+
 @dataclass
 class SweepResult:
     """What a sweep command leaves: the study's tally and best trial, the re-evaluation, the preset."""
@@ -59,6 +73,7 @@ class SweepResult:
     sampler: dict[str, Any] | None = None  # the sampler it was started with (:func:`sampler_record`)
     picked: Validated | None = None  # the trial re-evaluated and written, after validation (None: the best)
     validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
+    failed: list[FailedTrial] = field(default_factory=list)  # the study's failed trials, in trial order
 
     @property
     def finished(self) -> bool:
@@ -77,7 +92,9 @@ def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepRes
     return SweepResult(study.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
                        st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials), wall_time_s,
                        b.number if b else None, b.value if b else None, pruner=study.user_attrs.get("pruner"),
-                       sampler=study.user_attrs.get("sampler"))
+                       sampler=study.user_attrs.get("sampler"),
+                       failed=[FailedTrial(t.number, list(t.user_attrs.get("overrides", [])), t.user_attrs["fail_reason"],
+                                           t.user_attrs.get("mlflow_run_id")) for t in trials if st.outcome(t) == "failed"])
 
 
 # --------------------------------------------------------------------------- workers
