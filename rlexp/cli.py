@@ -13,6 +13,7 @@ the whole command (the running jobs end KILLED with what they recorded, no furth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,7 +132,35 @@ _job.__wrapped__.batch = _train  # type: ignore[attr-defined]  # what the batch 
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM between or around runs. Jobs that a launcher runs in worker processes (joblib) get it
+    too, and up to ``SIGTERM_GRACE_S`` to end their runs KILLED with what they logged."""
+    workers = _worker_processes()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if workers:
+        from rlexp.parent import wait_for_children
+
+        with contextlib.suppress(Exception):  # the store is gone: nothing more to wait for
+            wait_for_children(SIGTERM_GRACE_S)
     raise Terminated()
+
+
+SIGTERM_GRACE_S = 30.0
+
+
+def _worker_processes() -> list[int]:
+    """This process's children (from /proc), but multiprocessing's resource trackers."""
+    pids = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in task.read_text().split()]
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
 
 
 class MultirunSummary(Callback):

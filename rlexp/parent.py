@@ -83,6 +83,23 @@ def end_parents(status: str, summarize: bool = True) -> None:
         del _open[run_id]
 
 
+def wait_for_children(timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until no child run of this process's open parents is RUNNING:
+    jobs in other processes, signalled, end their runs themselves."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from rlexp.tracking import tracking_uri
+
+    if not _open:
+        return
+    client, deadline = MlflowClient(tracking_uri()), time.monotonic() + timeout
+    parents = [client.get_run(run_id) for run_id in _open]
+    while any(r.info.status == "RUNNING" for p in parents for r in children(client, p)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def children(client: Any, parent: Any) -> list[Any]:
     """The runs whose ``mlflow.parentRunId`` is ``parent``'s, oldest first."""
     out, token = [], None

@@ -93,12 +93,16 @@ def test_a_single_run_that_fails_exits_1_with_one_line(tmp_path):
     assert "FAILED" in err and "became nan" in err
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_the_whole_multirun(tmp_path, sig, code):
-    """SIGTERM (what SLURM sends) or Ctrl-C while the first batch trains: its runs end KILLED with
-    what they logged, the second batch never starts, no traceback."""
-    p = _popen(tmp_path, "algo=dqn,dqn_target", "seed=1,2", "train.max_episodes=100000", "algo.hidden=[8]",
-               "train.save_model=false", "-m")
+@pytest.mark.parametrize(("sig", "code", "launcher"), [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
+                                                      (signal.SIGTERM, 143, ["hydra/launcher=joblib"])])
+def test_a_signal_stops_the_whole_multirun(tmp_path, sig, code, launcher):
+    """SIGTERM (what SLURM sends, here to the command alone, as `kill` does) or Ctrl-C while the first
+    batch trains (under joblib: the first two jobs, each in a worker process, which the command
+    passes the signal on to): its runs end KILLED with what they logged, the second batch never
+    starts, no traceback."""
+    algos = "algo=dqn" if launcher else "algo=dqn,dqn_target"  # joblib: as many workers as jobs, all at once
+    p = _popen(tmp_path, algos, "seed=1,2", "train.max_episodes=100000", "algo.hidden=[8]",
+               "train.save_model=false", "train.stop_on_solve=false", *launcher, "-m")
     children_once_training(p, _uri(tmp_path), 2, timeout=120)  # both runs of the first batch train
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
