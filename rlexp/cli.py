@@ -73,7 +73,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
 
     from rlexp.algos.registry import get_algorithm
     from rlexp.parent import ARM_TAG, arm, parent_of
-    from rlexp.train import experiment_name, run_batch
+    from rlexp.train import by_sigterm, experiment_name, run_batch
 
     cfgs = [to_config(c) for c, _ in jobs]
     hcs = [h.hydra for _, h in jobs]
@@ -92,7 +92,7 @@ def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:
             results = run_batch([cfgs[i] for i in part], label=label, group=group, parent_run_id=parent, tags=tags,
                                 workdirs=[Path(hcs[i].runtime.output_dir) for i in part], progress=cfg.train.progress)
         except KeyboardInterrupt as e:
-            if "SIGTERM" in str(e):
+            if by_sigterm(e):
                 raise Terminated() from None
             raise
         except Exception as e:  # the batch could not run: every job of it failed

@@ -86,6 +86,7 @@ class EvalArgs:
     render: str = "none"  # none | human (a window, where a display exists)
 
 
+RENDERS = ("none", "human")
 _TYPES: dict[str, type] = {"run": str, "episodes": int, "video": bool, "video_episodes": int, "render": str}
 
 
@@ -107,7 +108,7 @@ def _item(text: str) -> tuple[str, Any]:
         if number < 1:
             raise argparse.ArgumentTypeError(f"{key}={number} must be >= 1")
         return key, number
-    if key == "render" and value not in ("none", "human"):
+    if key == "render" and value not in RENDERS:
         raise argparse.ArgumentTypeError(f"render={value!r} must be none or human")
     return key, value
 
@@ -121,7 +122,8 @@ def _candidates(words: list[str], current: str) -> list[str]:
     """Tab completion (rlexp.completion): the keys, and the choices of the boolean and render keys."""
     key, eq, _ = current.partition("=")
     if eq:
-        return [f"{key}={v}" for v in {"video": ("true", "false"), "render": ("none", "human")}.get(key, ())]
+        values = ("true", "false") if _TYPES.get(key) is bool else RENDERS if key == "render" else ()
+        return [f"{key}={v}" for v in values]
     return [f"{k}=" for k in _TYPES]
 
 

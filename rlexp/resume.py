@@ -147,9 +147,11 @@ def main(argv: list[str]) -> int:
         print(f"rlexp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        from rlexp.train import by_sigterm
+
         print(f"rlexp: run {ids[0]} stopped again ({e or 'interrupted'}); resume it with resume={ids[0]}",
               file=sys.stderr)
-        return 143 if "SIGTERM" in str(e) else 130
+        return 143 if by_sigterm(e) else 130
     status = 0
     for r in results:
         if r.status != "FINISHED":

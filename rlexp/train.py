@@ -238,6 +238,14 @@ def train(cfg: Config, tracker: Tracker | None = None, *, workdir: Path | None =
                                      workdirs=[workdir], callback=cb, progress=progress)[0])
 
 
+SIGTERM_REASON = "terminated by SIGTERM"  # the KeyboardInterrupt's text when SIGTERM stopped a run
+
+
+def by_sigterm(e: BaseException) -> bool:
+    """Was this interrupt SIGTERM (exit 143), not Ctrl-C (130)?"""
+    return SIGTERM_REASON in str(e)
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into ``KeyboardInterrupt("terminated by SIGTERM")`` while a run is going (main
@@ -246,7 +254,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     (SIGTERM or Ctrl-C): it writes its members' checkpoints at its next safe point and raises there;
     a second signal stops at once."""
     def handler(signum: int, frame: Any) -> None:
-        reason = "terminated by SIGTERM" if signum == signal.SIGTERM else ""
+        reason = SIGTERM_REASON if signum == signal.SIGTERM else ""
         if not request_stop(reason):
             raise KeyboardInterrupt(*([reason] if reason else []))
 

@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        how = "terminated (SIGTERM)" if "SIGTERM" in str(e) else "interrupted"
+        from rlexp.train import by_sigterm
+
+        how = "terminated (SIGTERM)" if by_sigterm(e) else "interrupted"
         print(f"\nrlexp.sweep: {how}; finished trials are kept, the running ones are lost (their runs end KILLED). "
               "Resume with the same command.", file=sys.stderr)
-        return 143 if "SIGTERM" in str(e) else 130
+        return 143 if by_sigterm(e) else 130
     if result.failed:  # after the end's own output, so these are the last lines a user or a scheduler sees
         print(f"rlexp.sweep: {len(result.failed)} trial(s) of study {result.study_name!r} failed (they count "
               "towards n_trials and are not run again):", file=sys.stderr)
