@@ -90,12 +90,12 @@ def _star(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
 
 def run_jobs(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int, results: list[T],
              report: Callable[[T], None]) -> bool:
-    """``fn(*job)`` for every job in ``workers`` spawn processes (``rlexp.sweep.runner.worker_pool``),
+    """``fn(*job)`` for every job in ``workers`` spawn processes (``rlexp.train.worker_pool``),
     appending each result to ``results`` and reporting it, in the jobs' order. Returns whether
     Ctrl-C or SIGTERM stopped it: the runs in flight are terminated, no queued one starts, and
     ``results`` holds the runs that finished (a ProcessPoolExecutor would finish every queued run
     before the interrupt got through)."""
-    from rlexp.sweep.runner import worker_pool
+    from rlexp.train import sigterm_as_interrupt, worker_pool
 
     try:
         if workers > 1 and len(jobs) > 1:
@@ -104,9 +104,7 @@ def run_jobs(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int
                     results.append(r)
                     report(r)
         else:
-            from rlexp.sweep.runner import sigterm_as_keyboard_interrupt
-
-            with sigterm_as_keyboard_interrupt():
+            with sigterm_as_interrupt():
                 for j in jobs:
                     results.append(fn(*j))
                     report(results[-1])

@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, spec, half in (("baseline", baseline, "no pruner"), ("pruned", pruned, "pruner")):
         if spec is not None:  # checked before any work: a wrong study is refused at once
             try:
-                results[half] = from_study(open_study(spec), spec, runs[half], pruned=half == "pruner")
-                pruner_names[half] = results[half].pruner or "(not recorded)"
+                study = open_study(spec)
+                results[half] = from_study(study, spec, runs[half], pruned=half == "pruner")
+                pruner_names[half] = study.user_attrs.get("pruner") or "(not recorded)"
             except ValueError as e:
                 print(f"bench_sweep: error: {key}={spec}: {e}", file=sys.stderr)
                 return 2

@@ -32,6 +32,11 @@ def _positive(prefix: str, obj: Any, *names: str) -> None:
             _check(v > 0, f"{prefix}.{name}", v, "must be > 0")
 
 
+def _at_least_one(prefix: str, obj: Any, *names: str) -> None:
+    for name in names:
+        _check(getattr(obj, name) >= 1, f"{prefix}.{name}", getattr(obj, name), "must be >= 1")
+
+
 def _non_negative(prefix: str, obj: Any, *names: str) -> None:
     for name in names:
         v = getattr(obj, name)
@@ -62,7 +67,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.id), "env.id", self.id, "must name a gymnasium environment")
-        _check(self.num_envs >= 1, "env.num_envs", self.num_envs, "must be >= 1")
+        _at_least_one("env", self, "num_envs")
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -139,12 +144,11 @@ class OffPolicyConfig(AlgoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.batch_size >= 1, "algo.batch_size", self.batch_size, "must be >= 1")
+        _at_least_one("algo", self, "batch_size")
         _check(self.buffer_size >= self.batch_size, "algo.buffer_size", self.buffer_size,
                f"must be >= algo.batch_size ({self.batch_size})")
         _non_negative("algo", self, "learning_starts")
-        _check(self.train_freq >= 1, "algo.train_freq", self.train_freq, "must be >= 1")
-        _check(self.gradient_steps >= 1, "algo.gradient_steps", self.gradient_steps, "must be >= 1")
+        _at_least_one("algo", self, "train_freq", "gradient_steps")
         _positive("algo", self, "max_grad_norm")
 
 
@@ -174,7 +178,7 @@ class DQNConfig(OffPolicyConfig):
         _check(0 < self.tau <= 1, "algo.tau", self.tau, "must be in (0, 1]")
         _choice("algo.loss", self.loss, ("huber", "mse"))
         _check(0 < self.target_alpha <= 1, "algo.target_alpha", self.target_alpha, "must be in (0, 1]")
-        _check(self.dueling_hidden >= 1, "algo.dueling_hidden", self.dueling_hidden, "must be >= 1")
+        _at_least_one("algo", self, "dueling_hidden")
         _check(not (self.double and self.clipped), "algo.clipped", self.clipped,
                "cannot be combined with algo.double=true")
         _check(not (self.double and self.target_update == "none"), "algo.target_update",
@@ -201,12 +205,7 @@ class ReinforceConfig(AlgoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
-        _check(self.episodes_per_update >= 1, "algo.episodes_per_update", self.episodes_per_update,
-               "must be >= 1")
-        _check(self.min_steps_per_update >= 1, "algo.min_steps_per_update", self.min_steps_per_update,
-               "must be >= 1")
-        _check(self.value_iters >= 1, "algo.value_iters", self.value_iters, "must be >= 1")
+        _at_least_one("algo", self, "num_envs", "episodes_per_update", "min_steps_per_update", "value_iters")
         _positive("algo", self, "value_lr", "max_grad_norm")
         _non_negative("algo", self, "ent_coef")
 
@@ -230,9 +229,7 @@ class ActorCriticConfig(AlgoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
-        _check(self.episodes_per_update >= 1, "algo.episodes_per_update", self.episodes_per_update,
-               "must be >= 1")
+        _at_least_one("algo", self, "num_envs", "episodes_per_update")
         _choice("algo.reduction", self.reduction, ("sum", "mean"))
         _positive("algo", self, "huber_delta", "value_coef", "max_grad_norm")
         _non_negative("algo", self, "ent_coef")
@@ -262,8 +259,7 @@ class PPOConfig(AlgoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
-        _check(self.n_steps >= 1, "algo.n_steps", self.n_steps, "must be >= 1")
+        _at_least_one("algo", self, "num_envs", "n_steps")
         _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
         _check(0.0 < self.clip_ratio < 1.0, "algo.clip_ratio", self.clip_ratio, "must be in (0, 1)")
         for key in ("train_pi_iters", "train_v_iters", "n_minibatches"):
@@ -316,8 +312,7 @@ class SB3Config(AlgoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_envs >= 1, "algo.num_envs", self.num_envs, "must be >= 1")
-        _check(self.n_timesteps >= 1, "algo.n_timesteps", self.n_timesteps, "must be >= 1")
+        _at_least_one("algo", self, "num_envs", "n_timesteps")
         _choice("algo.lr_schedule", self.lr_schedule, ("constant", "linear"))
 
 
@@ -423,11 +418,10 @@ class TrainConfig:
     log_every_s: float = 10.0  # off a terminal: seconds between progress lines
 
     def __post_init__(self) -> None:
-        _check(self.max_episodes >= 1, "train.max_episodes", self.max_episodes, "must be >= 1")
+        _at_least_one("train", self, "max_episodes")
         if self.max_steps is not None:
-            _check(self.max_steps >= 1, "train.max_steps", self.max_steps, "must be >= 1")
-        _check(self.num_threads >= 1, "train.num_threads", self.num_threads, "must be >= 1")
-        _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+            _at_least_one("train", self, "max_steps")
+        _at_least_one("train", self, "num_threads", "log_interval")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "must be >= 0")
         _check(self.log_every_s > 0, "train.log_every_s", self.log_every_s, "must be > 0")
         _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None, "train.device", self.device,
@@ -442,7 +436,7 @@ class SolveConfig:
     window: int = 100  # consecutive episodes averaged
 
     def __post_init__(self) -> None:
-        _check(self.window >= 1, "solve.window", self.window, "must be >= 1")
+        _at_least_one("solve", self, "window")
 
 
 @dataclass

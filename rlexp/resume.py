@@ -72,7 +72,7 @@ def resume(run_id: str, *, workdir: Path | None = None, progress: bool = False) 
     from rlexp.checkpoint import load_latest
     from rlexp.compose import config_from_dict
     from rlexp.tracking import MlflowTracker, process_tags, retry_locked, tracking_uri
-    from rlexp.train import _end_run, _sigterm_as_interrupt, train_batch
+    from rlexp.train import _end_run, sigterm_as_interrupt, train_batch
 
     client = MlflowClient(tracking_uri())
     check_resumable(client, run_id)
@@ -88,7 +88,7 @@ def resume(run_id: str, *, workdir: Path | None = None, progress: bool = False) 
     tracker = SkipLogged(MlflowTracker(client, run_id), last_steps(client, run_id))
     retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
     tracker.set_tags({**process_tags(), "resumed_from_episode": str(state["members"]["recorder"]["solve"].episodes)})
-    with tempfile.TemporaryDirectory(prefix="rlexp-resume-") as tmp, _sigterm_as_interrupt():
+    with tempfile.TemporaryDirectory(prefix="rlexp-resume-") as tmp, sigterm_as_interrupt():
         result = train_batch([cfg], [tracker], workdirs=[workdir or Path(tmp)], progress=progress, spec=spec,
                              resume=state, on_end=lambda k, r: _end_run(tracker, r, run_id))
     return result[0]

@@ -247,7 +247,7 @@ def by_sigterm(e: BaseException) -> bool:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into ``KeyboardInterrupt("terminated by SIGTERM")`` while a run is going (main
     thread only): like Ctrl-C it is no ``Exception``, so no library call it lands in (an MLflow write)
     can wrap it into an error, and the runs end KILLED. A loop that checkpoints is only asked to stop
@@ -268,6 +268,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def worker_pool(jobs: int, workers: int) -> Iterator[Any]:
+    """A spawn pool of ``min(workers, jobs)`` processes. On Ctrl-C or SIGTERM it is terminated: each
+    worker gets SIGTERM, its runs end KILLED, and no queued job starts."""
+    import multiprocessing as mp
+
+    with sigterm_as_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
+        yield pool
 
 
 def _end_run(tracker: Any, result: TrainResult, run_id: str) -> None:
@@ -363,6 +373,6 @@ def run_batch(cfgs: Sequence[Config], *, label: str | None = None, group: str | 
         def on_end(k: int, result: TrainResult) -> None:
             _end_run(trackers[k], result, run_ids[k])
 
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             return train_batch(cfgs, trackers, workdirs=dirs, callback=callback, progress=progress,
                                on_end=on_end, spec=spec)

@@ -96,7 +96,7 @@ def test_command_line_keys_go_to_the_definition_or_to_base():
     ("space.algo.exploration.end.high=2.0", "algo.exploration.end=2.0 must be in [0, 1]"),
     ("pruner.name=fast", "pruner.name='fast' must be one of median"),
     ("seeds=[1,1]", "seeds=[1, 1] must be distinct"),
-    ("storage=optuna.db", "storage='optuna.db' must be a database URL"),
+    ("storage=optuna.db", "storage='optuna.db' must be a URL: sqlite:///optuna.db"),
     ("algo.bogus=1", "base: algo.bogus=1"),
     ("env=nope", "env='nope' is not an option of env/"),
     ('validation.eval_overrides=["algo.gamma=2"]', "validation.eval_overrides: algo.gamma=2.0 must be in (0, 1]"),
@@ -134,32 +134,6 @@ def test_optunas_pruners_are_chosen_by_name(name, cls):
     else:
         with pytest.raises(ConfigError, match=rf"pruner.args=\{{'bogus': 1\}} rejected by {cls.__name__}"):
             st.make_pruner(bogus, 300)
-
-
-@pytest.mark.parametrize("override, message", [
-    ("pruner.lockstep=true", "pruner.lockstep was removed: a trial's seeds train as one batch"),
-    ("pruner.bound=false", "pruner.bound was removed: Optuna's pruner alone stops trials"),
-    ("pruner.bound_rank=2", "pruner.bound_rank was removed with pruner.bound"),
-    ("pruner.max_return=500", "pruner.max_return was removed with pruner.bound"),
-    ("sampler.consider_pruned=true", "sampler.consider_pruned was removed: the sampler handles pruned trials"),
-    ("sampler.pruned_value=seeds_run", "sampler.pruned_value was removed with sampler.consider_pruned"),
-    ("pruner.name=bound", "pruner.name=bound was removed with pruner.bound; choose one of median, percentile"),
-    ("eval_seeds=3", "eval_seeds was moved: use validation.eval_seeds"),
-    ("eval_seed_base=7", "eval_seed_base was moved: use validation.eval_seed_base"),
-    ("eval_overrides=[train.max_episodes=9]", "eval_overrides was moved: use validation.eval_overrides"),
-])
-def test_removed_keys_are_refused_in_one_line_naming_the_key(override, message):
-    with pytest.raises(ConfigError) as e:
-        load("dqn_cartpole", [override])
-    assert str(e.value).startswith(message) and "\n" not in str(e.value)
-
-
-def test_a_sweep_file_with_a_removed_key_is_refused_naming_the_file_and_the_key(tmp_path):
-    f = tmp_path / "old.yaml"
-    f.write_text("defaults: [base_sweep, _self_]\nbase: [algo=dqn]\n"
-                 "space: {algo: {lr: {type: float, low: 1.0e-4, high: 1.0e-3}}}\npruner: {name: median, lockstep: true}\n")
-    with pytest.raises(ConfigError, match=r"old.yaml: pruner.lockstep was removed"):
-        load(str(f))
 
 
 def test_a_sweep_file_elsewhere_with_a_bad_range(tmp_path):
@@ -465,7 +439,6 @@ def test_start_points_are_the_default_then_each_other_group_option_without_repea
 def test_the_commands_wall_time_includes_its_validation_and_re_evaluation(tmp_path, monkeypatch):
     """result.wall_time_s (bench_sweep_seeds' "command" time) spans the whole command, not only
     its trials."""
-    from rlexp.sweep import runner
 
     monkeypatch.chdir(tmp_path)
     real, started = runner.finalize, []
@@ -570,26 +543,6 @@ def test_a_resumed_study_refuses_a_changed_objective(tmp_path, monkeypatch):
     assert len(trials_of(tmp_path)) == 1
 
 
-def test_an_old_study_with_removed_keys_resumes_or_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-
-    def sweep(n: int, *extra: str):
-        return load("dqn_cartpole", tiny(tmp_path, f"n_trials={n}", "tracking.enabled=false", "finalize=false",
-                                         "start_from_default=false", *extra))
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="dqn_cartpole")
-    old = {k: v for k, v in runner.definition(sweep(1)).items() if k != "steps"}
-    study.set_user_attr("definition", {**old, "lockstep": False})  # seeds one after the other, as before
-    with pytest.raises(ConfigError, match=r"older rlexp whose trials reported one seed after the other .*"
-                                          r"resume it with pruner.name=none or use another study_name"):
-        run_sweep(sweep(1))
-    run_sweep(sweep(1, "pruner.name=none"))  # without a pruner the steps do not matter
-    assert "ignoring keys an older rlexp recorded with the study: lockstep" in capsys.readouterr().err
-    study.set_user_attr("definition", {**old, "lockstep": True})  # its seeds reported together, as now
-    run_sweep(sweep(2))
-    assert st.done(trials_of(tmp_path)) == 2
-
-
 # --------------------------------------------------------------------------- start points under concurrency
 def test_start_points_are_enqueued_once_even_by_two_commands_and_a_lost_one_again(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
@@ -631,6 +584,37 @@ def test_the_same_sweep_started_twice_at_once_runs_each_start_point_once(tmp_pat
         "default", "default algo=clipped_double_dqn", "default algo=dueling_dqn"]
     assert all(t.user_attrs.get("surplus") for t in trials if not st.counts(t))
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+
+
+# --------------------------------------------------------------------------- journal storage
+def test_a_journal_file_holds_a_study_resumes_and_fails_a_dead_workers_trial_as_lost(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # journal:///optuna.log is relative to the working folder
+
+    def sweep(n: int):
+        ovs = [o for o in tiny(tmp_path, f"n_trials={n}", "pruner.name=none", "tracking.enabled=false",
+                               "start_from_default=false") if not o.startswith("storage=")]
+        return load("dqn_cartpole", [*ovs, "storage=journal:///optuna.log"])
+
+    assert run_sweep(sweep(2)).tally["complete"] == 2
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.log")))
+    study = optuna.load_study(study_name="dqn_cartpole", storage=storage)
+    dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for worker in (f"{st.socket.gethostname()}:{dead.stdout.strip()}", st.worker_id()):  # a dead worker, a live one
+        trial = study.ask()
+        study._storage.set_trial_user_attr(trial._trial_id, "worker", worker)
+    st.fail_lost(study)  # a journal has no heartbeat: the dead process's trial is lost, the live one runs on
+    states = [t.state for t in study.get_trials()]
+    assert states[2:] == [TrialState.FAIL, TrialState.RUNNING] and "trial 2 LOST" in capsys.readouterr().err
+    study.tell(3, state=TrialState.FAIL)  # (this test's own "worker" is done with it)
+    result = run_sweep(sweep(3))  # resumes the journal: the lost trial is not counted, one more runs
+    assert result.tally == {"complete": 3, "pruned": 0, "failed": 0, "lost": 2, "running": 0}
+    assert result.storage == f"journal:///{tmp_path / 'optuna.log'}"
+
+
+def test_a_journal_in_a_missing_folder_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"storage='journal:///.*/nope/o.log': no folder .*nope for the journal"):
+        run_sweep(load("dqn_cartpole", [o for o in tiny(tmp_path, "tracking.enabled=false") if not o.startswith(
+            "storage=")] + [f"storage=journal:///{tmp_path / 'nope' / 'o.log'}"]))
 
 
 # --------------------------------------------------------------------------- resume after SIGKILL

@@ -22,27 +22,6 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "threshold", "none")
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
-# keys (or settings) of older definitions: refused with one line saying where they went
-REMOVED = {
-    "pruner.lockstep": "removed: a trial's seeds train as one batch and report together",
-    "pruner.bound": "removed: Optuna's pruner alone stops trials",
-    "pruner.bound_rank": "removed with pruner.bound",
-    "pruner.max_return": "removed with pruner.bound",
-    "pruner.name=bound": "removed with pruner.bound; choose one of " + ", ".join(PRUNERS),
-    "sampler.consider_pruned": "removed: the sampler handles pruned trials as Optuna does",
-    "sampler.pruned_value": "removed with sampler.consider_pruned",
-    "eval_seeds": "moved: use validation.eval_seeds",
-    "eval_seed_base": "moved: use validation.eval_seed_base",
-    "eval_overrides": "moved: use validation.eval_overrides",
-}
-
-
-def removed(key: str) -> str | None:
-    """The one-line refusal of an older definition's key (or ``key=value``), None for a current one."""
-    old = next((k for k in REMOVED if key == k or key.startswith((k + ".", k + "="))), None)
-    return None if old is None else f"{old} was {REMOVED[old]}"
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -221,7 +200,7 @@ class SweepConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    storage: str = "sqlite:///optuna.db"  # any Optuna RDB URL; relative SQLite paths are from the cwd
+    storage: str = "sqlite:///optuna.db"  # Optuna RDB URL or journal:///FILE; relative paths are from the cwd
     study_name: str | None = None  # None: the sweep's name
     workers: int = 1  # processes on this machine, each running trials of the shared study
     heartbeat_interval: int = 10  # s between a running trial's heartbeats; silent for 2x: failed as lost
@@ -260,8 +239,8 @@ class SweepConfig:
             clash = sorted(used.intersection(held_out))
             _check(not clash, key, value, f"gives seeds {clash} that trials run (seeds={self.seeds}, "
                    f"seed_stride={self.seed_stride}, n_trials={self.n_trials}); they must be held out")
-        _check("://" in self.storage, "storage", self.storage,
-               "must be a database URL, e.g. sqlite:///optuna.db or postgresql://user:pw@host/db")
+        _check("://" in self.storage, "storage", self.storage, "must be a URL: sqlite:///optuna.db, "
+               "postgresql://user:pw@host/db or journal:///optuna.log (a journal file)")
         if self.study_name is not None:  # it names MLflow runs and goes into their search filters,
             # where quotes are escaped but a backslash is not
             _check(0 < len(self.study_name.strip()) <= 200, "study_name", self.study_name[:40],

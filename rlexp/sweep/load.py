@@ -30,7 +30,7 @@ from rlexp.compose import (
     shipped,
 )
 from rlexp.config import Config, ConfigError
-from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema, removed
+from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, register_sweep_schema
 
 SWEEPS_DIR = shipped("sweeps")
 _ABSENT = object()
@@ -97,8 +97,6 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     for ov in overrides:
         if "=" not in ov and not ov.startswith("~"):
             raise ConfigError(f"{ov!r} is not a key=value override")
-        if msg := removed(ov.lstrip("+~")):
-            raise ConfigError(msg)
         top = override_key(ov).split(".", 1)[0]
         if top not in FIELDS | known:
             raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
@@ -115,8 +113,6 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
     except ConfigError:
         raise
     except Exception as e:
-        if msg := removed(str(getattr(e.__cause__ or e.__context__, "full_key", ""))):  # an older definition file's key
-            raise ConfigError(f"{conf_dir / name}.yaml: {msg}") from None
         if isinstance(e, yaml.YAMLError):  # the file itself: where, and what the parser expected
             where = getattr(e, "problem_mark", None)
             at = f", line {where.line + 1}, column {where.column + 1}" if where else ""

@@ -142,6 +142,7 @@ class Objective:
                 trial.study.stop()
             raise Surplus(f"n_trials={cfg.n_trials} already reached or in flight" if full
                           else "another trial runs this start point")
+        trial.set_user_attr("worker", st.worker_id())  # a journal finds a dead worker's trial by it
         params = {p.key: suggest(trial, p) for p in self.sweep.params}
         overrides = [param_override(p, params[p.key]) for p in self.sweep.params]
         seeds = cfg.trial_seeds(trial.number)

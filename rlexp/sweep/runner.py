@@ -32,12 +32,10 @@ from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
 from rlexp.sweep.preset import EvalSummary, Validated
 from rlexp.sweep.tracking import end_run, open_parent
-from rlexp.train import _sigterm_as_interrupt as sigterm_as_keyboard_interrupt
-from rlexp.train import experiment_name
+from rlexp.train import experiment_name, sigterm_as_interrupt, worker_pool
 
 OUTPUTS = Path("outputs") / "sweeps"
 COMPARABLE = ("base", "seeds", "seed_stride", "objective")  # what trial values depend on
-STEPS = "episode"  # intermediate values: step = episode e, over all of a trial's seeds
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,6 @@ class SweepResult:
     evaluation: EvalSummary | None = None
     preset: Path | None = None
     parent_run_id: str | None = None
-    pruner: str | None = None  # the pruner the study was started with
-    sampler: dict[str, Any] | None = None  # the sampler it was started with (:func:`sampler_record`)
     picked: Validated | None = None  # the trial re-evaluated and written, after validation (None: the best)
     validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
     failed: list[FailedTrial] = field(default_factory=list)  # the study's failed trials, in trial order
@@ -91,8 +87,7 @@ def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepRes
     b = st.best(trials)
     return SweepResult(study.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
                        st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials), wall_time_s,
-                       b.number if b else None, b.value if b else None, pruner=study.user_attrs.get("pruner"),
-                       sampler=study.user_attrs.get("sampler"),
+                       b.number if b else None, b.value if b else None,
                        failed=[FailedTrial(t.number, list(t.user_attrs.get("overrides", [])), t.user_attrs["fail_reason"],
                                            t.user_attrs.get("mlflow_run_id")) for t in trials if st.outcome(t) == "failed"])
 
@@ -118,14 +113,6 @@ def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, spawne
         if not spawned:
             raise
         sys.exit(130)
-
-
-@contextmanager
-def worker_pool(jobs: int, workers: int) -> Iterator[Any]:
-    """A spawn pool of ``min(workers, jobs)`` processes. On Ctrl-C or SIGTERM it is terminated: each
-    worker gets SIGTERM, its runs end KILLED, and no queued job starts."""
-    with sigterm_as_keyboard_interrupt(), mp.get_context("spawn").Pool(min(workers, jobs)) as pool:
-        yield pool
 
 
 def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: str | None) -> None:
@@ -154,7 +141,7 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
 def _interruptible(parent: str | None) -> Iterator[None]:
     """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it) ends KILLED."""
     try:
-        with sigterm_as_keyboard_interrupt():
+        with sigterm_as_interrupt():
             yield
     except KeyboardInterrupt:
         if parent:
@@ -168,7 +155,7 @@ def definition(sweep: Sweep) -> dict[str, Any]:
     c = sweep.cfg
     return {"base": list(c.base), "seeds": list(c.seeds), "seed_stride": c.seed_stride,
             "objective": asdict(c.objective), "report_every": c.pruner.report_every, "space": c.space,
-            "groups": c.groups, "steps": STEPS}
+            "groups": c.groups}
 
 
 def sampler_record(sweep: Sweep) -> dict[str, Any]:
@@ -188,12 +175,6 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
         if have.get(key) != want[key]:
             raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study {name!r} was "
                               "created: its values would not be comparable; use another study_name (or the original settings)")
-    if have.get("steps") != STEPS and not have.get("lockstep") and sweep.cfg.pruner.name != "none":
-        raise ConfigError(f"study {name!r} was created by an older rlexp whose trials reported one seed after "
-                          "the other (step = seed index x budget + episode): a pruner would compare them with "
-                          "steps = episodes over all seeds; resume it with pruner.name=none or use another study_name")
-    if old := sorted(set(have) - set(want)):
-        print(f"[{name}] note: ignoring keys an older rlexp recorded with the study: {', '.join(old)}", file=sys.stderr)
     if have.get("space") != want["space"] or have.get("groups", {}) != want["groups"]:
         print(f"[{name}] note: the search space differs from the study's first run", file=sys.stderr)
 
@@ -214,7 +195,7 @@ def _drive(study: optuna.Study, sweep: Sweep, parent: str | None, experiment: st
             return  # done; or a helper with nothing left to start
         else:  # trials of other workers still running: wait for them (or for their heartbeat to stop)
             time.sleep(cfg.heartbeat_interval)
-            optuna.storages.fail_stale_trials(study)
+            st.fail_lost(study)
 
 
 def run_sweep(sweep: Sweep) -> SweepResult:

@@ -9,7 +9,9 @@ trial covers). Optuna's ``MaxTrialsCallback`` would count lost trials, or let N 
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -30,10 +32,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def storage_url(url: str) -> str:
-    """A relative SQLite path made absolute (every worker and a resume find the same file)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url != prefix + ":memory:":
-        return prefix + str(Path.cwd() / url[len(prefix):])
+    """A relative SQLite or journal path made absolute (every worker and a resume find the same file)."""
+    for prefix in ("sqlite:///", "journal:///"):
+        if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url != "sqlite:///:memory:":
+            return prefix + str(Path.cwd() / url[len(prefix):])
     return url
 
 
@@ -62,9 +64,17 @@ def _schema_race(e: Exception) -> bool:
                                                                        "unique constraint"))
 
 
-def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
-    """The RDB storage with a heartbeat, so a dead worker's running trial is failed as lost."""
+def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.BaseStorage:
+    """The RDB storage with a heartbeat, so a dead worker's running trial is failed as lost; or a
+    journal file (``journal:///FILE``), whose lost trials :func:`fail_lost` finds by process id."""
     url = _with_driver(storage_url(url))
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:///"):])
+        if not path.parent.is_dir():
+            raise ConfigError(f"storage={url!r}: no folder {path.parent} for the journal file")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     # several workers write to one SQLite file: wait for the lock instead of failing at once
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
         "pool_pre_ping": True}
@@ -281,13 +291,46 @@ def on_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
                   file=sys.stderr)
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs (:func:`fail_lost`)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(worker: str) -> bool:
+    """Whether ``host:pid`` names a process of this machine that no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def fail_lost(study: optuna.Study) -> None:
+    """Fail as lost the RUNNING trials whose worker is gone: a stale heartbeat (RDB storages) or, in a
+    journal (no heartbeat), a worker process of this machine that has ended."""
+    optuna.storages.fail_stale_trials(study)
+    if isinstance(study._storage, optuna.storages.JournalStorage):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _gone(str(t.user_attrs.get("worker", ""))):
+                try:
+                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:  # another command failed it first
+                    continue
+                on_lost_trial(study, t)
+
+
 def wait_for_stale(study: optuna.Study, heartbeat_interval: int) -> None:
     """On (re)start, fail the running trials of dead workers now, so they are not counted in flight: a
     trial is stale once its heartbeat is 2 heartbeats old; one still beating belongs to a live worker."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if running:
+    if running and not isinstance(study._storage, optuna.storages.JournalStorage):
         grace = 2 * heartbeat_interval
         print(f"[{study.study_name}] {len(running)} trial(s) RUNNING: waiting {grace + 1} s for their "
               "heartbeat to tell a dead worker's from a live one", file=sys.stderr, flush=True)
         time.sleep(grace + 1)
-        optuna.storages.fail_stale_trials(study)
+    fail_lost(study)
