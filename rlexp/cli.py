@@ -63,7 +63,9 @@ def _outcome(hc: Any, cfg: Any, status: str, reason: str | None, run_id: str | N
 
 def _summary_line(o: dict[str, Any]) -> str:
     """One failed job: its status, overrides, reason and MLflow run."""
-    return f"rlexp: {o['status']} [{' '.join(o['overrides'])}]: {o['reason']} (run {o['run_id']})"
+    from rlexp.train import failure_line
+
+    return "rlexp: " + failure_line(o["status"], o["overrides"], o["reason"], o["run_id"])
 
 
 def _train(jobs: list[tuple[DictConfig, DictConfig]]) -> list[float | None]:

@@ -241,6 +241,13 @@ def train(cfg: Config, tracker: Tracker | None = None, *, workdir: Path | None =
 SIGTERM_REASON = "terminated by SIGTERM"  # the KeyboardInterrupt's text when SIGTERM stopped a run
 
 
+def failure_line(what: str, overrides: Sequence[str], reason: str, run_id: str | None) -> str:
+    """One line for a job or sweep trial that did not finish: what, its overrides, the reason (on one
+    line, at most 300 characters) and its MLflow run, if it has one."""
+    reason = " ".join(str(reason).split())[:300]
+    return f"{what} [{' '.join(overrides)}]: {reason}" + (f" (run {run_id})" if run_id else "")
+
+
 def by_sigterm(e: BaseException) -> bool:
     """Was this interrupt SIGTERM (exit 143), not Ctrl-C (130)?"""
     return SIGTERM_REASON in str(e)

@@ -32,7 +32,7 @@ from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
 from rlexp.sweep.preset import EvalSummary, Validated
 from rlexp.sweep.tracking import end_run, open_parent
-from rlexp.train import experiment_name, sigterm_as_interrupt, worker_pool
+from rlexp.train import experiment_name, failure_line, sigterm_as_interrupt, worker_pool
 
 OUTPUTS = Path("outputs") / "sweeps"
 COMPARABLE = ("base", "seeds", "seed_stride", "objective")  # what trial values depend on
@@ -48,8 +48,7 @@ class FailedTrial:
     run_id: str | None  # its MLflow run (None: tracking off)
 
     def line(self) -> str:
-        reason = " ".join(self.reason.split())[:300]
-        return f"FAILED trial {self.number} [{' '.join(self.overrides)}]: {reason} (run {self.run_id})"
+        return failure_line(f"FAILED trial {self.number}", self.overrides, self.reason, self.run_id)
 
 
 @dataclass
