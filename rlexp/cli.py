@@ -136,7 +136,7 @@ _job.__wrapped__.batch = _train  # type: ignore[attr-defined]  # what the batch 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM between or around runs. Jobs that a launcher runs in worker processes (joblib) get it
     too, and up to ``SIGTERM_GRACE_S`` to end their runs KILLED with what they logged."""
-    workers = _worker_processes()
+    workers = worker_processes()
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -151,10 +151,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 SIGTERM_GRACE_S = 30.0
 
 
-def _worker_processes() -> list[int]:
-    """This process's children (from /proc), but multiprocessing's resource trackers."""
+def worker_processes(pid: int | str = "self") -> list[int]:
+    """The child processes of ``pid`` (this process by default; from /proc), but multiprocessing's
+    resource trackers, which outlive their parent by design."""
     pids = []
-    for task in Path("/proc/self/task").glob("*/children"):
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
         with contextlib.suppress(OSError):
             pids += [int(c) for c in task.read_text().split()]
     out = []

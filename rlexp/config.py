@@ -9,6 +9,7 @@ error names the public key and the offending value.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,23 +26,24 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r} {why}")
 
 
-def _positive(prefix: str, obj: Any, *names: str) -> None:
+def _each(prefix: str, obj: Any, names: tuple[str, ...], ok: Callable[[Any], bool], why: str) -> None:
+    """``_check`` on each of ``obj``'s fields ``names`` that is set (not None), keyed ``prefix.name``."""
     for name in names:
         v = getattr(obj, name)
         if v is not None:
-            _check(v > 0, f"{prefix}.{name}", v, "must be > 0")
+            _check(ok(v), f"{prefix}.{name}" if prefix else name, v, why)
+
+
+def _positive(prefix: str, obj: Any, *names: str) -> None:
+    _each(prefix, obj, names, lambda v: v > 0, "must be > 0")
 
 
 def _at_least_one(prefix: str, obj: Any, *names: str) -> None:
-    for name in names:
-        _check(getattr(obj, name) >= 1, f"{prefix}.{name}", getattr(obj, name), "must be >= 1")
+    _each(prefix, obj, names, lambda v: v >= 1, "must be >= 1")
 
 
 def _non_negative(prefix: str, obj: Any, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if v is not None:
-            _check(v >= 0, f"{prefix}.{name}", v, "must be >= 0")
+    _each(prefix, obj, names, lambda v: v >= 0, "must be >= 0")
 
 
 def _gamma(prefix: str, gamma: float) -> None:
@@ -126,8 +128,8 @@ class ExplorationConfig:
         for name in ("start", "end"):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, f"algo.exploration.{name}", v, "must be in [0, 1]")
-        _check(self.steps >= 1, "algo.exploration.steps", self.steps, "must be >= 1")
-        _check(self.rate > 0, "algo.exploration.rate", self.rate, "must be > 0")
+        _at_least_one("algo.exploration", self, "steps")
+        _positive("algo.exploration", self, "rate")
         _check(0 < self.factor <= 1, "algo.exploration.factor", self.factor, "must be in (0, 1]")
 
 
@@ -173,8 +175,7 @@ class DQNConfig(OffPolicyConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice("algo.target_update", self.target_update, ("none", "hard", "soft"))
-        _check(self.target_update_interval >= 1, "algo.target_update_interval",
-               self.target_update_interval, "must be >= 1")
+        _at_least_one("algo", self, "target_update_interval")
         _check(0 < self.tau <= 1, "algo.tau", self.tau, "must be in (0, 1]")
         _choice("algo.loss", self.loss, ("huber", "mse"))
         _check(0 < self.target_alpha <= 1, "algo.target_alpha", self.target_alpha, "must be in (0, 1]")
@@ -262,8 +263,7 @@ class PPOConfig(AlgoConfig):
         _at_least_one("algo", self, "num_envs", "n_steps")
         _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
         _check(0.0 < self.clip_ratio < 1.0, "algo.clip_ratio", self.clip_ratio, "must be in (0, 1)")
-        for key in ("train_pi_iters", "train_v_iters", "n_minibatches"):
-            _check(getattr(self, key) >= 1, f"algo.{key}", getattr(self, key), "must be >= 1")
+        _at_least_one("algo", self, "train_pi_iters", "train_v_iters", "n_minibatches")
         _positive("algo", self, "value_lr", "target_kl", "max_grad_norm")
         _non_negative("algo", self, "ent_coef")
         _choice("algo.value_target", self.value_target, ("reward_to_go", "lambda"))
@@ -419,11 +419,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _at_least_one("train", self, "max_episodes")
-        if self.max_steps is not None:
-            _at_least_one("train", self, "max_steps")
-        _at_least_one("train", self, "num_threads", "log_interval")
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "must be >= 0")
-        _check(self.log_every_s > 0, "train.log_every_s", self.log_every_s, "must be > 0")
+        _at_least_one("train", self, "max_steps", "num_threads", "log_interval")
+        _non_negative("train", self, "checkpoint_every")
+        _positive("train", self, "log_every_s")
         _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None, "train.device", self.device,
                "must be cpu, cuda, cuda:N, mps or auto")
 
@@ -446,7 +444,7 @@ class EvalConfig:
     episodes: int = 10  # greedy episodes on evaluation seeds after training; 0: none
 
     def __post_init__(self) -> None:
-        _check(self.episodes >= 0, "eval.episodes", self.episodes, "must be >= 0")
+        _non_negative("eval", self, "episodes")
 
 
 MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
@@ -498,7 +496,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _non_negative("", self, "seed")
         _check(self.seed < 2**32, "seed", self.seed, "must be < 2**32")  # numpy's seed range
         if self.optimizer.lr is None:  # resolved once here so that every record shows the lr used
             self.optimizer.lr = self.algo.lr

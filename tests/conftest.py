@@ -43,18 +43,6 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def children(pid: int, *, workers_only: bool = False) -> set[int]:
-    """The child processes of ``pid`` (from /proc); ``workers_only`` leaves out multiprocessing's
-    resource tracker, which outlives its parent by design."""
-    try:
-        kids = {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
-    if workers_only:
-        kids = {k for k in kids if "resource_tracker" not in _cmdline(k)}
-    return kids
-
-
 def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str | None = None,
                            timeout: float = 180) -> set[int]:
     """Poll the MLflow store ``uri`` while ``p`` runs until ``n`` runs (with tag ``sweep_role`` ``role``,
@@ -62,6 +50,7 @@ def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str
     worker processes (empty: they never did)."""
     from mlflow import MlflowClient
 
+    from rlexp.cli import worker_processes
     from rlexp.tracking import ROLE_TAG
 
     deadline = time.monotonic() + timeout
@@ -74,15 +63,8 @@ def children_once_training(p: subprocess.Popen[str], uri: str, n: int, role: str
             continue
         runs = [r for r in runs if ROLE_TAG not in r.data.tags and (role is None or r.data.tags.get("sweep_role") == role)]
         if len(runs) == n and all(r.data.metrics.get("episode_return") is not None for r in runs):
-            return children(p.pid, workers_only=True)
+            return set(worker_processes(p.pid))
     return set()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text()
-    except OSError:
-        return ""
 
 
 TINY = ["algo.hidden=[16]", "tracking.enabled=false", "train.save_model=false"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_algos, versions
+from rlexp.cli import worker_processes
 
-from .conftest import PYTHON, ROOT, children, cli_env, sigint_default
+from .conftest import PYTHON, ROOT, cli_env, sigint_default
 
 
 def test_bench_algos_table_and_throughput_sections(tmp_path, capsys):
@@ -280,7 +281,7 @@ def test_an_interrupted_bench_variants_stops_its_runs_and_writes_the_finished_on
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and p.poll() is None and not any("fast seed 1" in x for x in lines):
             time.sleep(0.2)
-        workers = children(p.pid, workers_only=True)
+        workers = set(worker_processes(p.pid))
         time.sleep(1.0)  # both slow seeds are training now
         p.send_signal(sig)  # to this process alone, as `kill` does
         p.wait(timeout=60)

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from rlexp import compose as rlexp_compose
+from rlexp.cli import worker_processes
 from rlexp.compose import compose_config
 from rlexp.config import ConfigError
 from rlexp.loops import EpisodeInfo
@@ -34,7 +35,7 @@ from rlexp.sweep.preset import pick, validation_table
 from rlexp.tracking import store_lock
 from rlexp.train import TrainResult, config_dict
 
-from .conftest import PYTHON, children, cli_env, sigint_default
+from .conftest import PYTHON, cli_env, sigint_default
 
 TINY = ["algo.hidden=[16]", "algo.learning_starts=50", "train.max_episodes=12"]
 
@@ -695,7 +696,7 @@ def test_a_signal_during_a_re_evaluation_ends_its_runs_killed_and_leaves_no_proc
                 client = MlflowClient(uri)
                 runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
                 training = any(r.data.metrics.get("episode_return") is not None for r in runs)
-        kids = children(p.pid, workers_only=True)
+        kids = set(worker_processes(p.pid))
         if training:
             p.send_signal(sig)  # to this process alone, as `kill` does
             p.wait(timeout=180)  # the members' runs end and log what they have

@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rlexp.config import ConfigError, _check, _choice
+from rlexp.config import ConfigError, _at_least_one, _check, _choice, _non_negative
 
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
@@ -138,7 +138,7 @@ class PrunerConfig:
 
     def __post_init__(self) -> None:
         _choice("pruner.name", self.name, PRUNERS)
-        _check(self.report_every >= 1, "pruner.report_every", self.report_every, "must be >= 1")
+        _at_least_one("pruner", self, "report_every")
 
 
 @dataclass
@@ -167,8 +167,7 @@ class ValidationConfig:
     eval_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for key in ("top", "seeds", "seed_base", "eval_seeds", "eval_seed_base"):
-            _check(getattr(self, key) >= 0, f"validation.{key}", getattr(self, key), "must be >= 0")
+        _non_negative("validation", self, "top", "seeds", "seed_base", "eval_seeds", "eval_seed_base")
         for ov in self.eval_overrides:
             _check(isinstance(ov, str) and "=" in ov, "validation.eval_overrides", ov,
                    "entries must be key=value overrides")
@@ -219,12 +218,11 @@ class SweepConfig:
             _check(len(options) >= 1, f"groups.{g}", options, "must list at least one option")
             _check(len(set(options)) == len(options), f"groups.{g}", options, "must not repeat an option")
         self.params()  # validates every leaf
-        for key in ("n_trials", "workers", "heartbeat_interval", "top"):
-            _check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        _at_least_one("", self, "n_trials", "workers", "heartbeat_interval", "top")
         _check(len(self.seeds) >= 1, "seeds", self.seeds, "must list at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must be distinct")
         _check(all(s >= 0 for s in self.seeds), "seeds", self.seeds, "must be >= 0")
-        _check(self.seed_stride >= 0, "seed_stride", self.seed_stride, "must be >= 0")
+        _non_negative("", self, "seed_stride")
         if self.seed_stride:
             _check(self.seed_stride > max(self.seeds) - min(self.seeds), "seed_stride", self.seed_stride,
                    f"must exceed the spread of seeds ({self.seeds}) so trials never share a seed")
