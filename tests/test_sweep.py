@@ -313,11 +313,12 @@ def test_the_pruner_is_asked_only_while_a_seed_still_runs():
             c(1, _info(ep, 0.0))
     assert asked == [1] and c.last_step == 25
     # both runs end at the report: stopping saves nothing, the trial completes whatever the pruner says
-    c = _curves(2, [], prune)
+    reports: list[tuple[int, float]] = []
+    c = _curves(2, reports, prune)
     for i in (0, 1):
         for ep in range(1, 26):
             c(i, _info(ep, 500.0, solved=25 if ep == 25 else None))
-    assert asked == [1] and c.final == [25.0, 25.0]
+    assert asked == [1] and reports == [(e, 25.0) for e in (25, 50, 75, 100)]  # their final values
 
 
 def test_a_trial_whose_runs_all_ended_completes_even_if_the_pruner_says_stop(tmp_path, monkeypatch):
@@ -334,7 +335,7 @@ def test_a_trial_whose_runs_all_ended_completes_even_if_the_pruner_says_stop(tmp
         return t
 
     t = trial(4)
-    assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4 and list(t.intermediate_values) == [4]
+    assert t.state == TrialState.PRUNED and t.last_step == 4 and list(t.intermediate_values) == [4]
     t = trial(12)
     assert t.state == TrialState.COMPLETE and t.value == pytest.approx(sum(t.user_attrs["seed_values"]) / 2)
     assert sorted(t.intermediate_values) == [4, 8, 12] and t.intermediate_values[12] == pytest.approx(t.value)
@@ -356,14 +357,14 @@ def test_budget_counts_and_progress_line():
               t(TrialState.FAIL, 2, fail_reason="DivergenceError: loss became nan"), t(TrialState.FAIL, 3),
               t(TrialState.COMPLETE, 4, value=250.0), t(TrialState.RUNNING, 5)]
     assert [st.counts(x) for x in trials] == [True, True, True, False, True, False]
-    assert st.is_lost(trials[3]) and not st.is_lost(trials[2])
+    assert [st.outcome(x) for x in trials[2:4]] == ["failed", "lost"]
     assert st.done(trials) == 4 and st.ahead_of(trials, 6) == 5 and st.ahead_of(trials, 3) == 3
     line = st.progress_line("s", trials[4], trials, n_trials=6)
     assert line == "[s] trial 4 COMPLETE value 250.0 | 4/6 done (2 complete, 1 pruned, 1 failed, 1 lost) | best 250.0 (trial 4)"
     assert "FAILED: DivergenceError" in st.progress_line("s", trials[2], trials, 6)
     assert "LOST" in st.progress_line("s", trials[3], trials, 6)
     surplus = t(TrialState.FAIL, 6, surplus=True)
-    assert not st.counts(surplus) and not st.is_lost(surplus) and st.tally([surplus])["lost"] == 0
+    assert st.outcome(surplus) == "surplus" and not st.counts(surplus) and st.tally([surplus])["lost"] == 0
 
 
 def test_a_trial_composes_its_config_once_and_its_seeds_differ_by_seed_alone(tmp_path, monkeypatch, mlflow_uri):
@@ -459,7 +460,7 @@ def test_hopeless_trials_are_pruned_and_runs_end_killed(tmp_path, monkeypatch, m
     assert result.tally == {"complete": 0, "pruned": 2, "failed": 0, "lost": 0, "running": 0}
     trials = trials_of(tmp_path)
     for t in trials:
-        assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at"] == 4 and t.last_step == 4
+        assert t.state == TrialState.PRUNED and t.last_step == 4
         assert t.intermediate_values[4] > 12 and "seed_values" not in t.user_attrs
         assert 0 < t.user_attrs["env_steps"] < 2 * 12 * 500
     client = MlflowClient(mlflow_uri)
@@ -554,7 +555,7 @@ def test_start_points_are_enqueued_once_even_by_two_commands_and_a_lost_one_agai
     assert st.withdraw(study, n_trials=5) == 2
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.WAITING] * 2 + [TrialState.FAIL] * 2
-    assert all(t.user_attrs["surplus"] and not st.counts(t) and not st.is_lost(t) for t in trials[2:])
+    assert all(t.user_attrs["surplus"] and st.outcome(t) == "surplus" for t in trials[2:])
     assert st.enqueue_start_points(study, points, 5) == []  # both are queued: nothing more
     # a worker that popped a copy before it was withdrawn runs nothing
     study.enqueue_trial({"x": 2}, user_attrs={"start": "default algo=b"})
@@ -661,7 +662,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_o
     after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
     assert all(after[k] == v for k, v in before.items())  # finished trials are kept as they were
     lost = trials[victim]
-    assert lost.state == TrialState.FAIL and st.is_lost(lost)  # failed by the heartbeat, not counted
+    assert lost.state == TrialState.FAIL and st.outcome(lost) == "lost"  # failed by the heartbeat, not counted
     assert st.done(trials) == 3 and len(trials) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
     # the three start points (the algo options' defaults) ran once each: the lost one enqueued again
     assert sorted(t.user_attrs["start"] for t in trials if st.counts(t)) == [

@@ -55,7 +55,7 @@ def test_two_machines_three_workers_share_one_study(tmp_path, kind):
     # "surplus" trial a worker may have asked for in the same instant the last one started
     assert sorted(t.number for t in counted) == list(range(n))
     assert all(t.state in STATES for t in counted)
-    assert not [t for t in trials if t.state == TrialState.RUNNING or st.is_lost(t)]
+    assert not [t for t in trials if t.state == TrialState.RUNNING or st.outcome(t) == "lost"]
     assert all(t.user_attrs.get("surplus") for t in trials if not st.counts(t))
     assert len({tuple(t.user_attrs["seeds"]) for t in counted}) == n  # no trial ran twice
 
@@ -123,7 +123,7 @@ def test_workers_starting_together_on_a_new_postgres_schema_all_get_the_storage(
     import sqlalchemy
 
     schema = f"race_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(st._with_driver(URL))
+    engine = sqlalchemy.create_engine(st.with_driver(URL))
     with engine.begin() as c:
         c.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
     try:

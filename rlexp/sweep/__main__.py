@@ -13,14 +13,14 @@ from __future__ import annotations
 import sys
 
 from rlexp.config import ConfigError
+from rlexp.sweep.config import PRUNERS, SAMPLERS, SweepConfig
+from rlexp.sweep.load import sweep_names
 
 
 def candidates(words: list[str], current: str) -> list[str]:
     """Tab completion (rlexp.completion): ``sweep=`` names, the definition's keys and their choices,
     and for anything else ``rlexp``'s own overrides, which go to the trials' base."""
     from rlexp.completion import dataclass_keys, rlexp_overrides
-    from rlexp.sweep.config import PRUNERS, SAMPLERS, SweepConfig
-    from rlexp.sweep.load import sweep_names
 
     keys = ["sweep=", *dataclass_keys(SweepConfig)]
     choices = {"sweep": sweep_names(), "sampler.name": SAMPLERS, "pruner.name": PRUNERS,
@@ -33,16 +33,18 @@ def candidates(words: list[str], current: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    from rlexp import command_name
     from rlexp.completion import handle
+    from rlexp.sweep.load import load
+    from rlexp.sweep.runner import run_sweep
+    from rlexp.tracking import check_tracking
+    from rlexp.train import by_sigterm
 
+    args = sys.argv[1:] if argv is None else argv
     if handle(args, candidates):
         return 0
     if not args or any(a in ("-h", "--help") for a in args):
-        from rlexp import command_name
-        from rlexp.sweep.load import sweep_names
-
-        usage = (__doc__ or '').strip().replace("python -m rlexp.sweep", command_name("rlexp.sweep", "rlexp-sweep"))
+        usage = __doc__.strip().replace("python -m rlexp.sweep", command_name("rlexp.sweep", "rlexp-sweep"))
         print(f"{usage}\n\nsweeps: {', '.join(sweep_names())}", file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     sweeps = [a.split("=", 1)[1] for a in args if a.startswith("sweep=")]
@@ -50,10 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         print("rlexp.sweep: error: name one sweep: sweep=NAME (a file of sweeps/) or sweep=path/to.yaml",
               file=sys.stderr)
         return 2
-    from rlexp.sweep.load import load
-    from rlexp.sweep.runner import run_sweep
-    from rlexp.tracking import check_tracking
-
     try:
         sweep = load(sweeps[0], [a for a in args if not a.startswith("sweep=")])
         check_tracking()  # an unwritable MLflow store or a silent server: refused before any trial
@@ -62,17 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlexp.sweep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from rlexp.train import by_sigterm
-
         how = "terminated (SIGTERM)" if by_sigterm(e) else "interrupted"
-        print(f"\nrlexp.sweep: {how}; finished trials are kept, the running ones are lost (their runs end KILLED). "
-              "Resume with the same command.", file=sys.stderr)
+        print(f"\nrlexp.sweep: {how}; finished trials are kept, the running ones are lost (their runs end "
+              "KILLED). Resume with the same command.", file=sys.stderr)
         return 143 if by_sigterm(e) else 130
     if result.failed:  # after the end's own output, so these are the last lines a user or a scheduler sees
         print(f"rlexp.sweep: {len(result.failed)} trial(s) of study {result.study_name!r} failed (they count "
               "towards n_trials and are not run again):", file=sys.stderr)
-        for f in result.failed:
-            print(f"rlexp.sweep: {f.line()}", file=sys.stderr)
+        for line in result.failed:
+            print(f"rlexp.sweep: {line}", file=sys.stderr)
     return 0 if result.all_started and not result.failed else 1
 
 

@@ -1,10 +1,6 @@
-"""Typed schema of a sweep definition (``sweeps/NAME.yaml``), registered with Hydra as ``base_sweep``.
-
-A file extends it (``defaults: [base_sweep, _self_]``), so an unknown key or a wrong type is refused at
-composition, and ``__post_init__`` names key and value of a bad range. ``space`` is a tree shaped like
-the rlexp config whose leaves are parameter specs, e.g. ``space: {algo: {lr: {type: float, low: 1.0e-4,
-high: 3.0e-3, log: true}}}``, so that ``space.algo.lr.high=1e-2`` works on the command line.
-"""
+"""Typed schema of a sweep definition (``sweeps/NAME.yaml``), registered with Hydra as ``base_sweep``:
+unknown keys and wrong types are refused at composition, bad ranges by ``__post_init__``. ``space`` is a
+tree shaped like the rlexp config whose leaves are parameter specs (``space.algo.lr.high=1e-2``)."""
 
 from __future__ import annotations
 
@@ -15,15 +11,21 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rlexp.config import ConfigError, _at_least_one, _check, _choice, _non_negative
+from rlexp.config import ConfigError, _at_least_one, _check, _choice, _non_negative, _positive
 
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "threshold", "none")
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_overrides(key: str, overrides: list[str]) -> None:
+    for ov in overrides:
+        _check(isinstance(ov, str) and "=" in ov, key, ov, "entries must be key=value overrides")
 
 
 @dataclass(frozen=True)
@@ -39,19 +41,20 @@ class ParamSpec:
     choices: tuple[Any, ...] = ()  # categorical: scalars, or lists written as on the command line
 
     def __post_init__(self) -> None:
-        at = f"space.{self.key}"
+        at, choices = f"space.{self.key}", list(self.choices)
         _choice(f"{at}.type", self.type, PARAM_TYPES)
         if self.type == "categorical":
-            _check(len(self.choices) >= 1, f"{at}.choices", list(self.choices), "must list at least one value")
+            _check(len(choices) >= 1, f"{at}.choices", choices, "must list at least one value")
             for name in ("low", "high", "step"):
                 _check(getattr(self, name) is None, f"{at}.{name}", getattr(self, name),
                        "is not used by a categorical parameter (use choices)")
-            _check(all(c is None or isinstance(c, bool | int | float | str | list) for c in self.choices),
-                   f"{at}.choices", list(self.choices), "must hold scalars or lists")
+            _check(all(c is None or isinstance(c, bool | int | float | str | list) for c in choices),
+                   f"{at}.choices", choices, "must hold scalars or lists")
             return
-        _check(not self.choices, f"{at}.choices", list(self.choices), f"is only for categorical, not {self.type}")
+        _check(not choices, f"{at}.choices", choices, f"is only for categorical, not {self.type}")
         for name in ("low", "high"):
-            _check(_is_number(getattr(self, name)), f"{at}.{name}", getattr(self, name), "must be a finite number")
+            v = getattr(self, name)
+            _check(_is_number(v), f"{at}.{name}", v, "must be a finite number")
         assert self.low is not None and self.high is not None
         _check(self.low < self.high, f"{at}.low", self.low, f"must be < {at}.high ({self.high})")
         _check(not self.log or self.low > 0, f"{at}.low", self.low, "must be > 0 with log: true")
@@ -74,7 +77,8 @@ class ParamSpec:
             return False
         assert self.low is not None and self.high is not None
         k = (value - self.low) / self.step if self.step else 0.0
-        return self.low <= value <= self.high and (self.type != "int" or value == int(value)) and abs(k - round(k)) < 1e-9
+        on_grid = abs(k - round(k)) < 1e-9 and (self.type != "int" or value == int(value))
+        return self.low <= value <= self.high and on_grid
 
     def corners(self) -> list[Any]:
         """Values that validation composes: both bounds, or every choice."""
@@ -107,7 +111,8 @@ def parse_space(space: Mapping[str, Any], prefix: str = "") -> list[ParamSpec]:
             continue
         unknown = sorted(set(v) - _SPEC_KEYS)
         if unknown:
-            raise ConfigError(f"space.{key}.{unknown[0]} is not a parameter field; use {', '.join(sorted(_SPEC_KEYS))}")
+            raise ConfigError(f"space.{key}.{unknown[0]} is not a parameter field; "
+                              f"use {', '.join(sorted(_SPEC_KEYS))}")
         choices = v.get("choices")
         if choices is not None and not isinstance(choices, list | tuple):
             raise ConfigError(f"space.{key}.choices={choices!r} must be a list")
@@ -150,7 +155,7 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         _choice("objective.aggregate", self.aggregate, ("mean", "median"))
-        _check(self.penalty is None or self.penalty > 0, "objective.penalty", self.penalty, "must be > 0")
+        _positive("objective", self, "penalty")
 
 
 @dataclass
@@ -162,15 +167,13 @@ class ValidationConfig:
     seed_base: int = 500_000
     eval_seeds: int = 5  # fresh seeds the pick is re-evaluated on, eval_seed_base + j (0: skip)
     eval_seed_base: int = 1_000_000
-    # overrides of the re-evaluation and the preset only, after base and the pick's params: e.g.
-    # train.max_episodes=1000 to judge the winner on the full budget when trials use a short one
+    # overrides of the re-evaluation and the preset only, after base and the pick's params
+    # (train.max_episodes=1000: trials on a short budget, the pick judged on the full one)
     eval_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _non_negative("validation", self, "top", "seeds", "seed_base", "eval_seeds", "eval_seed_base")
-        for ov in self.eval_overrides:
-            _check(isinstance(ov, str) and "=" in ov, "validation.eval_overrides", ov,
-                   "entries must be key=value overrides")
+        _check_overrides("validation.eval_overrides", self.eval_overrides)
 
     def seed_list(self) -> list[int]:
         """The held-out seeds (none when validation is off: top or seeds 0)."""
@@ -193,8 +196,8 @@ class SweepConfig:
     n_trials: int = 30  # trials to finish in the study (complete, pruned or failed); raise it to add trials
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of trial 0
     seed_stride: int = 1000  # trial k runs seeds[i] + k * seed_stride (0: every trial the same seeds)
-    # a new study's first trial runs the base config's values of the searched keys, and with groups
-    # the next ones each other option at its own defaults (load.start_points)
+    # a new study's first trials run the base config's values of the searched keys, then each other
+    # group option at its own defaults (load.start_points)
     start_from_default: bool = True
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -209,8 +212,7 @@ class SweepConfig:
     top: int = 5  # rows of the top-trials table printed at the end
 
     def __post_init__(self) -> None:
-        for ov in self.base:
-            _check(isinstance(ov, str) and "=" in ov, "base", ov, "entries must be key=value overrides")
+        _check_overrides("base", self.base)
         _check(bool(self.space) or bool(self.groups), "space", self.space, "must hold at least one parameter")
         for g, options in self.groups.items():
             _check("." not in g and not g.startswith(("+", "~")), f"groups.{g}", options,
@@ -228,9 +230,9 @@ class SweepConfig:
                    f"must exceed the spread of seeds ({self.seeds}) so trials never share a seed")
         v = self.validation
         clash = sorted(set(v.seed_list()) & set(v.fresh_seeds()))
-        _check(not clash, "validation.seed_base", v.seed_base,
-               f"gives seeds {clash} that the re-evaluation uses (validation.eval_seed_base={v.eval_seed_base}); "
-               "the pick must not see the seeds it is judged on")
+        _check(not clash, "validation.seed_base", v.seed_base, f"gives seeds {clash} that the re-evaluation "
+               f"uses (validation.eval_seed_base={v.eval_seed_base}); the pick must not see the seeds it is "
+               "judged on")
         used = {s for k in range(self.n_trials) for s in self.trial_seeds(k)}
         for key, value, held_out in (("validation.eval_seed_base", v.eval_seed_base, v.fresh_seeds()),
                                      ("validation.seed_base", v.seed_base, v.seed_list())):
@@ -239,12 +241,11 @@ class SweepConfig:
                    f"seed_stride={self.seed_stride}, n_trials={self.n_trials}); they must be held out")
         _check("://" in self.storage, "storage", self.storage, "must be a URL: sqlite:///optuna.db, "
                "postgresql://user:pw@host/db or journal:///optuna.log (a journal file)")
-        if self.study_name is not None:  # it names MLflow runs and goes into their search filters,
-            # where quotes are escaped but a backslash is not
+        if self.study_name is not None:  # it goes into MLflow search filters, which do not escape a backslash
             _check(0 < len(self.study_name.strip()) <= 200, "study_name", self.study_name[:40],
                    "must not be empty nor longer than 200 characters")
-            _check(self.study_name.isprintable() and "\\" not in self.study_name, "study_name", self.study_name,
-                   "must not hold backslashes or control characters")
+            _check(self.study_name.isprintable() and "\\" not in self.study_name, "study_name",
+                   self.study_name, "must not hold backslashes or control characters")
 
     def params(self) -> list[ParamSpec]:
         """The searched parameters, validated: the group choices first, then the space in file order."""

@@ -1,10 +1,7 @@
 """Hydra at the sweep's edge: compose ``sweeps/NAME.yaml`` with command-line keys, validate, convert once.
 
-A ``key=value`` whose first part is a field of :class:`~rlexp.sweep.config.SweepConfig` (``n_trials=10``,
-``space.algo.lr.high=1e-2``) overrides the definition; any other (``train.max_episodes=30``) is an rlexp
-override appended to ``base``. Everything is checked before a trial runs: the definition's types and
-ranges, that every searched key exists in the rlexp config, and that the base composed with each
-parameter's bounds and choices is a valid, compatible config.
+A key of :class:`~rlexp.sweep.config.SweepConfig` overrides the definition; any other is appended to
+``base``. The base composed with every parameter's bounds and choices must be a valid rlexp config.
 """
 
 from __future__ import annotations
@@ -15,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rlexp.algos.registry import check_compatible
 from rlexp.compose import (
     check_group_option,
     compose_config,
@@ -34,6 +35,7 @@ from rlexp.sweep.config import FIELDS, ParamSpec, SweepConfig, format_value, reg
 
 SWEEPS_DIR = shipped("sweeps")
 _ABSENT = object()
+REPLACED = ("pruner.args", "sampler.args")  # given on the command line, they replace the file's arguments
 
 
 @dataclass(frozen=True)
@@ -53,22 +55,14 @@ def sweep_names() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
-def _locate(sweep: str) -> tuple[Path, str]:
-    """``sweep=NAME`` (a file of sweeps/) or ``sweep=path/to/file.yaml``: (config dir, name)."""
-    path = Path(sweep).resolve() if sweep.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{sweep}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"sweep={sweep!r}: no such file" if sweep.endswith((".yaml", ".yml")) else
-                          f"sweep={sweep!r} is not a file of sweeps/; choose one of: {', '.join(sweep_names())}")
-    return path.parent, path.stem
-
-
-def _replaced_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Pull out ``pruner.args={...}`` / ``sampler.args={...}``: they replace the file's arguments
-    (Hydra would merge them), and ``pruner.name=X`` alone starts X without any."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    replaced: dict[str, dict[str, Any]] = {}
-    for ov in [ov for ov in overrides if override_key(ov) in ("pruner.args", "sampler.args")]:
+def _replaced_args(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``pruner.args={...}`` / ``sampler.args={...}`` overrides by part (Hydra would merge them
+    into the file's); ``pruner.name=X`` alone replaces the file's arguments with none."""
+    keys = [override_key(ov) for ov in overrides]
+    replaced: dict[str, dict[str, Any]] = {
+        part: {} for part in ("pruner", "sampler")
+        if f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys)}
+    for ov in (ov for ov in overrides if override_key(ov) in REPLACED):
         try:
             value = OverridesParser.create().parse_override(ov).value()
         except Exception as e:
@@ -76,21 +70,17 @@ def _replaced_args(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], lis
         if not isinstance(value, dict):
             raise ConfigError(f"{ov}: must be a dict of keyword arguments, e.g. {override_key(ov)}={{a:1}}")
         replaced[override_key(ov).split(".")[0]] = value
-    rest = [ov for ov in overrides if override_key(ov) not in ("pruner.args", "sampler.args")]
-    for part in ("pruner", "sampler"):
-        keys = [override_key(ov) for ov in rest]
-        if f"{part}.name" in keys and not any(k.startswith(f"{part}.args") for k in keys):
-            replaced.setdefault(part, {})
-    return replaced, rest
+    return replaced
 
 
 def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, SweepConfig]:
     """Compose a sweep definition with overrides into the typed schema (no rlexp checks yet)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     register_sweep_schema()
-    conf_dir, name = _locate(sweep)
+    is_file = sweep.endswith((".yaml", ".yml"))
+    path = Path(sweep).resolve() if is_file else SWEEPS_DIR / f"{sweep}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep={sweep!r}: no such file" if is_file else f"sweep={sweep!r} is not a file "
+                          f"of sweeps/; choose one of: {', '.join(sweep_names())}")
     sweep_ovs: list[str] = []
     rlexp_ovs: list[str] = []
     known = set(Config.__dataclass_fields__) | set(group_names())
@@ -99,26 +89,28 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
             raise ConfigError(f"{ov!r} is not a key=value override")
         top = override_key(ov).split(".", 1)[0]
         if top not in FIELDS | known:
-            raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition ({', '.join(sorted(FIELDS))}) "
-                              f"nor of the rlexp config ({', '.join(sorted(known))})")
+            raise ConfigError(f"{ov}: {top!r} is neither a key of the sweep definition "
+                              f"({', '.join(sorted(FIELDS))}) nor of the rlexp config "
+                              f"({', '.join(sorted(known))})")
         (sweep_ovs if top in FIELDS else rlexp_ovs).append(ov)
-    replaced, sweep_ovs = _replaced_args(sweep_ovs)
+    replaced = _replaced_args(sweep_ovs)
+    sweep_ovs = [ov for ov in sweep_ovs if override_key(ov) not in REPLACED]
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            dcfg = compose(config_name=name, overrides=sweep_ovs)
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+            dcfg = compose(config_name=path.stem, overrides=sweep_ovs)
         for part, args in replaced.items():
             dcfg[part].args = args
         cfg = OmegaConf.to_object(dcfg)
     except ConfigError:
         raise
+    except yaml.YAMLError as e:  # the file itself: where, and what the parser expected
+        where = getattr(e, "problem_mark", None)
+        at = f", line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or one_line(e)
+        hint = " (quote a list item with brackets: - 'algo.hidden=[16]')" if "'['" in problem else ""
+        raise ConfigError(f"{path.parent / path.stem}.yaml{at}: not valid YAML: {problem}{hint}") from None
     except Exception as e:
-        if isinstance(e, yaml.YAMLError):  # the file itself: where, and what the parser expected
-            where = getattr(e, "problem_mark", None)
-            at = f", line {where.line + 1}, column {where.column + 1}" if where else ""
-            problem = getattr(e, "problem", None) or one_line(e)
-            hint = " (quote a list item with brackets: - 'algo.hidden=[16]')" if "'['" in problem else ""
-            raise ConfigError(f"{conf_dir / name}.yaml{at}: not valid YAML: {problem}{hint}") from None
         msg = name_override(one_line(e), [*sweep_ovs, *(f"{k}.args" for k in replaced)])
         if "not in struct" in msg and ".args." in msg.split(":", 1)[0]:
             msg += " (pruner.args={...} / sampler.args={...} set all the arguments at once)"
@@ -129,12 +121,12 @@ def compose_sweep(sweep: str, overrides: Sequence[str] = ()) -> tuple[str, Sweep
         raise ConfigError(f"sweep={sweep!r} does not extend the sweep schema: start it with "
                           "'defaults: [base_sweep, _self_]'")
     cfg.base = [*cfg.base, *rlexp_ovs]
-    # a key given on the command line holds for the re-evaluation too: it beats the definition's
-    # validation.eval_overrides (train.max_episodes=50 for a quick try re-evaluates on 50 as well)
+    # a key given on the command line beats the definition's eval_overrides (train.max_episodes=50
+    # for a quick try re-evaluates on 50 as well)
     cli_keys = {override_key(ov) for ov in rlexp_ovs}
     v = cfg.validation
     v.eval_overrides = [ov for ov in v.eval_overrides if override_key(ov) not in cli_keys]
-    return name, cfg
+    return path.stem, cfg
 
 
 def param_override(p: ParamSpec, value: object) -> str:
@@ -147,8 +139,6 @@ def param_override(p: ParamSpec, value: object) -> str:
 
 
 def _compose_checked(where: str, overrides: list[str]) -> None:
-    from rlexp.algos.registry import check_compatible
-
     try:
         check_compatible(compose_config(overrides))
     except ConfigError as e:
@@ -161,13 +151,15 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
     searched = {p.key for p in params}
     for where, ovs in (("base", base), ("validation.eval_overrides", evals)):
         for ov in ovs:  # what a preset holds: neither a deletion nor the seed, nor a searched key
+            key = override_key(ov)
             if ov.startswith("~"):
-                raise ConfigError(f"{where}: {ov!r}: deletions cannot be written to a preset; set a value instead")
-            if override_key(ov) == "seed":
+                raise ConfigError(f"{where}: {ov!r}: deletions cannot be written to a preset; set a value "
+                                  "instead")
+            if key == "seed":
                 raise ConfigError(f"{where}: {ov!r}: the seeds are the sweep's (seeds=, validation.*seeds=)")
-            if where != "base" and override_key(ov) in searched:
-                raise ConfigError(f"{where}: {ov!r}: {override_key(ov)} is searched (space.{override_key(ov)}); "
-                                  "the re-evaluation uses the pick's value")
+            if where != "base" and key in searched:
+                raise ConfigError(f"{where}: {ov!r}: {key} is searched (space.{key}); the re-evaluation uses "
+                                  "the pick's value")
     _compose_checked("base", base)
     _compose_checked("validation.eval_overrides", [*base, *evals])
     dbase = compose_dict(base)
@@ -183,7 +175,8 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
             continue
         node = OmegaConf.select(dbase, p.key, default=_ABSENT)
         if node is _ABSENT:
-            raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from base {base}")
+            raise ConfigError(f"space.{p.key}: {p.key} is not a key of the rlexp config composed from base "
+                              f"{base}")
         if isinstance(node, DictConfig) or (isinstance(node, ListConfig) and p.type != "categorical"):
             raise ConfigError(f"space.{p.key}: {p.key} is a section, not a value; search one of its keys")
     # every bound and every choice composed at least once, all parameters set at the same time
@@ -195,8 +188,8 @@ def validate(name: str, cfg: SweepConfig) -> Sweep:
 
 
 def default_params(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """The base config's values of the searched keys (with ``extra`` overrides after the base, e.g.
-    another group option), for those inside their range (Optuna's form)."""
+    """The base config's values of the searched keys that lie in their range (Optuna's form), with
+    ``extra`` overrides after the base (e.g. another group option)."""
     overrides = [*sweep.cfg.base, *extra]
     dbase = compose_dict(overrides)
     choices = group_choices(overrides) if any(is_group(p.key) for p in sweep.params) else {}
@@ -213,8 +206,7 @@ def default_params(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
 def start_points(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
     """The trials a new study starts from (``start_from_default``), as (label, params): the base
     config's values of the searched keys, then each other option of a searched group at its own
-    defaults (``algo=clipped_double_dqn`` with its lr, batch and tau). Keys whose default lies outside
-    the space are left to the sampler."""
+    defaults. Keys whose default lies outside the space are left to the sampler."""
     points = [("default", default_params(sweep))]
     for p in sweep.params:
         if p.key in sweep.cfg.groups and is_group(p.key):

@@ -1,11 +1,6 @@
 """The objective: episodes-to-solve over a trial's seeds, unsolved seeds censored, reported to the pruner.
 
-With B = ``train.max_episodes`` and P = ``objective.penalty`` (default B), a solved seed scores its
-episodes-to-solve (<= B), an unsolved one ``B + P * (1 + shortfall)`` (> B + P), the shortfall being
-how far the mean return of its last ``solve.window`` episodes ended below the threshold, a fraction in
-[0, 1]: an unsolved seed scores worse than any solved one, a near miss better than a flop. The trial's
-value is the mean (or median) over its seeds, which train as one batch. What it reports to Optuna's
-pruner, and when: docs/sweeps.md ("The objective").
+What a trial reports, and when: docs/sweeps.md ("The objective").
 """
 
 from __future__ import annotations
@@ -30,8 +25,10 @@ from rlexp.train import RunInterrupted, TrainResult, run_batch
 
 def seed_value(solved_at: int | None, last_mean: float | None, threshold: float, budget: int,
                penalty: float) -> float:
-    """A seed's value: its episodes-to-solve, or ``budget + penalty * (1 + shortfall)`` if unsolved
-    (``last_mean`` None, a run that ended before any episode, has the worst shortfall, 1)."""
+    """A seed's value: its episodes-to-solve or, unsolved, ``budget + penalty * (1 + shortfall)``, the
+    shortfall being how far ``last_mean`` (the mean return of its last window; None: no episode, the
+    worst) ended below the threshold, in [0, 1]. An unsolved seed scores worse than any solved one, a
+    near miss better than a flop."""
     if solved_at is not None:
         return float(solved_at)
     miss = 1.0 if last_mean is None else (threshold - last_mean) / max(abs(threshold), 1.0)
@@ -64,6 +61,59 @@ class TrialFailed(Exception):
     """A seed's run failed: the trial fails with its reason."""
 
 
+class Curves:
+    """``callback(i, info)`` of a trial's batch: at step = episode e (every ``every`` episodes and at the
+    budget), once every seed still running has got to e, it reports to ``trial`` the aggregate of the
+    seeds' values at e (a seed whose run ended: its final value); then, while a seed runs, asks the
+    pruner."""
+
+    def __init__(self, n: int, budget: int, every: int, threshold: float, penalty: float, how: str,
+                 trial: Any, stop_on_solve: bool = True) -> None:
+        self.budget, self.threshold, self.penalty, self.how = budget, threshold, penalty, how
+        self.trial, self.stop_on_solve = trial, stop_on_solve
+        self.pending = sorted({*range(every, budget + 1, every), budget})  # report episodes not reported yet
+        self.at: list[dict[int, float]] = [{} for _ in range(n)]  # seed -> report episode -> value
+        self.running = [True] * n
+        self.episode, self.env_steps = [0] * n, [0] * n
+        self.last_step = 0
+
+    def __call__(self, i: int, info: EpisodeInfo) -> None:
+        self.episode[i], self.env_steps[i] = info.episode, info.env_step
+        now = seed_value(info.solved_at, info.rolling_mean, self.threshold, self.budget, self.penalty)
+        if info.episode >= self.budget or (info.solved_at is not None and self.stop_on_solve):
+            self.end(i, info.episode, now)
+        elif info.episode in self.pending:
+            self.at[i][info.episode] = now
+        self.report(prune=True)
+
+    def end(self, i: int, episode: int, value: float) -> None:
+        """Seed ``i``'s run ended at ``episode``: ``value`` is its value at every later report."""
+        self.running[i] = False
+        self.at[i].update({e: value for e in self.pending if e >= episode})
+
+    def report(self, prune: bool) -> None:
+        """Report every pending episode all running seeds have reached; then, if ``prune`` and a
+        seed still runs, ask the pruner (:class:`Pruned`)."""
+        reported = False
+        while self.pending and all(not running or episode >= self.pending[0]
+                                   for running, episode in zip(self.running, self.episode, strict=True)):
+            e = self.pending.pop(0)
+            self.trial.report(aggregate([at[e] for at in self.at], self.how), e)
+            self.last_step, reported = e, True
+        if prune and reported and any(self.running) and self.trial.should_prune():
+            raise Pruned(f"pruned at step {self.last_step} (episode {self.last_step} of every seed)")
+
+    def finish(self, results: Sequence[TrainResult], window: int) -> list[float]:
+        """The seeds' values from their results; the steps not reported yet get them (no pruning)."""
+        values = [seed_value(r.episodes_to_solve, tail_mean(r.returns, window), self.threshold, self.budget,
+                             self.penalty) for r in results]
+        for i, (r, v) in enumerate(zip(results, values, strict=True)):
+            self.end(i, min(r.episodes, self.episode[i]), v)
+            self.env_steps[i] = r.env_steps
+        self.report(prune=False)
+        return values
+
+
 def suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
     if p.type == "categorical":
         return trial.suggest_categorical(p.key, p.optuna_choices())
@@ -71,59 +121,6 @@ def suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
     if p.type == "int":
         return trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
     return trial.suggest_float(p.key, float(p.low), float(p.high), step=p.step, log=p.log)
-
-
-class Curves:
-    """``callback(i, info)`` of a trial's batch: at step = episode e (every ``every`` episodes and at the
-    budget) it reports to ``trial`` the aggregate over the seeds of each one's value at e (its final
-    value if its run has ended, else its value if its budget ended at e), once every seed still
-    running has got to e; then, while a seed runs, asks the pruner."""
-
-    def __init__(self, n: int, budget: int, every: int, threshold: float, penalty: float, how: str,
-                 trial: Any, stop_on_solve: bool = True) -> None:
-        self.n, self.budget, self.threshold, self.penalty, self.how = n, budget, threshold, penalty, how
-        self.trial, self.stop_on_solve = trial, stop_on_solve
-        self.pending = sorted({*range(every, budget + 1, every), budget})  # report episodes not reported yet
-        self.at: list[dict[int, float]] = [{} for _ in range(n)]  # seed -> report episode -> value
-        self.final = [0.0] * n  # a seed's value once its run has ended
-        self.ended: list[int | None] = [None] * n  # the episode it ended at
-        self.episode, self.env_steps = [0] * n, [0] * n
-        self.last_step = 0
-
-    def value(self, solved_at: int | None, last_mean: float | None) -> float:
-        return seed_value(solved_at, last_mean, self.threshold, self.budget, self.penalty)
-
-    def __call__(self, i: int, info: EpisodeInfo) -> None:
-        self.episode[i], self.env_steps[i] = info.episode, info.env_step
-        now = self.value(info.solved_at, info.rolling_mean)
-        if info.episode in self.pending:
-            self.at[i][info.episode] = now
-        if info.episode >= self.budget or (info.solved_at is not None and self.stop_on_solve):
-            self.final[i], self.ended[i] = now, info.episode
-        self.flush(prune=True)
-
-    def flush(self, prune: bool) -> None:
-        """Report every pending episode all running seeds have reached; then, if ``prune`` and a
-        seed still runs, ask the pruner (:class:`Pruned`)."""
-        reported = False
-        while self.pending and all(self.ended[i] is not None or self.episode[i] >= self.pending[0]
-                                   for i in range(self.n)):
-            e = self.pending.pop(0)
-            values = [self.final[i] if (end := self.ended[i]) is not None and end <= e else self.at[i][e]
-                      for i in range(self.n)]
-            self.trial.report(aggregate(values, self.how), e)
-            self.last_step, reported = e, True
-        if prune and reported and None in self.ended and self.trial.should_prune():
-            raise Pruned(f"pruned at step {self.last_step} (episode {self.last_step} of every seed)")
-
-    def finish(self, results: Sequence[TrainResult], window: int) -> list[float]:
-        """The seeds' values from their results; the steps not reported yet get them (no pruning)."""
-        for i, r in enumerate(results):
-            self.final[i] = self.value(r.episodes_to_solve, tail_mean(r.returns, window))
-            self.ended[i] = min(r.episodes, self.episode[i])  # past its last episode seen: its final value
-            self.env_steps[i] = r.env_steps
-        self.flush(prune=False)
-        return list(self.final)
 
 
 class Objective:
@@ -149,18 +146,20 @@ class Objective:
         trial.set_user_attr("seeds", seeds)
         trial.set_user_attr("overrides", overrides)
         rcfg = compose_config([*cfg.base, *overrides])  # once: the seeds differ by seed alone
-        budget, spec = rcfg.train.max_episodes, check_compatible(rcfg)  # once per trial: run_batch takes the spec
+        budget, spec = rcfg.train.max_episodes, check_compatible(rcfg)  # once: run_batch takes the spec
         curves = Curves(len(seeds), budget, cfg.pruner.report_every, solve_threshold(rcfg, spec),
-                        cfg.objective.penalty or budget, cfg.objective.aggregate, trial, rcfg.train.stop_on_solve)
+                        cfg.objective.penalty or budget, cfg.objective.aggregate, trial,
+                        rcfg.train.stop_on_solve)
         run_id = None
         if self.experiment is not None and self.parent_run_id:
             run_id = start_trial_run(self.experiment, self.parent_run_id, study, trial.number, params, seeds)
             trial.set_user_attr("mlflow_run_id", run_id)
         state, value, reason = "failed", None, None
         try:
-            results = run_batch([replace(rcfg, seed=s) for s in seeds], label=algo_label([*cfg.base, *overrides]),
-                                group=f"{study}/trial-{trial.number}", parent_run_id=run_id, callback=curves, spec=spec,
-                                tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"})
+            results = run_batch([replace(rcfg, seed=s) for s in seeds], group=f"{study}/trial-{trial.number}",
+                                tags={"sweep": study, "trial": trial.number, "sweep_role": "seed"},
+                                label=algo_label(cfg.base + overrides), parent_run_id=run_id, callback=curves,
+                                spec=spec)
             values = curves.finish(results, rcfg.solve.window)
             trial.set_user_attr("seed_values", values)
             trial.set_user_attr("episodes_to_solve", [r.episodes_to_solve for r in results])
@@ -171,7 +170,6 @@ class Objective:
             return value
         except Pruned as e:
             state, reason = "pruned", str(e)
-            trial.set_user_attr("pruned_at", curves.last_step)
             raise optuna.TrialPruned(reason) from None
         except (KeyboardInterrupt, RunInterrupted) as e:
             # an interruption says nothing about the configuration: the trial ends FAIL without
@@ -187,6 +185,8 @@ class Objective:
                 trial.set_user_attr("env_steps", sum(curves.env_steps))
             finally:
                 if run_id:
-                    end_run(run_id, STATUS[state], {"env_steps": float(sum(curves.env_steps)),
-                                                    **({"objective": value} if value is not None else {})},
-                            {"state": state, **({"fail_reason": reason[:5000]} if reason else {})})
+                    metrics = {"env_steps": float(sum(curves.env_steps))}
+                    if value is not None:
+                        metrics["objective"] = value
+                    tags = {"state": state} | ({"fail_reason": reason[:5000]} if reason else {})
+                    end_run(run_id, STATUS[state], metrics, tags)

@@ -31,16 +31,15 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def top_table(trials: Sequence[FrozenTrial]) -> str:
     """Markdown table of complete trials (best first)."""
-    def short(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
     rows = []
     for i, t in enumerate(trials, 1):
         ets = t.user_attrs.get("episodes_to_solve", [])
+        params = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         rows.append([i, t.number, f"{t.value:.1f}", f"{sum(e is not None for e in ets)}/{len(ets)}",
                      ", ".join("-" if e is None else str(e) for e in ets), t.user_attrs.get("env_steps", 0),
-                     " ".join(f"{k}={short(v)}" for k, v in t.params.items())])
-    return markdown(["rank", "trial", "value", "solved seeds", "episodes-to-solve", "env steps", "params"], rows)
+                     " ".join(params)])
+    header = ["rank", "trial", "value", "solved seeds", "episodes-to-solve", "env steps", "params"]
+    return markdown(header, rows)
 
 
 @dataclass
@@ -72,8 +71,9 @@ def _batch(overrides: Sequence[str], seeds: Sequence[int], parent_run_id: str | 
     cfg = compose_config(list(overrides))
     spec = check_compatible(cfg)  # once per batch: run_batch takes the spec
     group = f"{tags['sweep']}/{tags.get('sweep_role', 'eval')}" if "sweep" in tags else None
-    return cfg, spec, run_batch([replace(cfg, seed=s) for s in seeds], label=algo_label(overrides), group=group,
-                                tags=tags, parent_run_id=parent_run_id, spec=spec)  # SIGTERM: runs KILLED
+    results = run_batch([replace(cfg, seed=s) for s in seeds], label=algo_label(overrides), group=group,
+                        tags=tags, parent_run_id=parent_run_id, spec=spec)  # SIGTERM: runs KILLED
+    return cfg, spec, results
 
 
 def evaluate(overrides: Sequence[str], seeds: Sequence[int], *, parent_run_id: str | None = None,
@@ -126,23 +126,25 @@ def pick(candidates: Sequence[FrozenTrial], records: dict[str, Any], seeds: Sequ
         solved = sum(e is not None for e in t.user_attrs.get("episodes_to_solve") or [])
         solved += sum(rec[str(s)].get("solved_at") is not None for s in seeds)
         val = {s: float(rec[str(s)]["value"]) for s in seeds}
-        out.append(Validated(t.number, float(t.value), own, val, solved, aggregate([*own, *val.values()], how)))
+        value = aggregate([*own, *val.values()], how)
+        out.append(Validated(t.number, float(t.value), own, val, solved, value))
     return sorted(out, key=lambda v: (v.value, v.number))
 
 
 def validation_table(rows: Sequence[Validated]) -> str:
     """Markdown table of the validated trials, the pick first."""
-    return markdown(["rank", "trial", "value (own + validation seeds)", "solved", "own seeds' value", "own seeds",
-                     "validation seeds"],
-                    [[i, v.number, f"{v.value:.1f}", f"{v.solved}/{v.seeds}", f"{v.trial_value:.1f}",
-                      ", ".join(f"{x:g}" for x in v.seed_values),
-                      ", ".join(f"{s}: {x:g}" for s, x in v.validation.items())] for i, v in enumerate(rows, 1)])
+    header = ["rank", "trial", "value (own + validation seeds)", "solved", "own seeds' value", "own seeds",
+              "validation seeds"]
+    return markdown(header, [[i, v.number, f"{v.value:.1f}", f"{v.solved}/{v.seeds}", f"{v.trial_value:.1f}",
+                              ", ".join(f"{x:g}" for x in v.seed_values),
+                              ", ".join(f"{s}: {x:g}" for s, x in v.validation.items())]
+                             for i, v in enumerate(rows, 1)])
 
 
 def preset_path(study_name: str, preset_dir: str | None) -> Path:
     """``<preset_dir or conf/experiment>/<study>.yaml``, the name made a file stem Hydra accepts."""
-    return (Path(preset_dir) if preset_dir else Path("conf", "experiment")) / (
-        re.sub(r"[^A-Za-z0-9_.-]", "_", study_name) + ".yaml")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+    return Path(preset_dir or Path("conf", "experiment")) / f"{stem}.yaml"
 
 
 def build(overrides: Sequence[str]) -> dict[str, Any]:
@@ -157,11 +159,13 @@ def build(overrides: Sequence[str]) -> dict[str, Any]:
             defaults[f"override /{key}" if raw_key == key else f"/{key}"] = raw_value
         elif key != "seed":
             node = OmegaConf.select(dcfg, key)
-            d = values
+            if isinstance(node, DictConfig | ListConfig):
+                node = OmegaConf.to_container(node, resolve=True)
             *parents, leaf = key.split(".")
+            d = values
             for part in parents:
                 d = d.setdefault(part, {})
-            d[leaf] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+            d[leaf] = node
     return {"defaults": [{k: v} for k, v in defaults.items()], **values} if defaults else values
 
 

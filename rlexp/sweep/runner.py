@@ -1,21 +1,14 @@
-"""Run a sweep: create or resume the study, run trials in worker processes, then finalize.
-
-Workers are processes (``workers=N``, spawned) each running ``study.optimize`` on the shared storage
-until ``n_trials`` trials count; other machines pointing at the same database join the same study.
-At the end (``finalize=true``) the top trials run again on held-out seeds, and the one best over its
-own and those seeds is re-evaluated on fresh seeds and written as a preset (:mod:`rlexp.sweep.preset`).
-"""
+"""Run a sweep: create or resume the study, run trials in worker processes (``workers=N``, each
+``study.optimize`` on the shared storage) until ``n_trials`` count, then finalize: validate the top
+trials on held-out seeds, re-evaluate the pick on fresh ones and write it as a preset."""
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,24 +24,12 @@ from rlexp.sweep import preset
 from rlexp.sweep import study as st
 from rlexp.sweep.load import Sweep, start_points
 from rlexp.sweep.preset import EvalSummary, Validated
+from rlexp.sweep.study import say
 from rlexp.sweep.tracking import end_run, open_parent
 from rlexp.train import experiment_name, failure_line, sigterm_as_interrupt, worker_pool
 
 OUTPUTS = Path("outputs") / "sweeps"
 COMPARABLE = ("base", "seeds", "seed_stride", "objective")  # what trial values depend on
-
-
-@dataclass(frozen=True)
-class FailedTrial:
-    """A trial that raised (counted towards ``n_trials``, never run again): what the command reports."""
-
-    number: int
-    overrides: list[str]
-    reason: str
-    run_id: str | None  # its MLflow run (None: tracking off)
-
-    def line(self) -> str:
-        return failure_line(f"FAILED trial {self.number}", self.overrides, self.reason, self.run_id)
 
 
 @dataclass
@@ -68,7 +49,7 @@ class SweepResult:
     parent_run_id: str | None = None
     picked: Validated | None = None  # the trial re-evaluated and written, after validation (None: the best)
     validated: list[Validated] = field(default_factory=list)  # the validated trials, best first
-    failed: list[FailedTrial] = field(default_factory=list)  # the study's failed trials, in trial order
+    failed: list[str] = field(default_factory=list)  # a line per failed trial of the study, in trial order
 
     @property
     def finished(self) -> bool:
@@ -84,20 +65,23 @@ class SweepResult:
 def summarize(study: optuna.Study, sweep: Sweep, wall_time_s: float) -> SweepResult:
     trials = study.get_trials(deepcopy=False)
     b = st.best(trials)
+    failed = [failure_line(f"FAILED trial {t.number}", t.user_attrs.get("overrides", []),
+                           t.user_attrs["fail_reason"], t.user_attrs.get("mlflow_run_id"))
+              for t in trials if st.outcome(t) == "failed"]
+    env_steps = sum(int(t.user_attrs.get("env_steps", 0)) for t in trials)
     return SweepResult(study.study_name, st.redact(st.storage_url(sweep.cfg.storage)), sweep.cfg.n_trials,
-                       st.tally(trials), sum(int(t.user_attrs.get("env_steps", 0)) for t in trials), wall_time_s,
-                       b.number if b else None, b.value if b else None,
-                       failed=[FailedTrial(t.number, list(t.user_attrs.get("overrides", [])), t.user_attrs["fail_reason"],
-                                           t.user_attrs.get("mlflow_run_id")) for t in trials if st.outcome(t) == "failed"])
+                       st.tally(trials), env_steps, wall_time_s, b.number if b else None,
+                       b.value if b else None, failed=failed)
 
 
 # --------------------------------------------------------------------------- workers
 def _load_study(sweep: Sweep) -> optuna.Study:
-    """The study with the definition's storage, sampler and pruner (created if new; bad arguments refused)."""
+    """The study with the definition's storage, sampler and pruner (created if new)."""
     cfg = sweep.cfg
-    return optuna.create_study(study_name=sweep.study_name, storage=st.make_storage(cfg.storage, cfg.heartbeat_interval),
-                               sampler=st.make_sampler(cfg), direction="minimize", load_if_exists=True,
-                               pruner=st.make_pruner(cfg, compose_config(cfg.base).train.max_episodes))
+    return optuna.create_study(
+        study_name=sweep.study_name, storage=st.make_storage(cfg.storage, cfg.heartbeat_interval),
+        sampler=st.make_sampler(cfg), pruner=st.make_pruner(cfg, compose_config(cfg.base).train.max_episodes),
+        direction="minimize", load_if_exists=True)
 
 
 def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, spawned: bool = False) -> None:
@@ -126,26 +110,33 @@ def _run_workers(sweep: Sweep, n: int, parent_run_id: str | None, experiment: st
             p.join()
     except KeyboardInterrupt:
         for p in procs:  # SIGTERM: each worker's runs end KILLED, its trial lost
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
+            if p.is_alive():
+                p.terminate()
         for p in procs:
             p.join(timeout=30)
         raise
     bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
     if bad:
-        print(f"[{sweep.study_name}] {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
+        say(sweep.study_name, f"{len(bad)} worker(s) exited with codes {bad}")
 
 
-@contextmanager
-def _interruptible(parent: str | None) -> Iterator[None]:
-    """Ctrl-C or SIGTERM stops the block; the study's ``parent`` run (if this command owns it) ends KILLED."""
-    try:
-        with sigterm_as_interrupt():
-            yield
-    except KeyboardInterrupt:
-        if parent:
-            end_run(parent, "KILLED")
-        raise
+def _drive(study: optuna.Study, sweep: Sweep, parent: str | None, experiment: str | None) -> None:
+    """Run workers until ``n_trials`` count; the finalizing command also waits for other machines'."""
+    cfg, idle_rounds = sweep.cfg, 0
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        n_done = st.done(trials)
+        todo = cfg.n_trials - n_done - sum(t.state == TrialState.RUNNING for t in trials)
+        if todo > 0:
+            if idle_rounds >= 2:
+                return  # workers stop without finishing trials (e.g. the storage fails): don't spin
+            _run_workers(sweep, min(cfg.workers, todo), parent, experiment)
+            idle_rounds = idle_rounds + 1 if st.done(study.get_trials(deepcopy=False)) == n_done else 0
+        elif n_done >= cfg.n_trials or not cfg.finalize:
+            return  # done; or a helper with nothing left to start
+        else:  # trials of other workers still running: wait for them (or for their heartbeat to stop)
+            time.sleep(cfg.heartbeat_interval)
+            st.fail_lost(study)
 
 
 # --------------------------------------------------------------------------- the command
@@ -172,34 +163,16 @@ def _check_definition(study: optuna.Study, sweep: Sweep) -> None:
         return
     for key in COMPARABLE:
         if have.get(key) != want[key]:
-            raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study {name!r} was "
-                              "created: its values would not be comparable; use another study_name (or the original settings)")
+            raise ConfigError(f"{key}={want[key]!r} differs from {have.get(key)!r}, with which study "
+                              f"{name!r} was created: its values would not be comparable; use another "
+                              "study_name (or the original settings)")
     if have.get("space") != want["space"] or have.get("groups", {}) != want["groups"]:
-        print(f"[{name}] note: the search space differs from the study's first run", file=sys.stderr)
-
-
-def _drive(study: optuna.Study, sweep: Sweep, parent: str | None, experiment: str | None) -> None:
-    """Run workers until ``n_trials`` count; the finalizing command also waits for other machines'."""
-    cfg, idle_rounds = sweep.cfg, 0
-    while True:
-        trials = study.get_trials(deepcopy=False)
-        n_done = st.done(trials)
-        todo = cfg.n_trials - n_done - sum(t.state == TrialState.RUNNING for t in trials)
-        if todo > 0:
-            if idle_rounds >= 2:
-                return  # workers stop without finishing trials (e.g. the storage fails): don't spin
-            _run_workers(sweep, min(cfg.workers, todo), parent, experiment)
-            idle_rounds = idle_rounds + 1 if st.done(study.get_trials(deepcopy=False)) == n_done else 0
-        elif n_done >= cfg.n_trials or not cfg.finalize:
-            return  # done; or a helper with nothing left to start
-        else:  # trials of other workers still running: wait for them (or for their heartbeat to stop)
-            time.sleep(cfg.heartbeat_interval)
-            st.fail_lost(study)
+        say(name, "note: the search space differs from the study's first run")
 
 
 def run_sweep(sweep: Sweep) -> SweepResult:
     """Start, resume or extend the sweep's study; finalize when ``n_trials`` count."""
-    cfg, t0 = sweep.cfg, time.perf_counter()
+    cfg, name, t0 = sweep.cfg, sweep.study_name, time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     base_cfg = compose_config(cfg.base)
     experiment = experiment_name(base_cfg) if base_cfg.tracking.enabled else None
@@ -208,42 +181,46 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     url = st.redact(st.storage_url(cfg.storage))
     parent = None
     if experiment is not None:
-        parent = open_parent(sweep.study_name, experiment, url, definition(sweep),
-                             study.user_attrs.get("mlflow_parent_run_id"))
-        if study.user_attrs.get("mlflow_parent_run_id") != parent:
+        known = study.user_attrs.get("mlflow_parent_run_id")
+        parent = open_parent(name, experiment, url, definition(sweep), known)
+        if known != parent:
             study.set_user_attr("mlflow_parent_run_id", parent)
-    print(f"[{sweep.study_name}] study in {url}: {st.done(study.get_trials(deepcopy=False))}/{cfg.n_trials} trials "
-          f"done; {cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}",
-          file=sys.stderr, flush=True)
+    say(name, f"study in {url}: {st.done(study.get_trials(deepcopy=False))}/{cfg.n_trials} trials done; "
+        f"{cfg.workers} worker(s), seeds per trial {len(cfg.seeds)}, pruner {cfg.pruner.name}")
     owned = parent if cfg.finalize else None  # helpers (finalize=false) leave the parent run alone
-    with _interruptible(owned):
-        st.wait_for_stale(study, cfg.heartbeat_interval)  # a dead worker's start point is enqueued again
-        if cfg.start_from_default:
-            for label in st.enqueue_start_points(study, start_points(sweep), cfg.n_trials):
-                print(f"[{sweep.study_name}] enqueued the {label} values", file=sys.stderr, flush=True)
-        _drive(study, sweep, parent, experiment)
-    result = summarize(study, sweep, time.perf_counter() - t0)
-    result.parent_run_id = parent
-    if not result.all_started:
-        print(f"[{sweep.study_name}] {result.tally}: n_trials={cfg.n_trials} not reached (no progress: see "
-              "the errors above); run the same command again to finish", file=sys.stderr)
-    elif not result.finished:
-        print(f"[{sweep.study_name}] {result.tally['running']} trial(s) still running elsewhere; the "
-              "finalizing command re-evaluates and writes the preset", file=sys.stderr)
-    artifacts: list[Path] = []
-    if result.finished and cfg.finalize:
-        st.withdraw(study, cfg.n_trials)  # nothing may stay queued once n_trials count
-        with _interruptible(owned):  # the trials are all recorded: the same command finalizes again
-            artifacts = finalize(study, sweep, result)
-        result.wall_time_s = time.perf_counter() - t0  # the validation and re-evaluation too
-    if parent and cfg.finalize:
+    try:
+        with sigterm_as_interrupt():  # Ctrl-C or SIGTERM: the parent run ends KILLED
+            st.wait_for_stale(study, cfg.heartbeat_interval)  # so a dead worker's start point runs again
+            if cfg.start_from_default:
+                for label in st.enqueue_start_points(study, start_points(sweep), cfg.n_trials):
+                    say(name, f"enqueued the {label} values")
+            _drive(study, sweep, parent, experiment)
+            result = summarize(study, sweep, time.perf_counter() - t0)
+            result.parent_run_id = parent
+            if not result.all_started:
+                say(name, f"{result.tally}: n_trials={cfg.n_trials} not reached (no progress: see the errors "
+                    "above); run the same command again to finish")
+            elif not result.finished:
+                say(name, f"{result.tally['running']} trial(s) still running elsewhere; the finalizing "
+                    "command re-evaluates and writes the preset")
+            artifacts: list[Path] = []
+            if result.finished and cfg.finalize:
+                st.withdraw(study, cfg.n_trials)  # nothing may stay queued once n_trials count
+                artifacts = finalize(study, sweep, result)  # interrupted: the same command finalizes again
+                result.wall_time_s = time.perf_counter() - t0  # the validation and re-evaluation too
+    except KeyboardInterrupt:
+        if owned:
+            end_run(owned, "KILLED")
+        raise
+    if owned:
         pk, ev = result.picked, result.evaluation
         m = {f"trials_{k}": v for k, v in result.tally.items()} | {
             "env_steps": result.env_steps, "best_value": result.best_value,
             "picked_trial": pk.number if pk else None, "picked_value": pk.value if pk else None,
-            "eval_solved": ev.solved if ev else None, "eval_median_episodes_to_solve": ev.median_episodes_to_solve if ev else None}
-        end_run(parent, "FINISHED" if result.finished else "KILLED",
-                {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}, artifacts=tuple(artifacts))
+            "eval_solved": ev.solved if ev else None,
+            "eval_median_episodes_to_solve": ev.median_episodes_to_solve if ev else None}
+        metrics = {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
+        end_run(owned, "FINISHED" if result.finished else "KILLED", metrics, artifacts=tuple(artifacts))
     return result
 
 
@@ -253,26 +230,28 @@ def validate_top(study: optuna.Study, sweep: Sweep, parent_run_id: str | None) -
     censoring rule), a batch per trial (``workers`` at once), each recorded on the study as it ends,
     so a stopped validation resumes with what is left; then rank them (:func:`preset.pick`). Empty
     when validation is off or fewer than 2 trials are complete."""
-    cfg, seeds = sweep.cfg, sweep.cfg.validation.seed_list()
+    cfg, seeds, name = sweep.cfg, sweep.cfg.validation.seed_list(), sweep.study_name
     complete = st.ranked(study.get_trials(deepcopy=False))
     if not seeds or len(complete) < 2:
         return []
     candidates = complete[:cfg.validation.top]
     records: dict[str, Any] = {k: dict(r) for k, r in study.user_attrs.get("validation", {}).items()}
-    jobs = [(t.number, [*cfg.base, *t.user_attrs.get("overrides", [])], left, cfg.objective.penalty, parent_run_id,
-             {"sweep": sweep.study_name, "sweep_role": "validate", "trial": t.number}) for t in candidates
-            if (left := [s for s in seeds if str(s) not in records.get(str(t.number), {})])]
+    jobs = []
+    for t in candidates:
+        left = [s for s in seeds if str(s) not in records.get(str(t.number), {})]
+        if left:
+            overrides = [*cfg.base, *t.user_attrs.get("overrides", [])]
+            tags = {"sweep": name, "sweep_role": "validate", "trial": t.number}
+            jobs.append((t.number, overrides, left, cfg.objective.penalty, parent_run_id, tags))
     if jobs:
-        print(f"[{sweep.study_name}] validating trials {[t.number for t in candidates]} on held-out seeds {seeds}",
-              file=sys.stderr, flush=True)
+        say(name, f"validating trials {[t.number for t in candidates]} on held-out seeds {seeds}")
     with worker_pool(len(jobs), cfg.workers) if cfg.workers > 1 and len(jobs) > 1 else nullcontext() as pool:
-        for number, runs in pool.imap_unordered(preset.validation_runs, jobs) if pool else map(
-                preset.validation_runs, jobs):
+        for number, runs in (pool.imap_unordered if pool else map)(preset.validation_runs, jobs):
             records.setdefault(str(number), {}).update(runs)
             for seed, r in runs.items():
-                print(f"[{sweep.study_name}] validation: trial {number} seed {seed}: "
-                      f"{'solved at ' + str(r['solved_at']) if r['solved_at'] is not None else 'unsolved'} "
-                      f"(value {r['value']:g})" + (f" {r['error']}" if r["error"] else ""), file=sys.stderr, flush=True)
+                solved = "unsolved" if r["solved_at"] is None else f"solved at {r['solved_at']}"
+                say(name, f"validation: trial {number} seed {seed}: {solved} (value {r['value']:g})"
+                    + (f" {r['error']}" if r["error"] else ""))
             study.set_user_attr("validation", records)
     return preset.pick(candidates, records, seeds, cfg.objective.aggregate)
 
@@ -291,40 +270,42 @@ def finalize(study: optuna.Study, sweep: Sweep, result: SweepResult) -> list[Pat
     artifacts = [out / "top_trials.md"]
     b = st.best(trials)
     if b is None:
-        print(f"[{name}] no complete trial: nothing to re-evaluate or write", file=sys.stderr)
+        say(name, "no complete trial: nothing to re-evaluate or write")
         return artifacts
     if not any(e is not None for t in trials for e in t.user_attrs.get("episodes_to_solve") or []):
-        print(f"[{name}] no trial solved any of its seeds: the ranking only orders unsolved runs; "
-              + ("validating and writing the best anyway (preset_unsolved=true)" if cfg.preset_unsolved else
-                 "no preset written (a longer train.max_episodes or another space may solve; "
-                 "preset_unsolved=true writes the best anyway)"), file=sys.stderr)
+        say(name, "no trial solved any of its seeds: the ranking only orders unsolved runs; "
+            + ("validating and writing the best anyway (preset_unsolved=true)" if cfg.preset_unsolved else
+               "no preset written (a longer train.max_episodes or another space may solve; "
+               "preset_unsolved=true writes the best anyway)"))
         if not cfg.preset_unsolved:
             return artifacts
     result.validated = validate_top(study, sweep, result.parent_run_id)
     chosen = "the best trial"
     if result.validated:
-        result.picked = result.validated[0]
-        b = next(t for t in trials if t.number == result.picked.number)
+        pk = result.picked = result.validated[0]
+        b = next(t for t in trials if t.number == pk.number)
         vtable = preset.validation_table(result.validated)
-        print(f"\n[{name}] validated on held-out seeds {v.seed_list()}; the pick is trial {b.number}:\n{vtable}\n",
-              file=sys.stderr)
+        print(f"\n[{name}] validated on held-out seeds {v.seed_list()}; the pick is trial {b.number}:\n"
+              f"{vtable}\n", file=sys.stderr)
         (out / "validation.md").write_text(vtable + "\n")
         artifacts.append(out / "validation.md")
-        chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds {v.seed_list()}: "
-                  f"{result.picked.value:.2f} over {result.picked.seeds} seeds, {result.picked.solved} solved")
+        chosen = (f"picked from the top {len(result.validated)} by validation on held-out seeds "
+                  f"{v.seed_list()}: {pk.value:.2f} over {pk.seeds} seeds, {pk.solved} solved")
     overrides = [*cfg.base, *b.user_attrs.get("overrides", []), *v.eval_overrides]
     if v.eval_seeds:
-        print(f"[{name}] re-evaluating trial {b.number} on fresh seeds {v.fresh_seeds()}", file=sys.stderr)
+        say(name, f"re-evaluating trial {b.number} on fresh seeds {v.fresh_seeds()}")
         result.evaluation = preset.evaluate(overrides, v.fresh_seeds(), parent_run_id=result.parent_run_id,
                                             tags={"sweep": name, "sweep_role": "eval", "trial": b.number})
-        print(f"[{name}] trial {b.number} re-evaluated: {result.evaluation.line()}", file=sys.stderr)
+        say(name, f"trial {b.number} re-evaluated: {result.evaluation.line()}")
+    reproduce = f"python -m rlexp +experiment={path.stem} seed=1,2,3 -m"
     preset.write(path, overrides, [
         f"Best configuration of Optuna study '{name}' (storage {result.storage}),",
-        f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} episodes-to-solve over "
-        f"seeds {b.user_attrs.get('seeds')}); {chosen},",
-        f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} ...`.",
+        f"trial {b.number} of {len(trials)}, objective {b.value:.2f} ({cfg.objective.aggregate} "
+        f"episodes-to-solve over seeds {b.user_attrs.get('seeds')}); {chosen},",
+        f"written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by `python -m rlexp.sweep sweep={sweep.name} "
+        "...`.",
         f"Re-evaluation: {result.evaluation.line()}." if result.evaluation else "Not re-evaluated.",
-        f"Reproduce: python -m rlexp +experiment={path.stem} seed=1,2,3 -m"])
+        f"Reproduce: {reproduce}"])
     result.preset = path
-    print(f"[{name}] preset written: {path} (python -m rlexp +experiment={path.stem} seed=1,2,3 -m)", file=sys.stderr)
+    say(name, f"preset written: {path} ({reproduce})")
     return [*artifacts, path]

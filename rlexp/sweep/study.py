@@ -1,14 +1,14 @@
 """The Optuna side: storage, sampler and pruner from the definition, the trial budget, start points.
 
-Trials that count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fail_reason`` (a
-configuration that diverged or raised). A FAIL without one is *lost* (its worker died or was
-interrupted): not counted, so a resume runs another. A FAIL with ``surplus`` ran nothing and is not
-counted either (asked for once ``n_trials`` were reached or in flight, or a start point another
-trial covers). Optuna's ``MaxTrialsCallback`` would count lost trials, or let N workers overshoot.
+Trials that count towards ``n_trials``: COMPLETE, PRUNED, and FAIL with a ``fail_reason``. A FAIL
+without one is *lost* (its worker died or was interrupted), one with ``surplus`` ran nothing: neither
+counts, so a resume runs another.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import re
 import socket
@@ -16,19 +16,27 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+from optuna.samplers import BaseSampler
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from rlexp.config import ConfigError
+from rlexp.runs import pid_alive
 from rlexp.sweep.config import SweepConfig
+from rlexp.sweep.tracking import close_lost_runs
 from rlexp.tracking import retry_locked
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def say(study_name: str, text: str) -> None:
+    print(f"[{study_name}] {text}", file=sys.stderr, flush=True)
 
 
 def storage_url(url: str) -> str:
@@ -44,40 +52,35 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def _with_driver(url: str) -> str:
-    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
-    if url.startswith("postgresql://"):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+def with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1: psycopg2 when only it is installed."""
+    find = importlib.util.find_spec
+    if url.startswith("postgresql://") and find("psycopg") is None and find("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
 
 
 def _schema_race(e: Exception) -> bool:
-    """Whether ``e`` is another process creating Optuna's tables at the same moment (on a new database
-    the loser of two workers fails with a duplicate key, "already exists" or a UNIQUE constraint)."""
-    import sqlalchemy.exc
+    """Whether ``e`` is another process creating Optuna's tables at the same moment."""
+    import sqlalchemy.exc as sa
 
-    kinds = sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError | sqlalchemy.exc.OperationalError
-    return isinstance(e, kinds) and any(m in str(e).lower() for m in ("duplicate key", "already exists",
-                                                                       "unique constraint"))
+    return isinstance(e, sa.IntegrityError | sa.ProgrammingError | sa.OperationalError) and any(
+        m in str(e).lower() for m in ("duplicate key", "already exists", "unique constraint"))
 
 
 def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.BaseStorage:
     """The RDB storage with a heartbeat, so a dead worker's running trial is failed as lost; or a
     journal file (``journal:///FILE``), whose lost trials :func:`fail_lost` finds by process id."""
-    url = _with_driver(storage_url(url))
+    url = storage_url(url)
     if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url[len("journal:///"):])
         if not path.parent.is_dir():
             raise ConfigError(f"storage={url!r}: no folder {path.parent} for the journal file")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    url = with_driver(url)
     # several workers write to one SQLite file: wait for the lock instead of failing at once
-    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
-        "pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                     else {"pool_pre_ping": True})
     try:  # a lost race to create the tables: they exist now, or soon
         return retry_locked(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
@@ -87,24 +90,18 @@ def make_storage(url: str, heartbeat_interval: int) -> optuna.storages.BaseStora
         raise ConfigError(f"storage={redact(url)!r}: {type(e).__name__}: {first}") from None
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """Trial ``number``'s sampler seed: ``seed`` and ``number`` mixed (not added, so that sweeps
-    with seeds 0 and 1 do not share their draws one trial apart)."""
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+class SweepSampler(BaseSampler):
+    """The configured sampler, made again for each trial with a seed mixed from ``(seed, trial.number)``
+    (not added: sweeps with seeds 0 and 1 do not share draws one trial apart). Trial k's draw depends
+    only on the seed, k and the trials finished when it is asked, not on which worker asks."""
 
-
-class SweepSampler(optuna.samplers.BaseSampler):
-    """The configured sampler, re-seeded for each trial from ``(seed, trial.number)``: trial k's draw
-    depends only on the seed, k and the trials finished when it was asked, not on which worker asked
-    (with one seeded stream per worker, what Optuna gives, it would)."""
-
-    def __init__(self, make: Any, seed: int | None) -> None:
-        self._make, self._seed = make, seed
-        self._inner: optuna.samplers.BaseSampler = make(seed)
+    def __init__(self, make: Callable[[int | None], BaseSampler], seed: int | None) -> None:
+        self._make, self._seed, self._inner = make, seed, make(seed)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._seed is not None:
-            self._inner = self._make(trial_seed(self._seed, trial.number))
+            seed = np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]
+            self._inner = self._make(int(seed))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, *args: Any) -> Any:
@@ -132,13 +129,12 @@ def _build(kind: str, cls: Any, args: dict[str, Any], **kwargs: Any) -> Any:
         raise ConfigError(f"{kind}.name: {cls.__name__} needs a missing package: {e}") from None
 
 
-def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SweepConfig) -> SweepSampler:
     """The configured sampler in a :class:`SweepSampler`; QMC keeps one seed (its sequence is the
     study's, the seed only scrambles it)."""
-    s = cfg.sampler
-    cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-           "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
-           "qmc": optuna.samplers.QMCSampler}[s.name]
+    s, samplers = cfg.sampler, optuna.samplers
+    cls = {"tpe": samplers.TPESampler, "random": samplers.RandomSampler, "cmaes": samplers.CmaEsSampler,
+           "gp": samplers.GPSampler, "qmc": samplers.QMCSampler}[s.name]
     qmc = s.name == "qmc"
     return SweepSampler(lambda seed: _build("sampler", cls, dict(s.args), seed=s.seed if qmc else seed),
                         None if qmc else s.seed)
@@ -147,12 +143,12 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 def make_pruner(cfg: SweepConfig, budget: int) -> optuna.pruners.BasePruner:
     """The configured pruner; Hyperband's ``max_resource`` defaults to the budget (the last step).
     ``none`` ignores ``pruner.args``, so ``pruner.name=none`` switches pruning off whatever the file says."""
-    p = cfg.pruner
+    p, pruners = cfg.pruner, optuna.pruners
     if p.name == "none":
-        return optuna.pruners.NopPruner()
-    cls = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner,
-           "wilcoxon": optuna.pruners.WilcoxonPruner, "threshold": optuna.pruners.ThresholdPruner}[p.name]
+        return pruners.NopPruner()
+    cls = {"median": pruners.MedianPruner, "percentile": pruners.PercentilePruner,
+           "successive_halving": pruners.SuccessiveHalvingPruner, "hyperband": pruners.HyperbandPruner,
+           "wilcoxon": pruners.WilcoxonPruner, "threshold": pruners.ThresholdPruner}[p.name]
     extra = {"max_resource": budget} if p.name == "hyperband" and "max_resource" not in p.args else {}
     return _build("pruner", cls, dict(p.args), **extra)
 
@@ -171,10 +167,6 @@ def counts(t: FrozenTrial) -> bool:
     return outcome(t) in ("complete", "pruned", "failed")
 
 
-def is_lost(t: FrozenTrial) -> bool:
-    return outcome(t) == "lost"
-
-
 def tally(trials: Sequence[FrozenTrial]) -> dict[str, int]:
     """Trials by outcome (surplus ones left out)."""
     c = Counter(outcome(t) for t in trials)
@@ -190,18 +182,21 @@ def ahead_of(trials: Sequence[FrozenTrial], number: int) -> int:
     return sum(t.number < number and (counts(t) or t.state == TrialState.RUNNING) for t in trials)
 
 
-def best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    complete = ranked(trials)
-    return complete[0] if complete else None
-
-
 def ranked(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The complete trials, best first (ties to the lower number)."""
     return sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
                   key=lambda t: (t.value, t.number))
 
 
+def best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    return next(iter(ranked(trials)), None)
+
+
 # --------------------------------------------------------------------------- start points
+def _covers(t: FrozenTrial) -> bool:  # runs, ran or will run (queued) its parameters
+    return outcome(t) in ("complete", "pruned", "failed", "running")
+
+
 def runs_elsewhere(trials: Sequence[FrozenTrial], number: int) -> bool:
     """Whether trial ``number`` is a start point an earlier trial runs, ran or will run."""
     label = next((t.user_attrs.get("start") for t in trials if t.number == number), None)
@@ -209,14 +204,10 @@ def runs_elsewhere(trials: Sequence[FrozenTrial], number: int) -> bool:
                                      for t in trials)
 
 
-def _covers(t: FrozenTrial) -> bool:
-    return outcome(t) in ("complete", "pruned", "failed", "running")
-
-
 def enqueue_start_points(study: optuna.Study, points: Sequence[tuple[str, dict[str, Any]]],
                          n_trials: int) -> list[str]:
-    """Enqueue the start points (label, params) no trial covers (a new study: all of them; after a
-    kill: the lost ones), as many as trials are left, then :func:`withdraw`; returns their labels."""
+    """Enqueue the start points (label, params) no trial covers, as many as trials are left, then
+    :func:`withdraw`; returns their labels."""
     trials = study.get_trials(deepcopy=False)
     covered = {t.user_attrs.get("start") for t in trials if _covers(t)}
     left = n_trials - sum(_covers(t) for t in trials)
@@ -228,9 +219,9 @@ def enqueue_start_points(study: optuna.Study, points: Sequence[tuple[str, dict[s
 
 
 def withdraw(study: optuna.Study, n_trials: int) -> int:
-    """Take the WAITING trials no worker should run (a start point an earlier trial covers, two
-    commands having enqueued it at once; or any once ``n_trials`` count) off the queue: each is
-    claimed as a worker would pop it (one process wins a trial) and ends FAIL with ``surplus``."""
+    """Take the WAITING trials no worker should run (a start point an earlier trial covers, or any
+    once ``n_trials`` count) off the queue: each is claimed as a worker would pop it (one process wins
+    a trial) and ends FAIL with ``surplus``."""
     trials = study.get_trials(deepcopy=False)
     finished, storage, n = done(trials) >= n_trials, study._storage, 0
     for t in trials:
@@ -252,7 +243,7 @@ def progress_line(study_name: str, trial: FrozenTrial, trials: Sequence[FrozenTr
     """One line per finished trial: its outcome, the tally, the best so far."""
     c, b = tally(trials), best(trials)
     what = {"complete": f"COMPLETE value {trial.value or 0:.1f}",
-            "pruned": f"PRUNED at step {trial.user_attrs.get('pruned_at', trial.last_step)}",
+            "pruned": f"PRUNED at step {trial.last_step}",
             "lost": "LOST (interrupted; not counted)"}.get(
         outcome(trial), f"FAILED: {trial.user_attrs.get('fail_reason', '')}"[:200])
     lost = f", {c['lost']} lost" if c["lost"] else ""
@@ -278,17 +269,13 @@ class Progress:
 
 def on_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Heartbeat-stale callback: a dead worker's trial was failed; close its MLflow runs too."""
-    print(f"[{study.study_name}] trial {trial.number} LOST: its worker stopped mid-trial; "
-          "not counted, it will be replaced", file=sys.stderr, flush=True)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        from rlexp.sweep.tracking import close_lost_runs
-
-        try:
-            close_lost_runs(run_id)
-        except Exception as e:  # tracking trouble must not stop the sweep
-            print(f"[{study.study_name}] could not close the MLflow runs of trial {trial.number}: {e}",
-                  file=sys.stderr)
+    say(study.study_name, f"trial {trial.number} LOST: its worker stopped mid-trial; not counted, it will be "
+        "replaced")
+    try:
+        if trial.user_attrs.get("mlflow_run_id"):
+            close_lost_runs(trial.user_attrs["mlflow_run_id"])
+    except Exception as e:  # tracking trouble must not stop the sweep
+        say(study.study_name, f"could not close the MLflow runs of trial {trial.number}: {e}")
 
 
 def worker_id() -> str:
@@ -296,32 +283,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _gone(worker: str) -> bool:
-    """Whether ``host:pid`` names a process of this machine that no longer exists."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
-
-
 def fail_lost(study: optuna.Study) -> None:
     """Fail as lost the RUNNING trials whose worker is gone: a stale heartbeat (RDB storages) or, in a
     journal (no heartbeat), a worker process of this machine that has ended."""
     optuna.storages.fail_stale_trials(study)
-    if isinstance(study._storage, optuna.storages.JournalStorage):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _gone(str(t.user_attrs.get("worker", ""))):
-                try:
-                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:  # another command failed it first
-                    continue
-                on_lost_trial(study, t)
+    if not isinstance(study._storage, optuna.storages.JournalStorage):
+        return
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid), math.inf):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another command failed it first
+            continue
+        on_lost_trial(study, t)
 
 
 def wait_for_stale(study: optuna.Study, heartbeat_interval: int) -> None:
@@ -330,7 +306,7 @@ def wait_for_stale(study: optuna.Study, heartbeat_interval: int) -> None:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running and not isinstance(study._storage, optuna.storages.JournalStorage):
         grace = 2 * heartbeat_interval
-        print(f"[{study.study_name}] {len(running)} trial(s) RUNNING: waiting {grace + 1} s for their "
-              "heartbeat to tell a dead worker's from a live one", file=sys.stderr, flush=True)
+        say(study.study_name, f"{len(running)} trial(s) RUNNING: waiting {grace + 1} s for their heartbeat "
+            "to tell a dead worker's from a live one")
         time.sleep(grace + 1)
     fail_lost(study)
