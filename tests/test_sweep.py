@@ -588,6 +588,21 @@ def test_the_same_sweep_started_twice_at_once_runs_each_start_point_once(tmp_pat
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
 
 
+def test_a_worker_goes_on_when_another_worker_finished_the_trial_it_ran(tmp_path, monkeypatch, capsys):
+    real = Objective.__call__
+
+    def raced(self, trial):  # as when SQLite hands one queued trial to two workers and the other tells it first
+        value = real(self, trial)
+        if trial.number == 0:
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [value])
+        return value
+
+    monkeypatch.setattr(Objective, "__call__", raced)
+    result = run_sweep(load("dqn_cartpole", tiny(tmp_path, "n_trials=3", "pruner.name=none", "tracking.enabled=false")))
+    assert result.tally["complete"] == 3 and "finished by another worker (Cannot tell a COMPLETE trial" in (
+        capsys.readouterr().err)
+
+
 # --------------------------------------------------------------------------- journal storage
 def test_a_journal_file_holds_a_study_resumes_and_fails_a_dead_workers_trial_as_lost(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # journal:///optuna.log is relative to the working folder

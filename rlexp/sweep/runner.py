@@ -89,9 +89,15 @@ def work(sweep: Sweep, parent_run_id: str | None, experiment: str | None, spawne
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it
     study = _load_study(sweep)
     try:
-        if st.done(study.get_trials(deepcopy=False)) < sweep.cfg.n_trials:
-            study.optimize(ob.Objective(sweep, parent_run_id, experiment), catch=(Exception,),
-                           callbacks=[st.Progress(sweep.study_name, sweep.cfg.n_trials)])
+        while st.done(study.get_trials(deepcopy=False)) < sweep.cfg.n_trials:
+            try:
+                study.optimize(ob.Objective(sweep, parent_run_id, experiment), catch=(Exception,),
+                               callbacks=[st.Progress(sweep.study_name, sweep.cfg.n_trials)])
+                break
+            except ValueError as e:  # SQLite can hand one queued trial to two workers; the other told it
+                if not str(e).startswith("Cannot tell a"):
+                    raise
+                say(sweep.study_name, f"a trial this worker ran was finished by another worker ({e}); going on")
     except KeyboardInterrupt:
         if not spawned:
             raise
