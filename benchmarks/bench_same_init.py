@@ -1,15 +1,14 @@
 """Given the same initial weights, does the seed-axis engine learn what the single-seed engine learned?
 
-The seed-axis engine draws each member's initial weights from the member's own generator, so a seed's
-run differs from the same seed's run on the single-seed engine, and learning tables can only be
-compared as distributions. This benchmark takes the distributions out: for each DQN-family algorithm
-it trains one seed on the reference commit (the single-seed engine, default 3b0e3b4: its agent keeps
-its Q-networks in ``q_nets``), records that run's initial Q-network weights, then trains the same
-seed on the current code starting from exactly those weights (and the same env, exploration and
-replay generators, which both engines seed alike). Same maths, the runs stay identical until the
-kernels' rounding differences (bmm against mm) change one greedy action; a semantic difference
-(a target computed at another time, an off-by-one in a schedule) would show within the first
-updates.
+For each DQN-family algorithm it trains one seed on the reference commit (the single-seed engine, default
+3b0e3b4: its agent keeps its Q-networks in ``q_nets``) and records that run's initial Q-network weights, then
+trains the same seed on the current code from exactly those weights, with the same env, exploration and replay
+generators (both engines seed them alike), and compares the returns episode by episode. It also says whether
+the current code had drawn those same weights itself (a member's generator seeded with the seed gives torch's
+global stream after ``torch.manual_seed(seed)``, in ``nn.Linear``'s order), that is whether the plain runs of a
+seed start alike on both engines. Same maths: the runs stay identical until the kernels' rounding differences
+(bmm against mm) flip one greedy action; a semantic difference (a target computed at another time, an
+off-by-one in a schedule) would part them within the first updates.
 
     python -m benchmarks.bench_same_init --algos dqn dqn_target double_dqn clipped_double_dqn dueling_dqn --seeds 1 2 3
 """
@@ -51,6 +50,7 @@ import rlexp.algos.dqn as d
 algo, seed, steps, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 recorded = torch.load(out + ".pt")
 init = d.DQNAgent.__init__
+drawn = []
 def load(self, *a, **k):
     init(self, *a, **k)
     with torch.no_grad():
@@ -59,14 +59,16 @@ def load(self, *a, **k):
                 own = net.state_dict()
                 for name, t in state.items():  # q.3.weight (out, in) -> q.layers.3.weight (1, in, out)
                     mine = own[re.sub(r"^(\\w+)\\.(\\d+)\\.", r"\\1.layers.\\2.", name)]
-                    mine.copy_((t.t() if t.dim() == 2 else t).reshape(mine.shape))
+                    t = (t.t() if t.dim() == 2 else t).reshape(mine.shape)
+                    drawn.append(torch.equal(mine, t))
+                    mine.copy_(t)
 d.DQNAgent.__init__ = load
 from rlexp.compose import compose_config
 from rlexp.train import run_batch
 r = run_batch([compose_config([f"algo={algo}", f"seed={seed}", f"train.max_steps={steps}",
                                "train.max_episodes=1000000", "train.stop_on_solve=false", "tracking.enabled=false",
                                "train.save_model=false"])])[0]
-json.dump([float(x) for x in r.returns], open(out + "-new.json", "w"))
+json.dump({"returns": [float(x) for x in r.returns], "drawn_alike": all(drawn)}, open(out + "-new.json", "w"))
 """
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args(argv)
     rows = ["| algo | seed | episodes in the run (reference / current) | identical leading episodes | "
-            "env steps before the first difference |", "|---|---|---|---|---|"]
+            "env steps before the first difference | initial weights drawn alike |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="bench-same-init-") as tmp:
         ref = reference_tree(a.ref, Path(tmp) / "ref")
         try:
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
                     run(OLD, ref, args)
                     run(NEW, ROOT, args)
                     old = json.loads(Path(out + ".json").read_text())
-                    new = json.loads(Path(out + "-new.json").read_text())
+                    current = json.loads(Path(out + "-new.json").read_text())
+                    new, alike = current["returns"], "yes" if current["drawn_alike"] else "no"
                     same, steps = compare(old, new)
-                    rows.append(f"| {algo} | {seed} | {len(old)} / {len(new)} | {same} | {steps} |")
+                    rows.append(f"| {algo} | {seed} | {len(old)} / {len(new)} | {same} | {steps} | {alike} |")
                     print(rows[-1], flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(ref)], cwd=ROOT, capture_output=True)
