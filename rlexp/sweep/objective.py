@@ -44,6 +44,11 @@ def tail_mean(returns: Sequence[float], window: int) -> float | None:
     return sum(returns[-window:]) / len(returns[-window:]) if returns else None
 
 
+def run_value(r: TrainResult, window: int, threshold: float, budget: int, penalty: float) -> float:
+    """A finished run's value: :func:`seed_value` of its episodes-to-solve and its last window's mean."""
+    return seed_value(r.episodes_to_solve, tail_mean(r.returns, window), threshold, budget, penalty)
+
+
 def algo_label(overrides: Sequence[str]) -> str | None:
     """The ``algo=`` option these overrides end with (run names say ``double_dqn_seed``, not its name)."""
     return next((ov.split("=", 1)[1] for ov in reversed(overrides) if override_key(ov) == "algo"), None)
@@ -105,8 +110,7 @@ class Curves:
 
     def finish(self, results: Sequence[TrainResult], window: int) -> list[float]:
         """The seeds' values from their results; the steps not reported yet get them (no pruning)."""
-        values = [seed_value(r.episodes_to_solve, tail_mean(r.returns, window), self.threshold, self.budget,
-                             self.penalty) for r in results]
+        values = [run_value(r, window, self.threshold, self.budget, self.penalty) for r in results]
         for i, (r, v) in enumerate(zip(results, values, strict=True)):
             self.end(i, min(r.episodes, self.episode[i]), v)
             self.env_steps[i] = r.env_steps

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from rlexp.algos.registry import check_compatible
 from rlexp.compose import compose_config, compose_dict, is_group
 from rlexp.envs import solve_threshold
-from rlexp.sweep.objective import aggregate, algo_label, seed_value, tail_mean
+from rlexp.sweep.objective import aggregate, algo_label, run_value
 from rlexp.train import TrainResult, run_batch
 
 
@@ -89,8 +89,7 @@ def validation_runs(job: tuple[int, list[str], list[int], float | None, str | No
     number, overrides, seeds, penalty, parent_run_id, tags = job
     cfg, spec, results = _batch(overrides, seeds, parent_run_id, tags)
     threshold, budget = solve_threshold(cfg, spec), cfg.train.max_episodes
-    return number, {str(s): {"value": seed_value(r.episodes_to_solve, tail_mean(r.returns, cfg.solve.window),
-                                                 threshold, budget, penalty or budget),
+    return number, {str(s): {"value": run_value(r, cfg.solve.window, threshold, budget, penalty or budget),
                              "solved_at": r.episodes_to_solve, "env_steps": r.env_steps,
                              "wall_time_s": r.wall_time_s, "error": r.error}
                     for s, r in zip(seeds, results, strict=True)}
