@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.bench_algos import write_results
@@ -52,11 +54,19 @@ def timed(cmd: list[str], cwd: Path, out: Path) -> float:
     return wall
 
 
-def reference_tree(commit: str, where: Path) -> Path:
-    """A detached git worktree of ``commit`` (its conf/ and rlexp/ are what the command runs)."""
+@contextmanager
+def reference_tree(commit: str | None, where: Path) -> Iterator[Path | None]:
+    """A detached git worktree of ``commit`` at ``where`` for the block (its conf/ and rlexp/ are what
+    the commands run), removed after it; None without a commit."""
+    if commit is None:
+        yield None
+        return
     subprocess.run(["git", "worktree", "add", "--detach", str(where), commit], cwd=ROOT, check=True,
                    capture_output=True)
-    return where
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,27 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["| algo | env steps per seed | 1 seed (s) | "
             f"{a.seeds} seeds (s) | {a.seeds} seeds / 1 seed | 1 seed at {a.ref or '-'} (s) | 1 seed / reference |",
             "|---|---|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        ref = reference_tree(a.ref, Path(tmp) / "ref") if a.ref else None
-        try:
-            for algo in a.algos:
-                steps = steps_of.get(algo, a.steps)
-                kinds = [("one", ROOT, 1), ("many", ROOT, a.seeds)] + ([("ref", ref, 1)] if ref else [])
-                times: dict[str, list[float]] = {k: [] for k, _, _ in kinds}
-                for rep in range(a.repeats):
-                    for kind, cwd, n in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
-                        assert cwd is not None
-                        wall = timed(command(algo, n, steps), cwd, Path(tmp) / f"{algo}-{kind}-{rep}")
-                        times[kind].append(wall)
-                        print(f"{algo} {kind}: {wall:.1f} s", file=sys.stderr)
-                one, many = statistics.median(times["one"]), statistics.median(times["many"])
-                old = statistics.median(times["ref"]) if ref else float("nan")
-                rows.append(f"| {algo} | {steps} | {one:.1f} | {many:.1f} | {many / one:.2f} | "
-                            f"{old:.1f} | {one / old:.2f} |")
-                out = _write(a, cmd, "\n".join(rows), out)  # after every algorithm: a stop keeps what ran
-        finally:
-            if ref is not None:
-                subprocess.run(["git", "worktree", "remove", "--force", str(ref)], cwd=ROOT, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp, \
+            reference_tree(a.ref, Path(tmp) / "ref") as ref:
+        for algo in a.algos:
+            steps = steps_of.get(algo, a.steps)
+            kinds = [("one", ROOT, 1), ("many", ROOT, a.seeds)] + ([("ref", ref, 1)] if ref else [])
+            times: dict[str, list[float]] = {k: [] for k, _, _ in kinds}
+            for rep in range(a.repeats):
+                for kind, cwd, n in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+                    assert cwd is not None
+                    wall = timed(command(algo, n, steps), cwd, Path(tmp) / f"{algo}-{kind}-{rep}")
+                    times[kind].append(wall)
+                    print(f"{algo} {kind}: {wall:.1f} s", file=sys.stderr)
+            one, many = statistics.median(times["one"]), statistics.median(times["many"])
+            old = statistics.median(times["ref"]) if ref else float("nan")
+            rows.append(f"| {algo} | {steps} | {one:.1f} | {many:.1f} | {many / one:.2f} | "
+                        f"{old:.1f} | {one / old:.2f} |")
+            out = _write(a, cmd, "\n".join(rows), out)  # after every algorithm: a stop keeps what ran
     print("\n".join(rows))
     if out is not None:
         print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)

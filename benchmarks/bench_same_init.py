@@ -95,23 +95,21 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     rows = ["| algo | seed | episodes in the run (reference / current) | identical leading episodes | "
             "env steps before the first difference | initial weights drawn alike |", "|---|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory(prefix="bench-same-init-") as tmp:
-        ref = reference_tree(a.ref, Path(tmp) / "ref")
-        try:
-            for algo in a.algos:
-                for seed in a.seeds:
-                    out = str(Path(tmp) / f"{algo}-{seed}")
-                    args = [algo, str(seed), str(a.steps), out]
-                    run(OLD, ref, args)
-                    run(NEW, ROOT, args)
-                    old = json.loads(Path(out + ".json").read_text())
-                    current = json.loads(Path(out + "-new.json").read_text())
-                    new, alike = current["returns"], "yes" if current["drawn_alike"] else "no"
-                    same, steps = compare(old, new)
-                    rows.append(f"| {algo} | {seed} | {len(old)} / {len(new)} | {same} | {steps} | {alike} |")
-                    print(rows[-1], flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(ref)], cwd=ROOT, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="bench-same-init-") as tmp, \
+            reference_tree(a.ref, Path(tmp) / "ref") as ref:
+        assert ref is not None
+        for algo in a.algos:
+            for seed in a.seeds:
+                out = str(Path(tmp) / f"{algo}-{seed}")
+                args = [algo, str(seed), str(a.steps), out]
+                run(OLD, ref, args)
+                run(NEW, ROOT, args)
+                old = json.loads(Path(out + ".json").read_text())
+                current = json.loads(Path(out + "-new.json").read_text())
+                new, alike = current["returns"], "yes" if current["drawn_alike"] else "no"
+                same, steps = compare(old, new)
+                rows.append(f"| {algo} | {seed} | {len(old)} / {len(new)} | {same} | {steps} | {alike} |")
+                print(rows[-1], flush=True)
     cmd = "python -m benchmarks.bench_same_init " + " ".join(sys.argv[1:] if argv is None else argv)
     print(write_results(a.out, "same-init", "The seed-axis engine against the single-seed engine, same initial "
                         "weights", cmd, f"{a.steps} env steps per run, no stop on solve, untracked; reference {a.ref}.",
