@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             out = _write(a, cmd, "\n".join(rows), out)  # after every algorithm: a stop keeps what ran
     print("\n".join(rows))
     if out is not None:
-        print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)
+        print(f"written: {out}", file=sys.stderr)
     return 0
 
 
