@@ -637,7 +637,7 @@ def test_a_journal_in_a_missing_folder_is_refused_naming_the_key(tmp_path):
 # --------------------------------------------------------------------------- resume after SIGKILL
 def test_resume_after_sigkill_keeps_finished_trials_and_loses_only_the_running_one(tmp_path):
     args = [PYTHON, "-m", "rlexp.sweep", "sweep=dqn_cartpole",
-            *tiny(tmp_path, "n_trials=3", "train.max_episodes=40", "pruner.name=none", "heartbeat_interval=1",
+            *tiny(tmp_path, "n_trials=3", "train.max_episodes=200", "pruner.name=none", "heartbeat_interval=1",
                   "finalize=false")]
     env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     first = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
